@@ -12,7 +12,12 @@ OUT="$CACHE/kube-1.20.2"
 mkdir -p "$OUT"
 BINS=(kube-apiserver kube-controller-manager etcd kubectl)
 
-have_all() { for b in "${BINS[@]}"; do [ -x "$OUT/$b" ] || return 1; done; }
+# Bump RECIPE when the build changes in a way cached binaries must not survive (3: reflect2 1.0.2).
+RECIPE=3
+have_all() {
+  for b in "${BINS[@]}"; do [ -x "$OUT/$b" ] || return 1; done
+  [ "$(cat "$OUT/.recipe" 2>/dev/null)" = "$RECIPE" ]
+}
 if [ "${TETHER_REBUILD:-0}" != 1 ] && have_all; then
   echo "kube binaries cached in $OUT"
   exit 0
@@ -44,13 +49,17 @@ apt-get "${A[@]}" update
 cd "$W"
 echo "downloading kubernetes source, go 1.19, etcd, kubectl"
 apt-get "${A[@]}" source --download-only kubernetes=1.20.5+really1.20.2-1.1+deb12u1
-apt-get "${A[@]}" download golang-1.19-go golang-1.19-src etcd-server kubernetes-client
+apt-get "${A[@]}" download golang-1.19-go golang-1.19-src etcd-server kubernetes-client golang-github-modern-go-reflect2-dev
 for d in *.deb; do dpkg -x "$d" "$W/root"; done
 tar xzf kubernetes_1.20.5+really1.20.2.orig.tar.gz
+# The vendored reflect2 1.0.1 predates Go 1.18: under Go 1.19 json-iterator then panics (nil dereference in
+# reflect2.Type2) on JSON requests, e.g. a plain GET /api/v1/namespaces. Debian's Go packaging carries 1.0.2.
+rm -rf kubernetes-1.20.2/vendor/github.com/modern-go/reflect2
+cp -r "$W/root/usr/share/gocode/src/github.com/modern-go/reflect2" kubernetes-1.20.2/vendor/github.com/modern-go/
 
 # GOPATH mode: module mode refuses the vendored tree ("updates to go.mod needed").
 export GOROOT="$W/root/usr/lib/go-1.19" PATH="$W/root/usr/lib/go-1.19/bin:$PATH"
-export GOPATH="$W/gopath" GOCACHE="$W/gocache" GO111MODULE=off GOFLAGS= CGO_ENABLED=0 GOPROXY=off
+export GOPATH="$W/gopath" GOCACHE="$W/gocache" GO111MODULE=off GOFLAGS='' CGO_ENABLED=0 GOPROXY=off
 mkdir -p "$GOPATH/src/k8s.io"
 ln -s "$W/kubernetes-1.20.2" "$GOPATH/src/k8s.io/kubernetes"
 cd "$GOPATH/src/k8s.io/kubernetes"
@@ -63,13 +72,19 @@ pkgs=$(grep -rl --include='*.go' '+k8s:openapi-gen=true' pkg staging/src/k8s.io 
 "$W/openapi-gen" -i "$pkgs" -p k8s.io/kubernetes/pkg/generated/openapi -O zz_generated.openapi \
   -h hack/boilerplate/boilerplate.generatego.txt -r "$W/openapi-violations.txt"
 
-V=k8s.io/kubernetes/vendor/k8s.io/component-base/version
+# Both version packages, as upstream's hack/lib/version.sh does: component-base feeds --version, client-go feeds
+# the server's /version, which would otherwise say v0.0.0-master with empty major/minor (breaks Helm kubeVersion).
+ldflags="-s -w"
+for V in k8s.io/kubernetes/vendor/k8s.io/component-base/version k8s.io/kubernetes/vendor/k8s.io/client-go/pkg/version; do
+  ldflags="$ldflags -X $V.gitVersion=v1.20.2 -X $V.gitMajor=1 -X $V.gitMinor=20 -X $V.gitTreeState=clean"
+done
 for cmd in kube-apiserver kube-controller-manager; do
   echo "building $cmd (a few minutes)"
-  go build -ldflags "-s -w -X $V.gitVersion=v1.20.2 -X $V.gitMajor=1 -X $V.gitMinor=20" -o "$OUT/$cmd.tmp" "./cmd/$cmd"
+  go build -ldflags "$ldflags" -o "$OUT/$cmd.tmp" "./cmd/$cmd"
   mv "$OUT/$cmd.tmp" "$OUT/$cmd"
 done
 install -m 0755 "$W/root/usr/bin/etcd" "$OUT/etcd"
 install -m 0755 "$W/root/usr/bin/kubectl" "$OUT/kubectl"
+echo "$RECIPE" >"$OUT/.recipe"
 "$OUT/kube-apiserver" --version
 "$OUT/kubectl" version --client --short 2>/dev/null || true

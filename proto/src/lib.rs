@@ -1,0 +1,76 @@
+//! tether's wire protocol, sans-IO: no sockets, no clocks, no runtime. Callers pass bytes and
+//! `now` in and take bytes, timeouts and events out, so both ends share one implementation
+//! and tests run on simulated time.
+//!
+//! # Connection
+//!
+//! The spoke's tunnel-client dials the hub's tunnel-server over QUIC with ALPN [`ALPN`]
+//! (`tether/1`). The client opens the first bidirectional stream, the **control stream**,
+//! driven on each end by a [`Session`]. Every other bidirectional stream is opened by the hub,
+//! one per proxied request or TCP connection, and starts with a [`StreamHeader`].
+//!
+//! # Wire format
+//!
+//! All integers are big-endian. A string is a `u16` byte length followed by UTF-8; each
+//! string field has a limit far below `u16::MAX`. Every length is checked against its limit
+//! and against the bytes that hold it before anything is read; a header or frame must be used
+//! up exactly by its fields.
+//!
+//! **Stream header** (see [`header`]), at most 2 + [`MAX_HEADER_LEN`] bytes, 11 for the
+//! apiserver:
+//!
+//! ```text
+//! u16 body_len | u8 kind | u64 request_id | kind 1 (service): str namespace, str name, u16 port
+//! ```
+//!
+//! `kind` 0 is the spoke's apiserver, 1 a Service; names are 1..=[`MAX_NAME_LEN`] bytes and
+//! the port is non-zero.
+//!
+//! **Control frames** (see [`control`]): `u32 len | u8 type | payload`, where `len` counts the
+//! type and payload and is at most [`MAX_CONTROL_FRAME`].
+//!
+//! | type | message | payload |
+//! |------|---------|---------|
+//! | 0x01 | Hello   | `u16 version, str client_version, str instance` |
+//! | 0x02 | Welcome | `u16 version, str cluster, u32 heartbeat_interval_ms` |
+//! | 0x03 | Ping    | `u64 seq` |
+//! | 0x04 | Pong    | `u64 seq` (echoes the Ping) |
+//! | 0x05 | GoAway  | `str reason` |
+//! | 0x80–0xff | extensions | skipped by a peer that does not know them |
+//!
+//! Control strings are at most [`MAX_STRING_LEN`] bytes.
+//!
+//! # Versions
+//!
+//! [`PROTOCOL_VERSION`] is the major version, also carried in the ALPN. Hello and Welcome
+//! start with it in every version; a peer with another one is a protocol error that names
+//! both versions. A compatible addition within a major version uses a new extension type.
+//!
+//! # Errors
+//!
+//! Decoders never panic: bad input is an [`Error`], and the caller closes the stream (bad
+//! header) or the tunnel (anything on the control stream). Encoders never fail: a value over
+//! a limit is written so that the peer rejects it rather than misreads it; callers that build
+//! headers from user input check them with [`StreamHeader::validate`] first.
+
+pub mod backoff;
+pub mod control;
+mod error;
+pub mod header;
+pub mod session;
+mod wire;
+
+pub use backoff::Backoff;
+pub use control::{ControlMessage, FrameDecoder, MAX_STRING_LEN};
+pub use error::{Error, Result};
+pub use header::{StreamHeader, Target, MAX_HEADER_LEN, MAX_NAME_LEN};
+pub use session::{Event, Role, Session, SessionConfig, MIN_HEARTBEAT_INTERVAL};
+
+/// The ALPN protocol id of tether's QUIC connections.
+pub const ALPN: &[u8] = b"tether/1";
+
+/// The major protocol version, exchanged in Hello and Welcome.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Largest control frame (type + payload) a [`Session`] accepts.
+pub const MAX_CONTROL_FRAME: usize = 64 * 1024;

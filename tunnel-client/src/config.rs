@@ -1,0 +1,53 @@
+//! Command line and environment of `tunnel-client`.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "tunnel-client", version, about = "tether spoke agent: dials the hub and serves its streams")]
+pub struct Config {
+    /// Hub QUIC address, host:port.
+    #[arg(long, env = "TETHER_HUB")]
+    pub hub: String,
+    /// Name the hub's serving certificate must carry; the host of --hub when absent.
+    #[arg(long, env = "TETHER_HUB_SERVER_NAME")]
+    pub hub_server_name: Option<String>,
+    /// CA bundle that verifies the hub's serving certificate.
+    #[arg(long, env = "TETHER_HUB_CA")]
+    pub hub_ca: PathBuf,
+    /// This spoke's client certificate, signed by the hub CA (its subject names the cluster).
+    #[arg(long, env = "TETHER_CERT")]
+    pub cert: PathBuf,
+    /// Private key of --cert. Generated on the spoke; never sent anywhere.
+    #[arg(long, env = "TETHER_KEY")]
+    pub key: PathBuf,
+    /// kubeconfig of the local apiserver; the in-cluster ServiceAccount when absent.
+    #[arg(long, env = "TETHER_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// TCP address of /metrics, /healthz and /readyz (HTTPS, self-signed).
+    #[arg(long, env = "TETHER_OPS_ADDR", default_value = "0.0.0.0:9444")]
+    pub ops_addr: SocketAddr,
+    /// Name of this client instance, reported to the hub (pod name in a DaemonSet).
+    #[arg(long, env = "TETHER_INSTANCE")]
+    pub instance: Option<String>,
+    /// First reconnect delay; doubles per failed attempt, with full jitter.
+    #[arg(long, env = "TETHER_BACKOFF_BASE", default_value = "200ms", value_parser = humantime::parse_duration)]
+    pub backoff_base: Duration,
+    /// Longest reconnect delay.
+    #[arg(long, env = "TETHER_BACKOFF_CAP", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub backoff_cap: Duration,
+    /// Heartbeat interval proposed before the hub's Welcome sets it.
+    #[arg(long, env = "TETHER_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// Per-stream receive window in bytes.
+    #[arg(long, env = "TETHER_STREAM_WINDOW", default_value_t = 16 * 1024 * 1024)]
+    pub stream_window: u64,
+    /// Runtime worker threads; 0 or 1 runs a single-threaded runtime.
+    #[arg(long, env = "TETHER_WORKER_THREADS", default_value_t = 1)]
+    pub worker_threads: usize,
+    /// Write the ops address and cluster as JSON here once the first tunnel is up (for scripts and tests).
+    #[arg(long, env = "TETHER_READY_FILE")]
+    pub ready_file: Option<PathBuf>,
+}

@@ -1,0 +1,19 @@
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Runtime(#[from] tether_runtime::Error),
+    #[error("{flag}: {reason}")]
+    Config { flag: &'static str, reason: String },
+    #[error("spoke apiserver credentials: {0}")]
+    Upstream(String),
+    #[error("QUIC client configuration: {0}")]
+    Quic(String),
+    #[error("writing {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,166 @@
+//! tether's spoke agent. Dials the hub over QUIC with its client certificate, keeps one tunnel per process,
+//! and serves the streams the hub opens by forwarding them to the local apiserver.
+pub mod config;
+mod error;
+pub mod metrics;
+pub mod tunnel;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ::metrics::counter;
+use tether_proto::Backoff;
+use tether_runtime::ops::{self, Readiness};
+use tether_runtime::tls;
+use tether_runtime::transport::TransportSettings;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use error::{Error, Result};
+
+use crate::metrics as m;
+use crate::tunnel::Ended;
+use crate::upstream::Upstream;
+
+/// Runs until `shutdown`: dial, serve, and on loss dial again with jittered exponential backoff (at once
+/// after a go-away).
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
+    tls::install_crypto_provider();
+    metrics::describe();
+    let prometheus = tether_runtime::telemetry::install_metrics()?;
+    let upstream = Upstream::from_kubeconfig(config.kubeconfig.as_ref()).await?;
+    let server_name = server_name(&config)?;
+    let instance = config.instance.clone().unwrap_or_else(default_instance);
+    let transport = TransportSettings { stream_window: config.stream_window, ..Default::default() };
+    // Check the identity files once up front so a typo fails at start with the flag's name.
+    quic_client_config(&config, &transport)?;
+
+    let ops_listener = tokio::net::TcpListener::bind(config.ops_addr)
+        .await
+        .map_err(|e| Error::Config { flag: "--ops-addr", reason: e.to_string() })?;
+    let ops_addr = ops_listener.local_addr()?;
+    let readiness = Readiness::default();
+    let ops_tls = tls::self_signed_server_config(&["localhost"])?;
+    let ops_task = tokio::spawn(ops::serve(ops_listener, ops_tls, prometheus, readiness.clone(), shutdown.clone()));
+
+    let mut backoff = Backoff::new(config.backoff_base, config.backoff_cap);
+    let mut endpoint: Option<quinn::Endpoint> = None;
+    let mut first = true;
+    while !shutdown.is_cancelled() {
+        if !first {
+            let delay = backoff.next_delay(rand::random::<f64>());
+            tracing::info!(delay_ms = delay.as_millis() as u64, attempt = backoff.attempt(), "reconnecting");
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+        first = false;
+        let connection = match dial(&config, &transport, &server_name, &mut endpoint).await {
+            Ok(c) => c,
+            Err(reason) => {
+                counter!(m::HANDSHAKE_FAILURES).increment(1);
+                counter!(m::RECONNECTS, "cause" => "failed").increment(1);
+                tracing::warn!(hub = %config.hub, %reason, "dial failed");
+                continue;
+            }
+        };
+        let span = tracing::info_span!("tunnel", hub = %config.hub);
+        let _entered = span.enter();
+        let mut established = false;
+        let ready_file = config.ready_file.clone();
+        let ended = tunnel::serve(connection, &instance, config.heartbeat_interval, upstream.clone(), &shutdown, |up| {
+            established = true;
+            readiness.set(true);
+            if let Some(path) = &ready_file {
+                let json = serde_json::json!({ "cluster": up.cluster, "ops": ops_addr.to_string() });
+                if let Err(e) = std::fs::write(path, json.to_string()) {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot write the ready file");
+                }
+            }
+        })
+        .await;
+        drop(_entered);
+        readiness.set(false);
+        if established {
+            backoff.reset();
+        }
+        match ended {
+            Ended::Shutdown => break,
+            Ended::GoAway => {
+                counter!(m::RECONNECTS, "cause" => "go_away").increment(1);
+                // A new endpoint gets a new UDP port: the hub (or its load balancer) sees a new flow.
+                endpoint = None;
+                first = true;
+            }
+            Ended::Lost(reason) => {
+                counter!(m::RECONNECTS, "cause" => "lost").increment(1);
+                tracing::warn!(%reason, "tunnel lost");
+            }
+        }
+    }
+    if let Some(endpoint) = endpoint {
+        endpoint.close(0u32.into(), b"bye");
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;
+    }
+    ops_task.abort();
+    Ok(())
+}
+
+async fn dial(
+    config: &Config,
+    transport: &TransportSettings,
+    server_name: &str,
+    endpoint: &mut Option<quinn::Endpoint>,
+) -> std::result::Result<quinn::Connection, String> {
+    let addr: SocketAddr = tokio::net::lookup_host(&config.hub)
+        .await
+        .map_err(|e| format!("resolving {}: {e}", config.hub))?
+        .next()
+        .ok_or_else(|| format!("{} resolves to no address", config.hub))?;
+    if endpoint.as_ref().and_then(|e| e.local_addr().ok()).is_none_or(|l| l.is_ipv4() != addr.is_ipv4()) {
+        let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0".parse() } else { "[::]:0".parse() }.expect("literal address");
+        *endpoint = Some(quinn::Endpoint::client(bind).map_err(|e| format!("UDP socket: {e}"))?);
+    }
+    let endpoint = endpoint.as_ref().expect("set above");
+    // Identity files are read at every dial so a renewed certificate is picked up by the next connection.
+    let client_config = quic_client_config(config, transport).map_err(|e| e.to_string())?;
+    let connecting = endpoint.connect_with(client_config, addr, server_name).map_err(|e| e.to_string())?;
+    tokio::time::timeout(std::time::Duration::from_secs(10), connecting)
+        .await
+        .map_err(|_| "handshake timed out".to_string())?
+        .map_err(|e| e.to_string())
+}
+
+fn quic_client_config(config: &Config, transport: &TransportSettings) -> Result<quinn::ClientConfig> {
+    let roots = tls::root_store(&config.hub_ca).map_err(|e| Error::Config { flag: "--hub-ca", reason: e.to_string() })?;
+    let chain = tls::load_certs(&config.cert).map_err(|e| Error::Config { flag: "--cert", reason: e.to_string() })?;
+    let key = tls::load_key(&config.key).map_err(|e| Error::Config { flag: "--key", reason: e.to_string() })?;
+    let mut crypto = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| Error::Config { flag: "--key", reason: e.to_string() })?;
+    crypto.alpn_protocols = vec![tether_proto::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).map_err(|e| Error::Quic(e.to_string()))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    client.transport_config(Arc::new(transport.to_quinn()));
+    Ok(client)
+}
+
+fn server_name(config: &Config) -> Result<String> {
+    if let Some(name) = &config.hub_server_name {
+        return Ok(name.clone());
+    }
+    let host = config.hub.rsplit_once(':').map(|(h, _)| h).unwrap_or(&config.hub);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(Error::Config { flag: "--hub", reason: "expected host:port".into() });
+    }
+    Ok(host.to_string())
+}
+
+fn default_instance() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}-{}", host.trim(), std::process::id())
+}

@@ -1,0 +1,20 @@
+//! Every metric the client emits, named in one place.
+
+pub const CONNECTED: &str = "tether_client_connected";
+pub const CONNECTS: &str = "tether_client_connects_total";
+pub const RECONNECTS: &str = "tether_client_reconnects_total";
+pub const HANDSHAKE_FAILURES: &str = "tether_client_handshake_failures_total";
+pub const STREAMS_OPEN: &str = "tether_client_streams_open";
+pub const REQUEST_DURATION: &str = "tether_client_request_duration_seconds";
+pub const TUNNEL_BYTES: &str = "tether_client_tunnel_bytes_total";
+
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!(CONNECTED, "1 while the tunnel to the hub is established");
+    describe_counter!(CONNECTS, "Tunnels established");
+    describe_counter!(RECONNECTS, "Connection attempts after the first, by cause (go_away, lost, failed)");
+    describe_counter!(HANDSHAKE_FAILURES, "Dials that failed before the tunnel was established, by reason");
+    describe_gauge!(STREAMS_OPEN, "Streams from the hub currently being served");
+    describe_histogram!(REQUEST_DURATION, Unit::Seconds, "Time to response headers from the local apiserver, by code");
+    describe_counter!(TUNNEL_BYTES, Unit::Bytes, "UDP payload bytes of the tunnel, by direction (rx/tx)");
+}

@@ -1,0 +1,212 @@
+//! The local apiserver, called with this client's own credentials. Credentials never leave the spoke:
+//! the hub's requests carry only `Impersonate-*` headers, which this identity may use and nothing else.
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::{Error, Result};
+
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+#[derive(Clone)]
+pub struct Upstream {
+    base: Uri,
+    /// HTTP/2 where the apiserver offers it: thousands of watches share a few TCP connections.
+    pooled: Client<HttpsConnector<HttpConnector>, Incoming>,
+    /// Upgrades (exec, attach, port-forward) need HTTP/1.1.
+    upgrades: Client<HttpsConnector<HttpConnector>, Incoming>,
+    token: Arc<Token>,
+}
+
+impl Upstream {
+    pub async fn from_kubeconfig(path: Option<&PathBuf>) -> Result<Self> {
+        let config = match path {
+            Some(path) => {
+                let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                    .map_err(|e| Error::Config { flag: "--kubeconfig", reason: e.to_string() })?;
+                kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                    .await
+                    .map_err(|e| Error::Config { flag: "--kubeconfig", reason: e.to_string() })?
+            }
+            None => kube::Config::incluster().map_err(|e| Error::Upstream(format!("in-cluster configuration: {e}")))?,
+        };
+        Self::from_config(config)
+    }
+
+    fn from_config(config: kube::Config) -> Result<Self> {
+        use secrecy::ExposeSecret;
+        let auth = &config.auth_info;
+        let token = match (&auth.token, &auth.token_file) {
+            (Some(token), _) => Token::fixed(token.expose_secret())?,
+            (None, Some(file)) => Token::from_file(PathBuf::from(file))?,
+            (None, None) => Token::None,
+        };
+        let identity = client_identity(auth)?;
+        let mut roots = rustls::RootCertStore::empty();
+        for der in config.root_cert.iter().flatten() {
+            roots
+                .add(CertificateDer::from(der.clone()))
+                .map_err(|e| Error::Upstream(format!("apiserver CA: {e}")))?;
+        }
+        let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+        let tls = match identity {
+            Some((chain, key)) => builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| Error::Upstream(format!("client certificate: {e}")))?,
+            None => builder.with_no_client_auth(),
+        };
+        let connector = |http2: bool| {
+            let mut http = HttpConnector::new();
+            http.set_nodelay(true);
+            http.enforce_http(false);
+            http.set_keepalive(Some(Duration::from_secs(30)));
+            let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls.clone()).https_or_http();
+            if http2 {
+                builder.enable_http1().enable_http2().wrap_connector(http)
+            } else {
+                builder.enable_http1().wrap_connector(http)
+            }
+        };
+        let pooled = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(90)).build(connector(true));
+        let upgrades = Client::builder(TokioExecutor::new()).build(connector(false));
+        Ok(Self { base: config.cluster_url, pooled, upgrades, token: Arc::new(token) })
+    }
+
+    /// Forwards one request from the hub. Failures reaching the apiserver become a 502 `Status`.
+    pub async fn forward(&self, mut request: Request<Incoming>) -> Response<Body> {
+        let upgrade = request.headers().contains_key(header::UPGRADE);
+        let hub_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+        if let Err(reason) = self.prepare(&mut request) {
+            return status(StatusCode::BAD_GATEWAY, &reason);
+        }
+        let client = if upgrade { &self.upgrades } else { &self.pooled };
+        let mut response = match client.request(request).await {
+            Ok(r) => r,
+            Err(e) => return status(StatusCode::BAD_GATEWAY, &format!("spoke apiserver unreachable: {e}")),
+        };
+        if let (Some(hub_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (hub_upgrade, response.status()) {
+            let apiserver_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(async move {
+                let (Ok(hub), Ok(apiserver)) = tokio::join!(hub_upgrade, apiserver_upgrade) else {
+                    return tracing::debug!("upgrade abandoned by one side");
+                };
+                let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(hub), &mut TokioIo::new(apiserver)).await;
+            });
+            let (parts, _) = response.into_parts();
+            return Response::from_parts(parts, http_body_util::Empty::new().map_err(|n| match n {}).boxed_unsync());
+        }
+        response.map(|b| b.map_err(Into::into).boxed_unsync())
+    }
+
+    fn prepare(&self, request: &mut Request<Incoming>) -> Result<(), String> {
+        let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let base = self.base.to_string();
+        let uri = format!("{}{}", base.trim_end_matches('/'), path);
+        *request.uri_mut() = uri.parse().map_err(|_| "invalid request path".to_string())?;
+        let headers = request.headers_mut();
+        headers.remove(header::HOST);
+        headers.remove(header::AUTHORIZATION);
+        if let Some(value) = self.token.header().map_err(|e| e.to_string())? {
+            headers.insert(header::AUTHORIZATION, value);
+        }
+        Ok(())
+    }
+}
+
+/// The bearer token for the apiserver. A token file (projected ServiceAccount token) is re-read every
+/// minute because the kubelet rotates it.
+enum Token {
+    None,
+    Fixed(HeaderValue),
+    File { path: PathBuf, cached: RwLock<(HeaderValue, Instant)> },
+}
+
+const TOKEN_REFRESH: Duration = Duration::from_secs(60);
+
+impl Token {
+    fn fixed(token: &str) -> Result<Self> {
+        Ok(Self::Fixed(bearer(token)?))
+    }
+
+    fn from_file(path: PathBuf) -> Result<Self> {
+        let value = read_token(&path)?;
+        Ok(Self::File { path, cached: RwLock::new((value, Instant::now())) })
+    }
+
+    fn header(&self) -> Result<Option<HeaderValue>> {
+        match self {
+            Self::None => Ok(None),
+            Self::Fixed(v) => Ok(Some(v.clone())),
+            Self::File { path, cached } => {
+                {
+                    let guard = cached.read().unwrap_or_else(|e| e.into_inner());
+                    if guard.1.elapsed() < TOKEN_REFRESH {
+                        return Ok(Some(guard.0.clone()));
+                    }
+                }
+                let value = read_token(path)?;
+                *cached.write().unwrap_or_else(|e| e.into_inner()) = (value.clone(), Instant::now());
+                Ok(Some(value))
+            }
+        }
+    }
+}
+
+fn read_token(path: &PathBuf) -> Result<HeaderValue> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Upstream(format!("token file {}: {e}", path.display())))?;
+    bearer(text.trim())
+}
+
+fn bearer(token: &str) -> Result<HeaderValue> {
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| Error::Upstream("the token is not a valid header value".into()))?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+fn client_identity(auth: &kube::config::AuthInfo) -> Result<Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>> {
+    use base64::Engine;
+    use rustls::pki_types::pem::PemObject;
+    use secrecy::ExposeSecret;
+    let decode = |what: &str, data: &str| {
+        base64::engine::general_purpose::STANDARD
+            .decode(data.trim())
+            .map_err(|e| Error::Upstream(format!("{what}: {e}")))
+    };
+    let read = |what: &str, path: &str| std::fs::read(path).map_err(|e| Error::Upstream(format!("{what} {path}: {e}")));
+    let cert = match (&auth.client_certificate_data, &auth.client_certificate) {
+        (Some(data), _) => decode("client-certificate-data", data)?,
+        (None, Some(path)) => read("client-certificate", path)?,
+        (None, None) => return Ok(None),
+    };
+    let key = match (&auth.client_key_data, &auth.client_key) {
+        (Some(data), _) => decode("client-key-data", data.expose_secret())?,
+        (None, Some(path)) => read("client-key", path)?,
+        (None, None) => return Err(Error::Upstream("client certificate without a key".into())),
+    };
+    let chain = tether_runtime::tls::certs_from_pem(&cert).map_err(Error::Upstream)?;
+    let key = PrivateKeyDer::from_pem_slice(&key).map_err(|_| Error::Upstream("client key is not a PEM private key".into()))?;
+    Ok(Some((chain, key)))
+}
+
+pub fn status(code: StatusCode, message: &str) -> Response<Body> {
+    let body = serde_json::json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": "InternalError", "code": code.as_u16(),
+    });
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())).map_err(|n| match n {}).boxed_unsync());
+    *response.status_mut() = code;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

@@ -1,0 +1,71 @@
+//! Command line and environment of `tunnel-server`.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "tunnel-server", version, about = "tether hub: spoke tunnels and the Kubernetes API proxy")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the hub: QUIC endpoint for spokes, HTTPS proxy for API clients, ops endpoint.
+    Serve(ServeConfig),
+    /// Write a kubeconfig with one context per cluster, each pointing at the hub proxy.
+    Kubeconfig(crate::kubeconfig::KubeconfigArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// UDP address of the QUIC endpoint spokes dial.
+    #[arg(long, env = "TETHER_QUIC_ADDR", default_value = "0.0.0.0:8443")]
+    pub quic_addr: SocketAddr,
+    /// TCP address of the HTTPS proxy for API clients.
+    #[arg(long, env = "TETHER_PROXY_ADDR", default_value = "0.0.0.0:8443")]
+    pub proxy_addr: SocketAddr,
+    /// TCP address of /metrics, /healthz and /readyz (HTTPS).
+    #[arg(long, env = "TETHER_OPS_ADDR", default_value = "0.0.0.0:9443")]
+    pub ops_addr: SocketAddr,
+    /// Serving certificate (PEM chain) for the QUIC endpoint, the proxy and the ops endpoint.
+    #[arg(long, env = "TETHER_TLS_CERT")]
+    pub tls_cert: PathBuf,
+    /// Private key of --tls-cert.
+    #[arg(long, env = "TETHER_TLS_KEY")]
+    pub tls_key: PathBuf,
+    /// The hub CA that signs spoke certificates; spokes are verified against it.
+    #[arg(long, env = "TETHER_TUNNEL_CA")]
+    pub tunnel_ca: PathBuf,
+    /// The hub apiserver's client CA: API clients may authenticate with certificates it signed.
+    #[arg(long, env = "TETHER_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+    /// kubeconfig for the hub apiserver (TokenReview, SubjectAccessReview, ManagedCluster watch);
+    /// in-cluster configuration when absent.
+    #[arg(long, env = "TETHER_HUB_KUBECONFIG")]
+    pub hub_kubeconfig: Option<PathBuf>,
+    /// How long authentication and authorization answers are cached.
+    #[arg(long, env = "TETHER_AUTH_CACHE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub auth_cache_ttl: Duration,
+    /// Control-stream heartbeat interval; a tunnel silent for three intervals is dropped.
+    #[arg(long, env = "TETHER_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// Time to response headers from a spoke before answering 504.
+    #[arg(long, env = "TETHER_RESPONSE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub response_timeout: Duration,
+    /// On shutdown, how long open streams may finish after spokes were told to go away.
+    #[arg(long, env = "TETHER_DRAIN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub drain_grace: Duration,
+    /// Per-stream receive window in bytes: bounds what one slow reader buffers.
+    #[arg(long, env = "TETHER_STREAM_WINDOW", default_value_t = 16 * 1024 * 1024)]
+    pub stream_window: u64,
+    /// Runtime worker threads; 0 or 1 runs a single-threaded runtime.
+    #[arg(long, env = "TETHER_WORKER_THREADS", default_value_t = 2)]
+    pub worker_threads: usize,
+    /// Write the bound addresses as JSON here once listening (for scripts and tests binding port 0).
+    #[arg(long, env = "TETHER_READY_FILE")]
+    pub ready_file: Option<PathBuf>,
+}

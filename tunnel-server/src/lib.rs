@@ -1,0 +1,176 @@
+//! tether's hub. Spokes dial the QUIC endpoint with client certificates of the hub CA; API clients call
+//! `https://HUB/clusters/<cluster>/...`; each request becomes one stream on the cluster's tunnel.
+pub mod clusters;
+pub mod config;
+mod error;
+pub mod kubeconfig;
+pub mod metrics;
+pub mod proxy;
+pub mod registry;
+pub mod tunnels;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::server::WebPkiClientVerifier;
+use tether_runtime::ops::{self, Readiness};
+use tether_runtime::tls;
+use tether_runtime::transport::TransportSettings;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Cli, Command, ServeConfig};
+pub use error::{Error, Result};
+
+use crate::clusters::KnownClusters;
+use crate::proxy::{ForwardSettings, HubAuth, Proxy};
+use crate::registry::Registry;
+use crate::tunnels::TunnelSettings;
+
+/// Runs the hub until `shutdown` is cancelled, then drains: spokes are told to go away and open streams get
+/// `drain_grace` to finish.
+pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<()> {
+    tls::install_crypto_provider();
+    metrics::describe();
+    let prometheus = tether_runtime::telemetry::install_metrics()?;
+
+    let transport = TransportSettings { stream_window: config.stream_window, ..Default::default() };
+    let endpoint = quinn::Endpoint::server(quic_server_config(&config, &transport)?, config.quic_addr)
+        .map_err(|source| Error::Bind { what: "QUIC endpoint", addr: config.quic_addr, source })?;
+    let proxy_listener = bind(config.proxy_addr, "proxy").await?;
+    let ops_listener = bind(config.ops_addr, "ops endpoint").await?;
+    let bound = Bound {
+        quic: endpoint.local_addr()?,
+        proxy: proxy_listener.local_addr()?,
+        ops: ops_listener.local_addr()?,
+    };
+
+    let client = hub_client(&config).await?;
+    let registry = Arc::new(Registry::default());
+    let clusters = KnownClusters::default();
+    let readiness = Readiness::default();
+    let auth = HubAuth::new(client.clone(), config.auth_cache_ttl);
+    let forward = ForwardSettings { open_timeout: Duration::from_secs(10), response_timeout: config.response_timeout };
+    let proxy = Arc::new(Proxy::new(registry.clone(), auth, clusters.clone(), forward));
+    let tunnel_settings = TunnelSettings {
+        heartbeat_interval: config.heartbeat_interval,
+        dead_after: config.heartbeat_interval * 3,
+        hello_timeout: Duration::from_secs(10),
+    };
+
+    // Listeners stop on `stop_accepting`; tunnels get go-away on it too, and are cut at `hard_stop`.
+    let stop_accepting = shutdown.child_token();
+    let hard_stop = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(clusters.clone().watch(client, hard_stop.clone()));
+    tasks.spawn(tunnels::accept_loop(endpoint.clone(), registry.clone(), tunnel_settings, stop_accepting.clone()));
+    let proxy_tls = proxy_tls_config(&config)?;
+    tasks.spawn(proxy.serve(proxy_listener, proxy_tls, stop_accepting.clone()));
+    let ops_tls = tls::server_config_from_files(&config.tls_cert, &config.tls_key)?;
+    tasks.spawn(ops::serve(ops_listener, ops_tls, prometheus, readiness.clone(), hard_stop.clone()));
+
+    wait_for_sync(&clusters, &shutdown).await;
+    readiness.set(true);
+    if let Some(path) = &config.ready_file {
+        bound.write(path)?;
+    }
+    tracing::info!(quic = %bound.quic, proxy = %bound.proxy, ops = %bound.ops, "hub ready");
+
+    shutdown.cancelled().await;
+    readiness.set(false);
+    let deadline = Instant::now() + config.drain_grace;
+    while !registry.all().is_empty() && Instant::now() < deadline {
+        // Spokes close their connections once told to go away; wait for that, bounded by the grace period.
+        if let Some(tunnel) = registry.all().first() {
+            let _ = tokio::time::timeout_at(deadline.into(), tunnel.connection.closed()).await;
+        }
+    }
+    endpoint.close(0u32.into(), b"hub shutting down");
+    hard_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    tasks.abort_all();
+    Ok(())
+}
+
+async fn wait_for_sync(clusters: &KnownClusters, shutdown: &CancellationToken) {
+    // Until the first list has arrived every cluster would look unknown; hold readiness back instead.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !clusters.is_synced() && !shutdown.is_cancelled() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|source| Error::Bind { what, addr, source })
+}
+
+fn quic_server_config(config: &ServeConfig, transport: &TransportSettings) -> Result<quinn::ServerConfig> {
+    let roots = Arc::new(tls::root_store(&config.tunnel_ca)?);
+    let verifier = WebPkiClientVerifier::builder(roots).build().map_err(tether_runtime::Error::from)?;
+    let mut crypto = rustls::ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(tls::load_certs(&config.tls_cert)?, tls::load_key(&config.tls_key)?)
+        .map_err(tether_runtime::Error::from)?;
+    crypto.alpn_protocols = vec![tether_proto::ALPN.to_vec()];
+    crypto.max_early_data_size = 0;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(crypto).map_err(|e| Error::Quic(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(Arc::new(transport.to_quinn()));
+    Ok(server)
+}
+
+fn proxy_tls_config(config: &ServeConfig) -> Result<Arc<rustls::ServerConfig>> {
+    let builder = rustls::ServerConfig::builder();
+    let builder = match &config.client_ca {
+        Some(ca) => {
+            let roots = Arc::new(tls::root_store(ca)?);
+            let verifier = WebPkiClientVerifier::builder(roots)
+                .allow_unauthenticated()
+                .build()
+                .map_err(tether_runtime::Error::from)?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut tls_config = builder
+        .with_single_cert(tls::load_certs(&config.tls_cert)?, tls::load_key(&config.tls_key)?)
+        .map_err(tether_runtime::Error::from)?;
+    tls_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(tls_config))
+}
+
+async fn hub_client(config: &ServeConfig) -> Result<kube::Client> {
+    let kube_config = match &config.hub_kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| Error::Kubeconfig(format!("--hub-kubeconfig {}: {e}", path.display())))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .map_err(|e| Error::Kubeconfig(format!("--hub-kubeconfig {}: {e}", path.display())))?
+        }
+        None => kube::Config::incluster().map_err(|e| Error::Kubeconfig(format!("in-cluster configuration: {e}")))?,
+    };
+    Ok(kube::Client::try_from(kube_config)?)
+}
+
+/// The addresses actually bound, for callers that asked for port 0.
+#[derive(Debug, Clone, Copy)]
+struct Bound {
+    quic: SocketAddr,
+    proxy: SocketAddr,
+    ops: SocketAddr,
+}
+
+impl Bound {
+    fn write(&self, path: &std::path::Path) -> Result<()> {
+        let json = serde_json::json!({
+            "quic": self.quic.to_string(),
+            "proxy": self.proxy.to_string(),
+            "ops": self.ops.to_string(),
+        });
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, json.to_string()).map_err(|source| Error::Write { path: tmp.clone(), source })?;
+        std::fs::rename(&tmp, path).map_err(|source| Error::Write { path: path.into(), source })
+    }
+}

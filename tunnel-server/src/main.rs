@@ -1,0 +1,22 @@
+use anyhow::Context;
+use clap::Parser;
+use tunnel_server::{Cli, Command};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tether_runtime::telemetry::init_tracing();
+    match cli.command {
+        Command::Serve(config) => {
+            let runtime = tether_runtime::build_runtime(config.worker_threads).context("starting the runtime")?;
+            runtime.block_on(async {
+                let shutdown = tether_runtime::shutdown::on_signals();
+                tunnel_server::run(config, shutdown).await
+            })?;
+        }
+        Command::Kubeconfig(args) => {
+            let runtime = tether_runtime::build_runtime(1).context("starting the runtime")?;
+            runtime.block_on(tunnel_server::kubeconfig::write(args))?;
+        }
+    }
+    Ok(())
+}

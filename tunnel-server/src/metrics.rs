@@ -1,0 +1,22 @@
+//! Every metric the server emits, named in one place.
+
+pub const TUNNELS: &str = "tether_server_tunnels";
+pub const TUNNEL_CONNECTS: &str = "tether_server_tunnel_connects_total";
+pub const HANDSHAKE_FAILURES: &str = "tether_server_handshake_failures_total";
+pub const STREAMS_OPEN: &str = "tether_server_streams_open";
+pub const REQUESTS: &str = "tether_server_requests_total";
+pub const REQUEST_DURATION: &str = "tether_server_request_duration_seconds";
+pub const TUNNEL_BYTES: &str = "tether_server_tunnel_bytes_total";
+pub const AUTH_LOOKUPS: &str = "tether_server_auth_lookups_total";
+
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!(TUNNELS, "Spoke tunnels connected to this replica, by cluster");
+    describe_counter!(TUNNEL_CONNECTS, "Spoke tunnels established, by cluster (reconnects included)");
+    describe_counter!(HANDSHAKE_FAILURES, "QUIC/TLS handshakes or control-stream handshakes that failed, by reason");
+    describe_gauge!(STREAMS_OPEN, "Proxied streams currently open, by cluster");
+    describe_counter!(REQUESTS, "Proxied API requests, by cluster and HTTP code");
+    describe_histogram!(REQUEST_DURATION, Unit::Seconds, "Time to response headers of proxied requests, by cluster and code");
+    describe_counter!(TUNNEL_BYTES, Unit::Bytes, "UDP payload bytes of tunnels, by direction (rx/tx)");
+    describe_counter!(AUTH_LOOKUPS, "TokenReview/SubjectAccessReview look-ups against the hub, by kind and cache outcome");
+}

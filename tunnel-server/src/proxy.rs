@@ -1,0 +1,202 @@
+//! The hub's HTTPS endpoint: `https://HUB/clusters/<cluster>/<Kubernetes API path>`.
+//! Order of checks: authenticate → route → impersonation → authorize → cluster known → tunnel → forward.
+mod auth;
+mod forward;
+pub mod identity;
+pub mod route;
+mod status;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use metrics::{counter, histogram};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+pub use auth::{Attributes, HubAuth};
+pub use forward::ForwardSettings;
+use identity::{Impersonation, UserInfo};
+pub use status::ProxyError;
+
+use crate::clusters::KnownClusters;
+use crate::metrics as m;
+use crate::registry::Registry;
+
+pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+pub struct Proxy {
+    pub registry: Arc<Registry>,
+    pub auth: HubAuth,
+    pub clusters: KnownClusters,
+    pub forward: ForwardSettings,
+    request_ids: AtomicU64,
+}
+
+impl Proxy {
+    pub fn new(registry: Arc<Registry>, auth: HubAuth, clusters: KnownClusters, forward: ForwardSettings) -> Self {
+        Self { registry, auth, clusters, forward, request_ids: AtomicU64::new(1) }
+    }
+
+    /// Serves HTTPS until `shutdown`. Connections already open finish their current requests.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, tls: Arc<rustls::ServerConfig>, shutdown: CancellationToken) {
+        let acceptor = TlsAcceptor::from(tls);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "proxy accept failed");
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let proxy = self.clone();
+            tokio::spawn(async move {
+                let tls = match acceptor.accept(tcp).await {
+                    Ok(tls) => tls,
+                    Err(e) => return tracing::debug!(%peer, error = %e, "proxy TLS handshake failed"),
+                };
+                // The client certificate, if any, was verified against the hub's client CA in the handshake.
+                let cert_user = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .and_then(|leaf| tether_certs::kube_user_of(leaf.as_ref()).ok())
+                    .map(|(username, groups)| Arc::new(user_from_cert(username, groups)));
+                let service = hyper::service::service_fn(move |request| {
+                    let proxy = proxy.clone();
+                    let cert_user = cert_user.clone();
+                    async move { Ok::<_, Infallible>(proxy.handle(request, cert_user).await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    }
+
+    pub async fn handle(&self, request: Request<Incoming>, cert_user: Option<Arc<UserInfo>>) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let mut cluster = None;
+        let response = match self.try_handle(request, cert_user, &mut cluster).await {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::debug!(%error, "refused");
+                error.into_response()
+            }
+        };
+        // Unknown names would let any caller grow the label set: only routed clusters are labelled.
+        let cluster = cluster.unwrap_or_else(|| "-".to_string());
+        let code = response.status().as_u16().to_string();
+        counter!(m::REQUESTS, "cluster" => cluster.clone(), "code" => code.clone()).increment(1);
+        histogram!(m::REQUEST_DURATION, "cluster" => cluster, "code" => code).record(started.elapsed().as_secs_f64());
+        response
+    }
+
+    async fn try_handle(
+        &self,
+        request: Request<Incoming>,
+        cert_user: Option<Arc<UserInfo>>,
+        routed: &mut Option<String>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let caller = self.authenticate(&request, cert_user).await?;
+        let route = route::parse(request.uri()).map_err(|e| match e {
+            route::RouteError::NotClusterPath => ProxyError::NotFound(e.to_string()),
+            _ => ProxyError::BadRequest(e.to_string()),
+        })?;
+        let user = self.apply_impersonation(&caller, request.headers()).await?;
+        let verb = verb_of(request.method())?;
+        if !self.auth.allowed(&user, &Attributes::cluster_proxy(&route.cluster, verb)).await? {
+            return Err(ProxyError::Forbidden(format!(
+                "managedclusters.tether.io \"{}\" is forbidden: User \"{}\" cannot {verb} resource \"managedclusters/proxy\" in API group \"tether.io\" on the hub",
+                route.cluster, user.username
+            )));
+        }
+        if !self.clusters.contains(&route.cluster) {
+            return Err(ProxyError::NotFound(format!("managedclusters.tether.io \"{}\" not found", route.cluster)));
+        }
+        *routed = Some(route.cluster.clone());
+        let tunnel = self.registry.pick(&route.cluster).ok_or_else(|| ProxyError::NoTunnel(route.cluster.clone()))?;
+        let request_id = self.request_ids.fetch_add(1, Ordering::Relaxed);
+        forward::forward(tunnel, request, &route.path_and_query, &user, request_id, &self.forward).await
+    }
+
+    async fn authenticate(&self, request: &Request<Incoming>, cert_user: Option<Arc<UserInfo>>) -> Result<Arc<UserInfo>, ProxyError> {
+        if let Some(user) = cert_user {
+            return Ok(user);
+        }
+        let token = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(ProxyError::Unauthorized)?;
+        self.auth.authenticate_token(token).await?.ok_or(ProxyError::Unauthorized)
+    }
+
+    /// Incoming `Impersonate-*` headers are honoured only when the hub allows the caller every part of
+    /// them; otherwise the request is refused (as the apiserver itself does), never forwarded half-checked.
+    async fn apply_impersonation(&self, caller: &Arc<UserInfo>, headers: &http::HeaderMap) -> Result<UserInfo, ProxyError> {
+        let Some(wanted) = Impersonation::from_headers(headers).map_err(ProxyError::BadRequest)? else {
+            return Ok(caller.as_ref().clone());
+        };
+        let mut checks = Vec::new();
+        if let Some(user) = &wanted.user {
+            // A ServiceAccount is impersonated as the namespaced object, as the apiserver checks it.
+            checks.push(match user.strip_prefix("system:serviceaccount:").and_then(|r| r.split_once(':')) {
+                Some((namespace, name)) => {
+                    Attributes { namespace: namespace.into(), ..Attributes::impersonate("serviceaccounts", "", name) }
+                }
+                None => Attributes::impersonate("users", "", user),
+            });
+        }
+        checks.extend(wanted.groups.iter().map(|g| Attributes::impersonate("groups", "", g)));
+        for (key, values) in &wanted.extra {
+            checks.extend(values.iter().map(|v| Attributes::impersonate("userextras", key, v)));
+        }
+        if let Some(uid) = &wanted.uid {
+            checks.push(Attributes::impersonate("uids", "", uid));
+        }
+        for check in &checks {
+            if !self.auth.allowed(caller, check).await? {
+                return Err(ProxyError::Forbidden(format!(
+                    "User \"{}\" cannot impersonate {} \"{}\" on the hub",
+                    caller.username, check.resource, check.name
+                )));
+            }
+        }
+        Ok(wanted.into_user())
+    }
+}
+
+fn user_from_cert(username: String, mut groups: Vec<String>) -> UserInfo {
+    if !groups.iter().any(|g| g == "system:authenticated") {
+        groups.push("system:authenticated".into());
+    }
+    UserInfo { username, uid: String::new(), groups, extra: Default::default() }
+}
+
+/// The verb the hub authorizes, from the HTTP method, as the apiserver maps it for the proxy subresource.
+fn verb_of(method: &Method) -> Result<&'static str, ProxyError> {
+    Ok(match *method {
+        Method::GET | Method::HEAD | Method::OPTIONS => "get",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE => "delete",
+        _ => return Err(ProxyError::MethodNotAllowed(method.to_string())),
+    })
+}

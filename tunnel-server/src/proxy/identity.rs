@@ -1,0 +1,149 @@
+//! Who the caller is, and what the spoke is told about it.
+use std::collections::BTreeMap;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+/// A verified identity: from a client certificate of the hub's client CA, a TokenReview, or an
+/// impersonation the hub allowed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UserInfo {
+    pub username: String,
+    pub uid: String,
+    pub groups: Vec<String>,
+    pub extra: BTreeMap<String, Vec<String>>,
+}
+
+/// What an incoming request asked to impersonate, read from its `Impersonate-*` headers.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Impersonation {
+    pub user: Option<String>,
+    pub groups: Vec<String>,
+    pub extra: BTreeMap<String, Vec<String>>,
+    pub uid: Option<String>,
+}
+
+impl Impersonation {
+    pub fn from_headers(headers: &HeaderMap) -> Result<Option<Self>, String> {
+        let mut found = Self::default();
+        let mut any = false;
+        for (name, value) in headers {
+            let name = name.as_str();
+            if !name.starts_with("impersonate-") {
+                continue;
+            }
+            any = true;
+            let value = value.to_str().map_err(|_| format!("header {name} is not valid text"))?.to_string();
+            match name {
+                "impersonate-user" => found.user = Some(value),
+                "impersonate-group" => found.groups.push(value),
+                "impersonate-uid" => found.uid = Some(value),
+                _ => match name.strip_prefix("impersonate-extra-") {
+                    Some(key) if !key.is_empty() => {
+                        let key = percent_encoding::percent_decode_str(key).decode_utf8_lossy().into_owned();
+                        found.extra.entry(key).or_default().push(value);
+                    }
+                    _ => return Err(format!("unknown impersonation header {name}")),
+                },
+            }
+        }
+        if !any {
+            return Ok(None);
+        }
+        if found.user.is_none() {
+            return Err("impersonating groups, extra or uid requires Impersonate-User".into());
+        }
+        Ok(Some(found))
+    }
+
+    /// The identity the request runs as once the hub has allowed every part of the impersonation.
+    pub fn into_user(self) -> UserInfo {
+        let username = self.user.unwrap_or_default();
+        let mut groups = self.groups;
+        // As the apiserver does: an impersonated user is authenticated (unless anonymous).
+        if username != "system:anonymous" && !groups.iter().any(|g| g == "system:authenticated") {
+            groups.push("system:authenticated".into());
+        }
+        UserInfo { username, uid: self.uid.unwrap_or_default(), groups, extra: self.extra }
+    }
+}
+
+/// Keys of `Impersonate-Extra-<key>` are percent-encoded, as the apiserver decodes them.
+const EXTRA_KEY: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// Drops every `Impersonate-*` and `Authorization` header, then states `user` for the spoke apiserver.
+pub fn set_impersonation(headers: &mut HeaderMap, user: &UserInfo) -> Result<(), String> {
+    let stale: Vec<HeaderName> =
+        headers.keys().filter(|k| k.as_str().starts_with("impersonate-")).cloned().collect();
+    for name in stale {
+        headers.remove(name);
+    }
+    headers.remove(http::header::AUTHORIZATION);
+    let value = |v: &str| HeaderValue::from_str(v).map_err(|_| format!("identity value {v:?} is not a valid header"));
+    headers.insert("impersonate-user", value(&user.username)?);
+    for group in &user.groups {
+        headers.append("impersonate-group", value(group)?);
+    }
+    for (key, values) in &user.extra {
+        let name = format!("impersonate-extra-{}", utf8_percent_encode(&key.to_lowercase(), EXTRA_KEY));
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("extra key {key:?} is not usable"))?;
+        for v in values {
+            headers.append(name.clone(), value(v)?);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn reads_requested_impersonation() {
+        let h = headers(&[
+            ("Impersonate-User", "admin"),
+            ("Impersonate-Group", "g1"),
+            ("Impersonate-Group", "g2"),
+            ("Impersonate-Extra-Scopes%2Fx", "s"),
+        ]);
+        let imp = Impersonation::from_headers(&h).unwrap().unwrap();
+        assert_eq!(imp.user.as_deref(), Some("admin"));
+        assert_eq!(imp.groups, ["g1", "g2"]);
+        assert_eq!(imp.extra["scopes/x"], ["s"]);
+        assert_eq!(Impersonation::from_headers(&headers(&[("Accept", "x")])).unwrap(), None);
+        assert!(Impersonation::from_headers(&headers(&[("Impersonate-Group", "g")])).is_err());
+    }
+
+    #[test]
+    fn replaces_every_incoming_identity_header() {
+        let mut h = headers(&[
+            ("Authorization", "Bearer hub-token"),
+            ("Impersonate-User", "admin"),
+            ("Impersonate-Group", "system:masters"),
+            ("Impersonate-Extra-Foo", "bar"),
+            ("Accept", "application/json"),
+        ]);
+        let user = UserInfo {
+            username: "alice".into(),
+            uid: "1".into(),
+            groups: vec!["devs".into(), "system:authenticated".into()],
+            extra: BTreeMap::from([("scopes.example/k".to_string(), vec!["v".to_string()])]),
+        };
+        set_impersonation(&mut h, &user).unwrap();
+        assert!(h.get("authorization").is_none());
+        assert_eq!(h.get("impersonate-user").unwrap(), "alice");
+        let groups: Vec<_> = h.get_all("impersonate-group").iter().collect();
+        assert_eq!(groups, ["devs", "system:authenticated"]);
+        assert!(h.get("impersonate-extra-foo").is_none());
+        assert_eq!(h.get("impersonate-extra-scopes.example%2Fk").unwrap(), "v");
+        assert_eq!(h.get("accept").unwrap(), "application/json");
+    }
+}

@@ -1,0 +1,180 @@
+//! The QUIC side of the hub: accept spoke connections, learn the cluster from the verified client
+//! certificate (never from anything the client says), run the control stream, keep the registry current.
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use metrics::{counter, gauge};
+use rustls::pki_types::CertificateDer;
+use tether_proto::{Event, Role, Session, SessionConfig};
+use tether_runtime::transport::ByteCounter;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn, Instrument};
+
+use crate::metrics as m;
+use crate::registry::{Registry, Tunnel};
+
+#[derive(Debug, Clone)]
+pub struct TunnelSettings {
+    pub heartbeat_interval: Duration,
+    /// No control-stream bytes for this long and the tunnel is declared dead.
+    pub dead_after: Duration,
+    /// How long a new connection may take to open its control stream and say hello.
+    pub hello_timeout: Duration,
+}
+
+/// Accepts spoke connections until `shutdown`, then tells every spoke to go away.
+pub async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    registry: Arc<Registry>,
+    settings: TunnelSettings,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let incoming = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            incoming = endpoint.accept() => match incoming {
+                Some(i) => i,
+                None => break,
+            },
+        };
+        let registry = registry.clone();
+        let settings = settings.clone();
+        let shutdown = shutdown.clone();
+        let remote = incoming.remote_address();
+        tokio::spawn(async move {
+            let connection = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    counter!(m::HANDSHAKE_FAILURES, "reason" => "tls").increment(1);
+                    return tracing::debug!(%remote, error = %e, "spoke handshake failed");
+                }
+            };
+            let cluster = match cluster_of(&connection) {
+                Ok(c) => c,
+                Err(reason) => {
+                    counter!(m::HANDSHAKE_FAILURES, "reason" => "identity").increment(1);
+                    warn!(%remote, %reason, "refusing spoke connection");
+                    connection.close(1u32.into(), b"bad identity");
+                    return;
+                }
+            };
+            let span = tracing::info_span!("tunnel", %cluster, %remote);
+            serve_tunnel(connection, cluster, registry, settings, shutdown).instrument(span).await;
+        });
+    }
+}
+
+fn cluster_of(connection: &quinn::Connection) -> Result<String, String> {
+    let identity = connection.peer_identity().ok_or("no client certificate")?;
+    let certs = identity
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .map_err(|_| "unexpected peer identity type")?;
+    let leaf = certs.first().ok_or("empty client certificate chain")?;
+    tether_certs::cluster_of(leaf.as_ref()).map_err(|e| e.to_string())
+}
+
+async fn serve_tunnel(
+    connection: quinn::Connection,
+    cluster: String,
+    registry: Arc<Registry>,
+    settings: TunnelSettings,
+    shutdown: CancellationToken,
+) {
+    let (mut send, mut recv) = match tokio::time::timeout(settings.hello_timeout, connection.accept_bi()).await {
+        Ok(Ok(streams)) => streams,
+        Ok(Err(e)) => return tracing::debug!(error = %e, "connection closed before its control stream"),
+        Err(_) => {
+            counter!(m::HANDSHAKE_FAILURES, "reason" => "hello_timeout").increment(1);
+            connection.close(2u32.into(), b"no control stream");
+            return;
+        }
+    };
+    let role = Role::Server { cluster: cluster.clone(), heartbeat_interval: settings.heartbeat_interval };
+    let config = SessionConfig { heartbeat_interval: settings.heartbeat_interval, dead_after: settings.dead_after };
+    let mut session = Session::new(role, config, Instant::now());
+    let hello_deadline = Instant::now() + settings.hello_timeout;
+    let mut registered: Option<Arc<Tunnel>> = None;
+    let mut stats = ByteCounter::new(m::TUNNEL_BYTES);
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut going_away = false;
+
+    let outcome: &str = loop {
+        while let Some(bytes) = session.poll_transmit() {
+            if send.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+        let mut stop = None;
+        while let Some(event) = session.poll_event() {
+            match event {
+                Event::Established { peer_instance, .. } => {
+                    let tunnel = Arc::new(Tunnel {
+                        id: registry.next_id(),
+                        cluster: cluster.clone(),
+                        instance: peer_instance.unwrap_or_default(),
+                        connection: connection.clone(),
+                    });
+                    let count = registry.insert(tunnel.clone());
+                    gauge!(m::TUNNELS, "cluster" => cluster.clone()).set(count as f64);
+                    counter!(m::TUNNEL_CONNECTS, "cluster" => cluster.clone()).increment(1);
+                    info!(instance = %tunnel.instance, replicas = count, "tunnel up");
+                    registered = Some(tunnel);
+                }
+                Event::GoAway { reason } => {
+                    info!(%reason, "spoke is going away");
+                    stop = Some("spoke went away");
+                }
+                Event::Dead => stop = Some("heartbeat lost"),
+            }
+        }
+        if let Some(outcome) = stop {
+            break outcome;
+        }
+        if registered.is_none() && Instant::now() >= hello_deadline {
+            counter!(m::HANDSHAKE_FAILURES, "reason" => "hello_timeout").increment(1);
+            break "no hello";
+        }
+        let far = Instant::now() + Duration::from_secs(3600);
+        let mut wake = session.poll_timeout().unwrap_or(far);
+        if registered.is_none() {
+            wake = wake.min(hello_deadline);
+        }
+        tokio::select! {
+            read = recv.read(&mut buf) => match read {
+                Ok(Some(n)) => {
+                    if let Err(e) = session.handle_input(Instant::now(), &buf[..n]) {
+                        counter!(m::HANDSHAKE_FAILURES, "reason" => "protocol").increment(1);
+                        warn!(error = %e, "control stream protocol error");
+                        connection.close(3u32.into(), b"protocol error");
+                        break "protocol error";
+                    }
+                }
+                Ok(None) | Err(_) => break "control stream closed",
+            },
+            _ = tokio::time::sleep_until(wake.into()) => {
+                session.handle_timeout(Instant::now());
+                stats.sample(&connection);
+            }
+            _ = shutdown.cancelled(), if !going_away => {
+                // Drain, don't drop: the spoke reconnects at once (to another replica behind the same address);
+                // streams already open finish on this connection until the grace period ends.
+                session.go_away("hub shutting down");
+                going_away = true;
+            }
+            reason = connection.closed() => {
+                tracing::debug!(%reason, "connection closed");
+                break "connection closed";
+            }
+        }
+    };
+
+    stats.sample(&connection);
+    if let Some(tunnel) = registered {
+        let left = registry.remove(&cluster, tunnel.id);
+        gauge!(m::TUNNELS, "cluster" => cluster.clone()).set(left as f64);
+        info!(%outcome, replicas_left = left, "tunnel down");
+    }
+    if outcome != "connection closed" && !going_away {
+        connection.close(0u32.into(), outcome.as_bytes());
+    }
+}
