@@ -30,7 +30,11 @@ impl Backoff {
     pub fn next_delay(&mut self, unit: f64) -> Duration {
         let ceiling = self.ceiling();
         self.attempt = self.attempt.saturating_add(1);
-        let unit = if unit.is_nan() { 0.0 } else { unit.clamp(0.0, 1.0) };
+        let unit = if unit.is_nan() {
+            0.0
+        } else {
+            unit.clamp(0.0, 1.0)
+        };
         // ceiling * unit <= ceiling, but the f64 round trip may round up past it (or past
         // Duration::MAX, which try_from reports): keep the ceiling as the bound either way.
         Duration::try_from_secs_f64(ceiling.as_secs_f64() * unit)

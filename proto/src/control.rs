@@ -412,7 +412,10 @@ mod tests {
         bytes.extend_from_slice(&[0, 0, 0, 3, 0x80, 1, 2]);
         bytes.extend_from_slice(&[0, 0, 0, 1, 0xff]);
         ControlMessage::Ping { seq: 3 }.encode(&mut bytes);
-        assert_eq!(decode_one(&bytes), Ok(Some(ControlMessage::Ping { seq: 3 })));
+        assert_eq!(
+            decode_one(&bytes),
+            Ok(Some(ControlMessage::Ping { seq: 3 }))
+        );
     }
 
     #[test]

@@ -55,7 +55,9 @@ pub enum Error {
     },
 
     /// The peer speaks another major protocol version.
-    #[error("protocol version mismatch: the peer speaks tether/{theirs}, this end speaks tether/{ours}")]
+    #[error(
+        "protocol version mismatch: the peer speaks tether/{theirs}, this end speaks tether/{ours}"
+    )]
     VersionMismatch { ours: u16, theirs: u16 },
 
     /// A well-formed message that is not allowed in the session's current state.

@@ -206,7 +206,11 @@ mod tests {
         let len = buf.len();
         buf.extend_from_slice(b"GET / HTTP/1.1\r\n");
         for split in 0..len {
-            assert_eq!(StreamHeader::decode(&buf[..split]), Ok(None), "split {split}");
+            assert_eq!(
+                StreamHeader::decode(&buf[..split]),
+                Ok(None),
+                "split {split}"
+            );
         }
         for end in len..=buf.len() {
             assert_eq!(
@@ -277,7 +281,11 @@ mod tests {
 
     #[test]
     fn invalid_fields_are_errors() {
-        for header in [service("", "web", 80), service("ns", "", 80), service("ns", "web", 0)] {
+        for header in [
+            service("", "web", 80),
+            service("ns", "", 80),
+            service("ns", "web", 0),
+        ] {
             assert!(header.validate().is_err());
             assert!(matches!(
                 StreamHeader::decode(&encode(&header)),

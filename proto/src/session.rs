@@ -306,7 +306,13 @@ impl Session {
         Ok(())
     }
 
-    fn establish(&mut self, now: Instant, cluster: String, peer_version: u16, peer: Option<String>) {
+    fn establish(
+        &mut self,
+        now: Instant,
+        cluster: String,
+        peer_version: u16,
+        peer: Option<String>,
+    ) {
         self.established = true;
         self.next_ping = now.checked_add(self.heartbeat_interval);
         self.events.push_back(Event::Established {

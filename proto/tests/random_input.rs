@@ -221,7 +221,10 @@ fn check_session(rng: &mut Rng, role: Role, input: &[u8]) -> bool {
             deaths += usize::from(event == Event::Dead);
         }
         if failed {
-            assert!(session.handle_input(now, b"x").is_err(), "errors are sticky");
+            assert!(
+                session.handle_input(now, b"x").is_err(),
+                "errors are sticky"
+            );
             break;
         }
     }
@@ -256,5 +259,8 @@ fn sessions_survive_garbage() {
         };
         established += usize::from(check_session(&mut rng, role, &input));
     }
-    assert!(established > CASES / 20, "only {established} sessions established");
+    assert!(
+        established > CASES / 20,
+        "only {established} sessions established"
+    );
 }

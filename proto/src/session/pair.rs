@@ -127,7 +127,10 @@ impl Pair {
                 return;
             }
         }
-        panic!("pair is still busy after 10000 rounds at {:?}", self.elapsed());
+        panic!(
+            "pair is still busy after 10000 rounds at {:?}",
+            self.elapsed()
+        );
     }
 
     /// Moves the clock forward by `by`, waking each end whenever it asked to be woken.

@@ -60,10 +60,16 @@ fn handshake_establishes_both_ends() {
     assert!(!pair.client.session.is_established());
     pair.advance(25 * MS);
     let (t0, server_at, client_at) = (pair.start, pair.start + 10 * MS, pair.start + 20 * MS);
-    assert_eq!(pair.server.events, [(server_at, established(Some(INSTANCE)))]);
+    assert_eq!(
+        pair.server.events,
+        [(server_at, established(Some(INSTANCE)))]
+    );
     assert_eq!(pair.client.events, [(client_at, established(None))]);
     assert!(pair.client.session.is_established() && pair.server.session.is_established());
-    assert_eq!(pair.server.session.peer_client_version(), Some(CLIENT_VERSION));
+    assert_eq!(
+        pair.server.session.peer_client_version(),
+        Some(CLIENT_VERSION)
+    );
     assert_eq!(pair.to_server.log.len(), 1);
     assert_eq!(
         pair.to_client.log,
@@ -110,7 +116,10 @@ fn heartbeats_keep_an_idle_tunnel_alive_for_a_day() {
         })
         .collect();
     assert!(client_pings.starts_with(&pongs) && client_pings.len() - pongs.len() <= 1);
-    assert_eq!(client_pings, (0..client_pings.len() as u64).collect::<Vec<_>>());
+    assert_eq!(
+        client_pings,
+        (0..client_pings.len() as u64).collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -132,8 +141,12 @@ fn welcome_sets_the_client_heartbeat() {
 fn a_zero_welcome_interval_keeps_the_client_default() {
     let now = Instant::now();
     let mut c = client(now);
-    c.handle_input(now, &welcome(PROTOCOL_VERSION, 0)).expect("welcome");
-    assert_eq!(c.heartbeat_interval(), SessionConfig::default().heartbeat_interval);
+    c.handle_input(now, &welcome(PROTOCOL_VERSION, 0))
+        .expect("welcome");
+    assert_eq!(
+        c.heartbeat_interval(),
+        SessionConfig::default().heartbeat_interval
+    );
     assert_eq!(c.poll_timeout(), Some(now + c.heartbeat_interval()));
 }
 
@@ -154,7 +167,10 @@ fn a_silent_peer_is_declared_dead_once() {
         .collect();
     assert_eq!(dead.len(), 1, "{:?}", pair.client.events);
     let after = dead[0] - silenced;
-    assert!(after > 20 * SEC && after <= 30 * SEC, "dead after {after:?}");
+    assert!(
+        after > 20 * SEC && after <= 30 * SEC,
+        "dead after {after:?}"
+    );
     assert!(pair.client.session.is_dead());
     assert_eq!(pair.client.session.poll_timeout(), None);
     // A dead client stops pinging, so the hub loses it too, later.
@@ -203,7 +219,10 @@ fn go_away_reaches_the_peer_both_ways() {
     pair.client.session.go_away("shutting down");
     pair.advance(SEC);
     let reason = |r: &str| Event::GoAway { reason: r.into() };
-    assert_eq!(pair.client.event_kinds(), [established(None), reason("draining")]);
+    assert_eq!(
+        pair.client.event_kinds(),
+        [established(None), reason("draining")]
+    );
     assert_eq!(
         pair.server.event_kinds(),
         [established(Some(INSTANCE)), reason("shutting down")]
@@ -221,7 +240,12 @@ fn a_hub_go_away_before_hello_follows_the_welcome() {
     assert_eq!(pair.client.error, None);
     assert_eq!(
         pair.client.event_kinds(),
-        [established(None), Event::GoAway { reason: "draining".into() }]
+        [
+            established(None),
+            Event::GoAway {
+                reason: "draining".into()
+            }
+        ]
     );
     let kinds: Vec<&str> = pair.to_client.log.iter().map(|(_, m)| m.name()).collect();
     assert_eq!(kinds, ["Welcome", "GoAway"]);
@@ -255,9 +279,18 @@ fn byte_by_byte_delivery_behaves_the_same() {
     assert_eq!(pair.server.event_kinds(), [established(Some(INSTANCE))]);
     assert_eq!(
         pair.client.event_kinds(),
-        [established(None), Event::GoAway { reason: "draining".into() }]
+        [
+            established(None),
+            Event::GoAway {
+                reason: "draining".into()
+            }
+        ]
     );
-    assert_eq!(pair.to_client.count(|m| matches!(m, ControlMessage::Pong { .. })), 12);
+    assert_eq!(
+        pair.to_client
+            .count(|m| matches!(m, ControlMessage::Pong { .. })),
+        12
+    );
 }
 
 #[test]
@@ -282,7 +315,10 @@ fn another_major_version_is_a_protocol_error() {
     };
     assert_eq!(s.handle_input(now, &hello(2)), Err(expected.clone()));
     let text = expected.to_string();
-    assert!(text.contains("tether/2") && text.contains("tether/1"), "{text}");
+    assert!(
+        text.contains("tether/2") && text.contains("tether/1"),
+        "{text}"
+    );
     // The session stays failed, and never welcomed the client.
     assert_eq!(s.handle_input(now, &hello(PROTOCOL_VERSION)), Err(expected));
     assert!(!s.is_established());
@@ -309,27 +345,50 @@ fn messages_out_of_place_are_protocol_errors() {
     });
 
     for (bytes, name) in [(&ping, "Ping"), (&pong, "Pong"), (&go_away, "GoAway")] {
-        assert_eq!(server(now).handle_input(now, bytes), unexpected(name, "before Hello"));
-        assert_eq!(client(now).handle_input(now, bytes), unexpected(name, "before Welcome"));
+        assert_eq!(
+            server(now).handle_input(now, bytes),
+            unexpected(name, "before Hello")
+        );
+        assert_eq!(
+            client(now).handle_input(now, bytes),
+            unexpected(name, "before Welcome")
+        );
     }
     let welcome = welcome(PROTOCOL_VERSION, 1000);
-    assert_eq!(server(now).handle_input(now, &welcome), unexpected("Welcome", "sent to the hub"));
+    assert_eq!(
+        server(now).handle_input(now, &welcome),
+        unexpected("Welcome", "sent to the hub")
+    );
     let hello = hello(PROTOCOL_VERSION);
-    assert_eq!(client(now).handle_input(now, &hello), unexpected("Hello", "sent to the client"));
+    assert_eq!(
+        client(now).handle_input(now, &hello),
+        unexpected("Hello", "sent to the client")
+    );
 
     let mut s = server(now);
     s.handle_input(now, &hello).expect("first hello");
-    assert_eq!(s.handle_input(now, &hello), unexpected("Hello", "after the handshake"));
+    assert_eq!(
+        s.handle_input(now, &hello),
+        unexpected("Hello", "after the handshake")
+    );
     let mut c = client(now);
     c.handle_input(now, &welcome).expect("first welcome");
-    assert_eq!(c.handle_input(now, &welcome), unexpected("Welcome", "after the handshake"));
+    assert_eq!(
+        c.handle_input(now, &welcome),
+        unexpected("Welcome", "after the handshake")
+    );
 }
 
 #[test]
 fn a_bad_frame_is_a_protocol_error() {
     let now = Instant::now();
-    assert_eq!(server(now).handle_input(now, &[0, 0, 0, 0]), Err(Error::EmptyFrame));
-    let huge = u32::try_from(MAX_CONTROL_FRAME + 1).expect("fits").to_be_bytes();
+    assert_eq!(
+        server(now).handle_input(now, &[0, 0, 0, 0]),
+        Err(Error::EmptyFrame)
+    );
+    let huge = u32::try_from(MAX_CONTROL_FRAME + 1)
+        .expect("fits")
+        .to_be_bytes();
     assert!(matches!(
         client(now).handle_input(now, &huge),
         Err(Error::FrameTooLarge { .. })
@@ -340,9 +399,15 @@ fn a_bad_frame_is_a_protocol_error() {
 fn a_client_queues_hello_at_creation() {
     let now = Instant::now();
     let mut c = client(now);
-    assert_eq!(c.poll_transmit().as_deref(), Some(&hello(PROTOCOL_VERSION)[..]));
+    assert_eq!(
+        c.poll_transmit().as_deref(),
+        Some(&hello(PROTOCOL_VERSION)[..])
+    );
     assert_eq!(c.poll_transmit(), None);
     assert_eq!(server(now).poll_transmit(), None);
     // Before the handshake only the liveness deadline is pending.
-    assert_eq!(c.poll_timeout(), Some(now + SessionConfig::default().dead_after));
+    assert_eq!(
+        c.poll_timeout(),
+        Some(now + SessionConfig::default().dead_after)
+    );
 }

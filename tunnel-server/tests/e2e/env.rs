@@ -1,0 +1,469 @@
+//! The end-to-end environment, started once for all cases: a hub apiserver, two spoke apiservers (each in
+//! its own network namespace behind a firewall that drops every new connection from the hub side, when
+//! running as root), the tunnel-server, one tunnel-client per spoke, and an upgrade-speaking echo backend
+//! behind a third client. Everything is torn down on drop, whatever the cases did.
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context, Result};
+
+use crate::echo::EchoBackend;
+use crate::http::HubClient;
+use crate::procs::{wait_for, Proc};
+
+pub const SPOKES: [&str; 2] = ["spoke-a", "spoke-b"];
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+fn kube_bin(name: &str) -> PathBuf {
+    let cache = std::env::var("TETHER_CACHE").unwrap_or_else(|_| "/var/cache/tether".into());
+    Path::new(&cache).join("kube-1.20.2").join(name)
+}
+
+pub fn kubectl_bin() -> PathBuf {
+    kube_bin("kubectl")
+}
+
+pub fn server_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tunnel-server"))
+}
+
+pub fn client_bin() -> PathBuf {
+    server_bin().with_file_name("tunnel-client")
+}
+
+/// A command run inside `netns` when given (spokes), in the test's own namespace otherwise.
+pub fn in_netns(netns: Option<&str>, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+pub fn run_ok(mut command: Command) -> Result<String> {
+    let output = command.output().with_context(|| format!("running {command:?}"))?;
+    if !output.status.success() {
+        bail!("{command:?} failed: {}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+pub struct Cluster {
+    pub name: String,
+    pub dir: PathBuf,
+    pub netns: Option<String>,
+    _proc: Proc,
+}
+
+impl Cluster {
+    fn spawn(name: &str, dir: &Path, netns: Option<&str>, extra_tokens: Option<&Path>, logs: &Path) -> Result<Proc> {
+        std::fs::create_dir_all(dir)?;
+        let mut command = in_netns(netns, "bash");
+        command.arg(repo_root().join("deploy/dev/cluster.sh")).args(["run", name]).arg(dir);
+        if let Some(file) = extra_tokens {
+            command.arg("--extra-tokens").arg(file);
+        }
+        Proc::spawn(&format!("cluster-{name}"), command, logs)
+    }
+
+    fn ready(name: &str, dir: &Path, netns: Option<&str>, mut proc: Proc) -> Result<Self> {
+        let ready = dir.join("ready");
+        wait_for(&format!("cluster {name}"), Duration::from_secs(150), || {
+            if let Some(status) = proc.exited() {
+                bail!("cluster {name} exited ({status}):\n{}", proc.log_tail());
+            }
+            Ok(ready.exists().then_some(()))
+        })?;
+        Ok(Self { name: name.into(), dir: dir.into(), netns: netns.map(String::from), _proc: proc })
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("kubeconfig")
+    }
+
+    /// kubectl straight at this cluster's apiserver (from inside its namespace), as its admin.
+    pub fn kubectl(&self, args: &[&str]) -> Result<Output> {
+        let mut command = in_netns(self.netns.as_deref(), kubectl_bin());
+        command.arg("--kubeconfig").arg(self.kubeconfig()).args(args);
+        Ok(command.output()?)
+    }
+
+    pub fn kubectl_ok(&self, args: &[&str]) -> Result<String> {
+        let output = self.kubectl(args)?;
+        if !output.status.success() {
+            bail!("kubectl {args:?} on {} failed: {}", self.name, String::from_utf8_lossy(&output.stderr));
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    pub fn apply(&self, yaml: &str) -> Result<()> {
+        let path = self.dir.join(format!("apply-{}.yaml", rand_suffix()));
+        std::fs::write(&path, yaml)?;
+        self.kubectl_ok(&["apply", "-f", path.to_str().context("path")?])?;
+        Ok(())
+    }
+
+    pub fn port(&self) -> Result<u16> {
+        Ok(std::fs::read_to_string(self.dir.join("port"))?.trim().parse()?)
+    }
+}
+
+pub struct Spoke {
+    pub cluster: Cluster,
+    /// The address the spoke dials to reach the hub (the host end of its veth, or loopback).
+    pub hub_ip: String,
+    /// The spoke's own address as the hub side sees it, when it lives behind the firewall.
+    pub spoke_ip: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ServerAddrs {
+    pub quic_port: u16,
+    pub proxy: SocketAddr,
+}
+
+pub struct Env {
+    pub rt: tokio::runtime::Runtime,
+    pub dir: PathBuf,
+    pub logs: PathBuf,
+    pub hub: Cluster,
+    pub spokes: Vec<Spoke>,
+    pub echo: EchoBackend,
+    pub hub_ca_pem: String,
+    pub admin_token: String,
+    pub alice_token: String,
+    /// Contexts `spoke-a`, `spoke-b`, `echo` through the hub, as the hub's admin (client certificate).
+    pub kubeconfig: PathBuf,
+    /// The same contexts as alice (bearer token): allowed on spoke-a only.
+    pub alice_kubeconfig: PathBuf,
+    pub http: HubClient,
+    pub addrs: ServerAddrs,
+    server: Mutex<Option<Proc>>,
+    clients: Mutex<HashMap<String, Proc>>,
+    pub firewalled: bool,
+}
+
+impl Env {
+    pub fn start() -> Result<Self> {
+        for bin in [server_bin(), client_bin(), kubectl_bin()] {
+            if !bin.exists() {
+                bail!("{} is missing: run `cargo build --workspace --bins` and deploy/dev/build-kube.sh first", bin.display());
+            }
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let dir = std::env::temp_dir().join(format!("tether-e2e-{}", std::process::id()));
+        let logs = dir.join("logs");
+        std::fs::create_dir_all(&logs)?;
+        eprintln!("e2e: working directory {}", dir.display());
+        let firewalled = unsafe { libc::geteuid() } == 0 && Command::new("ip").arg("-V").output().is_ok();
+        if !firewalled {
+            eprintln!("e2e: not root: spokes run on loopback without the firewall");
+        }
+
+        let alice_token = format!("alice-{}", rand_suffix());
+        let tokens = dir.join("hub-extra-tokens.csv");
+        std::fs::write(&tokens, format!("{alice_token},alice,alice-uid,\"devs\"\n"))?;
+
+        // Network namespaces first, then all three clusters start side by side.
+        let base = 20 + (std::process::id() % 100) * 2;
+        let mut netns = Vec::new();
+        for (i, name) in SPOKES.iter().enumerate() {
+            if firewalled {
+                let ns = format!("tether-e2e-{}-{}", std::process::id(), &name[6..]);
+                let index = base + i as u32;
+                run_ok({
+                    let mut c = Command::new("bash");
+                    c.arg(repo_root().join("deploy/dev/netns.sh")).args(["create", &ns, &index.to_string()]);
+                    c
+                })?;
+                netns.push(Some((ns, index)));
+            } else {
+                netns.push(None);
+            }
+        }
+        let guard = NetnsGuard(netns.iter().flatten().map(|(ns, _)| ns.clone()).collect());
+        let hub_proc = Cluster::spawn("hub", &dir.join("hub"), None, Some(&tokens), &logs)?;
+        let mut spoke_procs = Vec::new();
+        for (name, ns) in SPOKES.iter().zip(&netns) {
+            let ns = ns.as_ref().map(|(n, _)| n.as_str());
+            spoke_procs.push(Cluster::spawn(name, &dir.join(name), ns, None, &logs)?);
+        }
+        let hub = Cluster::ready("hub", &dir.join("hub"), None, hub_proc)?;
+        let mut spokes = Vec::new();
+        for ((name, ns), proc) in SPOKES.iter().zip(&netns).zip(spoke_procs) {
+            let cluster = Cluster::ready(name, &dir.join(name), ns.as_ref().map(|(n, _)| n.as_str()), proc)?;
+            spokes.push(Spoke {
+                cluster,
+                hub_ip: ns.as_ref().map_or("127.0.0.1".into(), |(_, i)| format!("10.251.{i}.1")),
+                spoke_ip: ns.as_ref().map(|(_, i)| format!("10.251.{i}.2")),
+            });
+        }
+        let admin_token = std::fs::read_to_string(hub.dir.join("admin.token"))?.trim().to_string();
+
+        setup_hub(&hub)?;
+        for spoke in &spokes {
+            setup_spoke(spoke)?;
+        }
+
+        // The hub CA, the hub's serving certificate (loopback and every veth host address), spoke identities.
+        let now = SystemTime::now();
+        let day = Duration::from_secs(86_400);
+        let ca = tether_certs::CertificateAuthority::generate("tether-e2e-hub-ca", now, day)?;
+        let mut ips: Vec<std::net::IpAddr> = vec!["127.0.0.1".parse()?];
+        for spoke in &spokes {
+            ips.push(spoke.hub_ip.parse()?);
+        }
+        ips.dedup();
+        let serving = ca.issue_serving(&["localhost".to_string()], &ips, now, day)?;
+        let pki = dir.join("pki");
+        std::fs::create_dir_all(&pki)?;
+        std::fs::write(pki.join("ca.crt"), ca.cert_pem())?;
+        std::fs::write(pki.join("tls.crt"), &serving.cert_pem)?;
+        std::fs::write(pki.join("tls.key"), &serving.key_pem)?;
+        for name in SPOKES.iter().chain(["echo"].iter()) {
+            let (key, csr) = tether_certs::spoke_key_and_csr(name)?;
+            let cert = ca.sign_spoke_csr(&csr, name, now, day)?;
+            std::fs::write(pki.join(format!("{name}.crt")), cert)?;
+            std::fs::write(pki.join(format!("{name}.key")), key)?;
+        }
+
+        let echo = rt.block_on(EchoBackend::start())?;
+        std::fs::write(dir.join("echo.kubeconfig"), echo.kubeconfig())?;
+
+        let mut env = Self {
+            http: HubClient::new("127.0.0.1:1".parse()?, ca.cert_pem())?,
+            rt,
+            kubeconfig: dir.join("hub-admin.kubeconfig"),
+            alice_kubeconfig: dir.join("hub-alice.kubeconfig"),
+            dir,
+            logs,
+            hub,
+            spokes,
+            echo,
+            hub_ca_pem: ca.cert_pem().to_string(),
+            admin_token,
+            alice_token,
+            addrs: ServerAddrs { quic_port: 0, proxy: "127.0.0.1:0".parse()? },
+            server: Mutex::new(None),
+            clients: Mutex::new(HashMap::new()),
+            firewalled,
+        };
+        env.addrs = env.start_server()?;
+        env.http = HubClient::new(env.addrs.proxy, &env.hub_ca_pem)?;
+        for name in SPOKES.iter().chain(["echo"].iter()) {
+            env.start_client(name)?;
+        }
+        env.write_kubeconfigs()?;
+        std::mem::forget(guard); // Env's own Drop deletes the namespaces from here on.
+        Ok(env)
+    }
+
+    pub fn spoke(&self, name: &str) -> &Spoke {
+        self.spokes.iter().find(|s| s.cluster.name == name).expect("known spoke")
+    }
+
+    fn server_command(&self, addrs: &ServerAddrs) -> Command {
+        let pki = self.dir.join("pki");
+        let mut c = Command::new(server_bin());
+        c.arg("serve")
+            .args(["--quic-addr", &format!("0.0.0.0:{}", addrs.quic_port)])
+            .args(["--proxy-addr", &addrs.proxy.to_string()])
+            .args(["--ops-addr", "127.0.0.1:0"])
+            .arg("--tls-cert").arg(pki.join("tls.crt"))
+            .arg("--tls-key").arg(pki.join("tls.key"))
+            .arg("--tunnel-ca").arg(pki.join("ca.crt"))
+            .arg("--client-ca").arg(self.hub.dir.join("ca.crt"))
+            .arg("--hub-kubeconfig").arg(self.hub.kubeconfig())
+            .args(["--auth-cache-ttl", "1s", "--heartbeat-interval", "1s", "--drain-grace", "2s"])
+            // A small stream window makes the slow-reader case fill it quickly.
+            .args(["--stream-window", "1048576"])
+            .arg("--ready-file").arg(self.dir.join("server.ready"))
+            .env("TETHER_LOG", "info,tunnel_server=debug");
+        c
+    }
+
+    /// Starts the server (port 0 the first time, the same ports on a restart) and waits until it is ready.
+    fn start_server(&self) -> Result<ServerAddrs> {
+        let ready = self.dir.join("server.ready");
+        let _ = std::fs::remove_file(&ready);
+        let mut proc = Proc::spawn("tunnel-server", self.server_command(&self.addrs), &self.logs)?;
+        let json: serde_json::Value = wait_for("tunnel-server ready file", Duration::from_secs(30), || {
+            if let Some(status) = proc.exited() {
+                bail!("tunnel-server exited ({status}):\n{}", proc.log_tail());
+            }
+            Ok(std::fs::read_to_string(&ready).ok().and_then(|t| serde_json::from_str(&t).ok()))
+        })?;
+        let quic: SocketAddr = json["quic"].as_str().context("quic")?.parse()?;
+        let proxy: SocketAddr = json["proxy"].as_str().context("proxy")?.parse()?;
+        *self.server.lock().unwrap() = Some(proc);
+        Ok(ServerAddrs { quic_port: quic.port(), proxy })
+    }
+
+    pub fn restart_server(&self) -> Result<()> {
+        if let Some(mut old) = self.server.lock().unwrap().take() {
+            old.stop();
+        }
+        let addrs = self.start_server()?;
+        if addrs.proxy != self.addrs.proxy || addrs.quic_port != self.addrs.quic_port {
+            bail!("restarted server moved: {addrs:?} vs {:?}", self.addrs);
+        }
+        Ok(())
+    }
+
+    pub fn kill_server(&self) {
+        if let Some(mut old) = self.server.lock().unwrap().take() {
+            old.kill();
+        }
+    }
+
+    pub fn start_server_again(&self) -> Result<()> {
+        self.start_server().map(|_| ())
+    }
+
+    fn client_command(&self, name: &str) -> Command {
+        let pki = self.dir.join("pki");
+        let (netns, hub_ip, kubeconfig) = match self.spokes.iter().find(|s| s.cluster.name == name) {
+            Some(s) => (s.cluster.netns.clone(), s.hub_ip.clone(), s.cluster.dir.join("tether-client.kubeconfig")),
+            None => (None, "127.0.0.1".to_string(), self.dir.join("echo.kubeconfig")),
+        };
+        let mut c = in_netns(netns.as_deref(), client_bin());
+        c.args(["--hub", &format!("{hub_ip}:{}", self.addrs.quic_port)])
+            .arg("--hub-ca").arg(pki.join("ca.crt"))
+            .arg("--cert").arg(pki.join(format!("{name}.crt")))
+            .arg("--key").arg(pki.join(format!("{name}.key")))
+            .arg("--kubeconfig").arg(kubeconfig)
+            .args(["--ops-addr", "127.0.0.1:0", "--backoff-base", "50ms", "--backoff-cap", "1s"])
+            .args(["--heartbeat-interval", "1s", "--stream-window", "1048576"])
+            .arg("--ready-file").arg(self.dir.join(format!("client-{name}.ready")))
+            .env("TETHER_LOG", "info,tunnel_client=debug");
+        c
+    }
+
+    pub fn start_client(&self, name: &str) -> Result<()> {
+        let ready = self.dir.join(format!("client-{name}.ready"));
+        let _ = std::fs::remove_file(&ready);
+        let mut proc = Proc::spawn(&format!("tunnel-client-{name}"), self.client_command(name), &self.logs)?;
+        wait_for(&format!("tunnel-client {name} connected"), Duration::from_secs(30), || {
+            if let Some(status) = proc.exited() {
+                bail!("tunnel-client {name} exited ({status}):\n{}", proc.log_tail());
+            }
+            Ok(ready.exists().then_some(()))
+        })?;
+        self.clients.lock().unwrap().insert(name.to_string(), proc);
+        Ok(())
+    }
+
+    pub fn stop_client(&self, name: &str) {
+        if let Some(mut proc) = self.clients.lock().unwrap().remove(name) {
+            proc.stop();
+        }
+    }
+
+    fn write_kubeconfigs(&self) -> Result<()> {
+        let hub_port = self.hub.port()?;
+        let alice_hub = self.dir.join("alice-hub.kubeconfig");
+        std::fs::write(
+            &alice_hub,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: hub\n  cluster:\n    server: https://127.0.0.1:{hub_port}\n    insecure-skip-tls-verify: true\ncontexts:\n- name: hub\n  context: {{cluster: hub, user: alice}}\ncurrent-context: hub\nusers:\n- name: alice\n  user:\n    token: {}\n",
+                self.alice_token
+            ),
+        )?;
+        for (source, out, list) in [
+            (self.hub.kubeconfig(), &self.kubeconfig, false),
+            (alice_hub, &self.alice_kubeconfig, true),
+        ] {
+            let mut c = Command::new(server_bin());
+            c.arg("kubeconfig")
+                .args(["--server", &format!("https://localhost:{}", self.addrs.proxy.port())])
+                .arg("--ca-file").arg(self.dir.join("pki/ca.crt"))
+                .arg("--hub-kubeconfig").arg(source)
+                .arg("--out").arg(out);
+            // The admin's kubeconfig lists the ManagedClusters from the hub; alice may not list them.
+            if list {
+                c.args(["--cluster", "spoke-a", "--cluster", "spoke-b", "--cluster", "echo"]);
+            }
+            run_ok(c)?;
+        }
+        Ok(())
+    }
+
+    /// kubectl through the hub proxy with the given kubeconfig and context.
+    pub fn hub_kubectl(&self, kubeconfig: &Path, context: &str, args: &[&str]) -> Result<Output> {
+        let mut c = Command::new(kubectl_bin());
+        c.arg("--kubeconfig").arg(kubeconfig).args(["--context", context, "--request-timeout", "20s"]).args(args);
+        Ok(c.output()?)
+    }
+
+    pub fn hub_kubectl_ok(&self, context: &str, args: &[&str]) -> Result<String> {
+        let output = self.hub_kubectl(&self.kubeconfig, context, args)?;
+        if !output.status.success() {
+            bail!("kubectl --context {context} {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.clients.lock().unwrap().clear();
+        self.server.lock().unwrap().take();
+        // Clusters stop as their fields drop; the namespaces go after them.
+        let names: Vec<String> = self.spokes.iter().filter_map(|s| s.cluster.netns.clone()).collect();
+        self.spokes.clear();
+        drop(NetnsGuard(names));
+    }
+}
+
+struct NetnsGuard(Vec<String>);
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            let _ = Command::new("bash").arg(repo_root().join("deploy/dev/netns.sh")).args(["delete", ns]).output();
+        }
+    }
+}
+
+fn setup_hub(hub: &Cluster) -> Result<()> {
+    let crd = repo_root().join("deploy/crds/managedclusters.tether.io.yaml");
+    hub.kubectl_ok(&["apply", "-f", crd.to_str().context("path")?])?;
+    hub.kubectl_ok(&["wait", "--for", "condition=established", "--timeout=60s", "crd/managedclusters.tether.io"])?;
+    let mut yaml = String::new();
+    for name in ["spoke-a", "spoke-b", "echo", "ghost"] {
+        yaml.push_str(&format!("---\napiVersion: tether.io/v1alpha1\nkind: ManagedCluster\nmetadata:\n  name: {name}\nspec: {{}}\n"));
+    }
+    // alice may use the proxy of spoke-a (any verb) and nothing else.
+    yaml.push_str(
+        "---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: proxy-spoke-a\nrules:\n- apiGroups: [tether.io]\n  resources: [managedclusters/proxy]\n  resourceNames: [spoke-a]\n  verbs: ['*']\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata:\n  name: alice-proxy-spoke-a\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: proxy-spoke-a}\nsubjects:\n- {apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}\n",
+    );
+    hub.apply(&yaml)
+}
+
+fn setup_spoke(spoke: &Spoke) -> Result<()> {
+    let c = &spoke.cluster;
+    let mut command = in_netns(c.netns.as_deref(), "bash");
+    command
+        .arg(repo_root().join("deploy/dev/spoke-credentials.sh"))
+        .arg(c.kubeconfig())
+        .arg(c.dir.join("tether-client.kubeconfig"));
+    run_ok(command)?;
+    // Objects that exist on exactly one spoke, to tell the spokes apart through the hub.
+    c.kubectl_ok(&["create", "namespace", &format!("only-on-{}", &c.name[6..])])?;
+    c.kubectl_ok(&["create", "configmap", "marker", "-n", "default", &format!("--from-literal=cluster={}", c.name)])?;
+    Ok(())
+}
+
+pub fn rand_suffix() -> String {
+    format!("{:08x}", rand::random::<u32>())
+}
