@@ -142,9 +142,6 @@ async fn serve_stream(send: quinn::SendStream, mut recv: quinn::RecvStream, upst
             Ok(None) => {}
             Err(e) => return tracing::warn!(error = %e, "bad stream header"),
         }
-        if buf.len() > tether_proto::MAX_HEADER_LEN {
-            return tracing::warn!("stream header too long");
-        }
         let mut chunk = [0u8; 512];
         match recv.read(&mut chunk).await {
             Ok(Some(n)) => buf.extend_from_slice(&chunk[..n]),
