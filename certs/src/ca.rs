@@ -4,8 +4,8 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, PublicKeyData, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    PublicKeyData, SerialNumber,
 };
 
 use crate::{parse, pem, Error, Result};
@@ -41,11 +41,8 @@ impl CertificateAuthority {
         name.push(DnType::CommonName, common_name);
         params.distinguished_name = name;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         (params.not_before, params.not_after) = window(now, validity)?;
         params.serial_number = Some(random_serial());
         let cert = params.self_signed(&key)?;
@@ -62,9 +59,7 @@ impl CertificateAuthority {
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self> {
         let cert_der = pem::single_cert_der(cert_pem)?;
         if pem::section_count(cert_pem)? != 1 {
-            return Err(Error::Pem(
-                "the CA certificate PEM must hold only the certificate".into(),
-            ));
+            return Err(Error::Pem("the CA certificate PEM must hold only the certificate".into()));
         }
         let cert = parse::certificate(&cert_der)?;
         match cert.basic_constraints() {
@@ -81,8 +76,7 @@ impl CertificateAuthority {
         }
 
         let key_der = pem::single_pkcs8_key_der(key_pem)?;
-        let key =
-            KeyPair::try_from(key_der.as_slice()).map_err(|e| Error::PrivateKey(e.to_string()))?;
+        let key = KeyPair::try_from(key_der.as_slice()).map_err(|e| Error::PrivateKey(e.to_string()))?;
         if key.der_bytes() != cert.public_key().subject_public_key.data.as_ref() {
             return Err(Error::KeyMismatch);
         }
@@ -158,23 +152,13 @@ impl fmt::Debug for CertificateAuthority {
 }
 
 /// `(now - BACKDATE, now + validity)` in whole seconds.
-fn window(
-    now: SystemTime,
-    validity: Duration,
-) -> Result<(time::OffsetDateTime, time::OffsetDateTime)> {
+fn window(now: SystemTime, validity: Duration) -> Result<(time::OffsetDateTime, time::OffsetDateTime)> {
     if validity < Duration::from_secs(1) {
         return Err(Error::Validity("shorter than one second"));
     }
-    let start = now
-        .checked_sub(BACKDATE)
-        .ok_or(Error::Validity("time before 1970"))?;
-    let end = now
-        .checked_add(validity)
-        .ok_or(Error::Validity("time after year 9999"))?;
-    Ok((
-        parse::offset_date_time(start)?,
-        parse::offset_date_time(end)?,
-    ))
+    let start = now.checked_sub(BACKDATE).ok_or(Error::Validity("time before 1970"))?;
+    let end = now.checked_add(validity).ok_or(Error::Validity("time after year 9999"))?;
+    Ok((parse::offset_date_time(start)?, parse::offset_date_time(end)?))
 }
 
 /// 126 random bits, positive and always 16 bytes long (RFC 5280 allows up to 20).
@@ -206,16 +190,10 @@ mod tests {
         assert_eq!(bc.value.path_len_constraint, Some(0));
         let ku = cert.key_usage().unwrap().unwrap().value;
         assert!(ku.key_cert_sign() && ku.crl_sign());
-        assert_eq!(
-            parse::common_name(cert.subject()).unwrap().as_deref(),
-            Some("tether-hub-ca")
-        );
+        assert_eq!(parse::common_name(cert.subject()).unwrap().as_deref(), Some("tether-hub-ca"));
         assert_eq!(cert.subject(), cert.issuer());
         let alg = &cert.public_key().algorithm;
-        assert_eq!(
-            alg.parameters.as_ref().unwrap().as_oid().unwrap(),
-            x509_parser::oid_registry::OID_EC_P256
-        );
+        assert_eq!(alg.parameters.as_ref().unwrap().as_oid().unwrap(), x509_parser::oid_registry::OID_EC_P256);
         let (nb, na) = rotation::validity(ca.cert_der()).unwrap();
         assert_eq!(nb, t0() - BACKDATE);
         assert_eq!(na, t0() + 10 * DAY);
@@ -225,37 +203,22 @@ mod tests {
     #[test]
     fn generate_rejects_empty_or_long_common_names() {
         for cn in ["", &"x".repeat(65)] {
-            assert!(matches!(
-                CertificateAuthority::generate(cn, t0(), DAY),
-                Err(Error::InvalidCommonName(_))
-            ));
+            assert!(matches!(CertificateAuthority::generate(cn, t0(), DAY), Err(Error::InvalidCommonName(_))));
         }
     }
 
     #[test]
     fn generate_rejects_zero_and_unencodable_validity() {
-        assert!(matches!(
-            CertificateAuthority::generate("ca", t0(), Duration::ZERO),
-            Err(Error::Validity(_))
-        ));
-        assert!(matches!(
-            CertificateAuthority::generate("ca", t0(), DAY * 365 * 10_000),
-            Err(Error::Validity(_))
-        ));
-        assert!(matches!(
-            CertificateAuthority::generate("ca", UNIX_EPOCH, DAY),
-            Err(Error::Validity(_))
-        ));
+        assert!(matches!(CertificateAuthority::generate("ca", t0(), Duration::ZERO), Err(Error::Validity(_))));
+        assert!(matches!(CertificateAuthority::generate("ca", t0(), DAY * 365 * 10_000), Err(Error::Validity(_))));
+        assert!(matches!(CertificateAuthority::generate("ca", UNIX_EPOCH, DAY), Err(Error::Validity(_))));
     }
 
     #[test]
     fn serials_are_random() {
         let a = CertificateAuthority::generate("ca", t0(), DAY).unwrap();
         let b = CertificateAuthority::generate("ca", t0(), DAY).unwrap();
-        let (sa, sb) = (
-            rotation::serial_hex(a.cert_der()).unwrap(),
-            rotation::serial_hex(b.cert_der()).unwrap(),
-        );
+        let (sa, sb) = (rotation::serial_hex(a.cert_der()).unwrap(), rotation::serial_hex(b.cert_der()).unwrap());
         assert_ne!(sa, sb);
         assert_eq!(sa.len(), 32);
     }
@@ -269,9 +232,7 @@ mod tests {
         assert_eq!(loaded.cert_der(), ca.cert_der());
         assert_eq!(loaded.not_after(), ca.not_after());
         // The loaded CA issues certificates that chain to the original.
-        let serving = loaded
-            .issue_serving(&["hub.example".into()], &[], t0(), DAY)
-            .unwrap();
+        let serving = loaded.issue_serving(&["hub.example".into()], &[], t0(), DAY).unwrap();
         let leaf = pem::single_cert_der(&serving.cert_pem).unwrap();
         let leaf = parse::certificate(&leaf).unwrap();
         let ca_cert = parse::certificate(ca.cert_der()).unwrap();
@@ -283,22 +244,14 @@ mod tests {
     fn from_pem_rejects_a_key_of_another_ca() {
         let a = CertificateAuthority::generate("a", t0(), DAY).unwrap();
         let b = CertificateAuthority::generate("b", t0(), DAY).unwrap();
-        assert!(matches!(
-            CertificateAuthority::from_pem(a.cert_pem(), b.key_pem()),
-            Err(Error::KeyMismatch)
-        ));
+        assert!(matches!(CertificateAuthority::from_pem(a.cert_pem(), b.key_pem()), Err(Error::KeyMismatch)));
     }
 
     #[test]
     fn from_pem_rejects_a_leaf_certificate() {
         let ca = CertificateAuthority::generate("ca", t0(), DAY).unwrap();
-        let CertifiedKey { cert_pem, key_pem } = ca
-            .issue_serving(&["hub.example".into()], &[], t0(), DAY)
-            .unwrap();
-        assert!(matches!(
-            CertificateAuthority::from_pem(&cert_pem, &key_pem),
-            Err(Error::NotCa(_))
-        ));
+        let CertifiedKey { cert_pem, key_pem } = ca.issue_serving(&["hub.example".into()], &[], t0(), DAY).unwrap();
+        assert!(matches!(CertificateAuthority::from_pem(&cert_pem, &key_pem), Err(Error::NotCa(_))));
     }
 
     #[test]
@@ -314,23 +267,15 @@ mod tests {
         ));
         // A certificate file that also carries the key is refused: cert_pem is handed out.
         let combined = format!("{}{}", ca.cert_pem(), ca.key_pem());
-        assert!(matches!(
-            CertificateAuthority::from_pem(&combined, ca.key_pem()),
-            Err(Error::Pem(_))
-        ));
+        assert!(matches!(CertificateAuthority::from_pem(&combined, ca.key_pem()), Err(Error::Pem(_))));
         let two = format!("{}{}", ca.cert_pem(), ca.cert_pem());
-        assert!(matches!(
-            CertificateAuthority::from_pem(&two, ca.key_pem()),
-            Err(Error::TooManyPem { found: 2, .. })
-        ));
+        assert!(matches!(CertificateAuthority::from_pem(&two, ca.key_pem()), Err(Error::TooManyPem { found: 2, .. })));
     }
 
     #[test]
     fn issued_certificates_never_outlive_the_ca() {
         let ca = CertificateAuthority::generate("ca", t0(), 10 * DAY).unwrap();
-        let serving = ca
-            .issue_serving(&["hub.example".into()], &[], t0() + DAY, 365 * DAY)
-            .unwrap();
+        let serving = ca.issue_serving(&["hub.example".into()], &[], t0() + DAY, 365 * DAY).unwrap();
         let der = pem::single_cert_der(&serving.cert_pem).unwrap();
         let (nb, na) = rotation::validity(&der).unwrap();
         assert_eq!(nb, t0() + DAY - BACKDATE);
@@ -341,14 +286,8 @@ mod tests {
     fn an_expired_or_future_ca_does_not_sign() {
         let ca = CertificateAuthority::generate("ca", t0(), DAY).unwrap();
         let names = ["hub.example".to_owned()];
-        assert!(matches!(
-            ca.issue_serving(&names, &[], t0() + DAY, DAY),
-            Err(Error::CaNotValid("expired"))
-        ));
-        assert!(matches!(
-            ca.issue_serving(&names, &[], t0() - DAY, DAY),
-            Err(Error::CaNotValid(_))
-        ));
+        assert!(matches!(ca.issue_serving(&names, &[], t0() + DAY, DAY), Err(Error::CaNotValid("expired"))));
+        assert!(matches!(ca.issue_serving(&names, &[], t0() - DAY, DAY), Err(Error::CaNotValid(_))));
     }
 
     #[test]
@@ -361,10 +300,7 @@ mod tests {
     fn debug_redacts_the_key() {
         let ca = CertificateAuthority::generate("debug-ca", t0(), DAY).unwrap();
         let shown = format!("{ca:?}");
-        assert!(
-            shown.contains("debug-ca") && shown.contains("<redacted>"),
-            "{shown}"
-        );
+        assert!(shown.contains("debug-ca") && shown.contains("<redacted>"), "{shown}");
         assert!(!shown.contains("PRIVATE KEY"), "{shown}");
     }
 }

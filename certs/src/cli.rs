@@ -16,9 +16,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{bail, Context, Result};
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{ArgGroup, Args, Parser, Subcommand};
-use tether_certs::{
-    spoke_key_and_csr, validate_cluster_name, validate_dns_name, CertificateAuthority,
-};
+use tether_certs::{spoke_key_and_csr, validate_cluster_name, validate_dns_name, CertificateAuthority};
 
 const KEY_MODE: u32 = 0o600;
 const CERT_MODE: u32 = 0o644;
@@ -55,12 +53,7 @@ pub struct InitCa {
     #[arg(long, value_name = "DIR", env = "TETHER_CERTS_OUT")]
     pub out: PathBuf,
     /// Common name of the CA certificate.
-    #[arg(
-        long,
-        value_name = "NAME",
-        default_value = "tether-hub-ca",
-        env = "TETHER_CERTS_COMMON_NAME"
-    )]
+    #[arg(long, value_name = "NAME", default_value = "tether-hub-ca", env = "TETHER_CERTS_COMMON_NAME")]
     pub common_name: String,
     /// Validity of the CA certificate, in days.
     #[arg(long, default_value_t = 3650, value_parser = days(), env = "TETHER_CERTS_CA_DAYS")]
@@ -173,8 +166,7 @@ pub fn run(command: Command, now: SystemTime) -> Result<Vec<PathBuf>> {
     match command {
         Command::InitCa(cmd) => {
             let validity = DAY * cmd.days;
-            let ca = CertificateAuthority::generate(&cmd.common_name, now, validity)
-                .context("--common-name")?;
+            let ca = CertificateAuthority::generate(&cmd.common_name, now, validity).context("--common-name")?;
             write_outputs(
                 "--out",
                 &[
@@ -203,10 +195,7 @@ pub fn run(command: Command, now: SystemTime) -> Result<Vec<PathBuf>> {
             let (key_pem, csr_pem) = spoke_key_and_csr(&cmd.cluster).context("--cluster")?;
             write_outputs(
                 "--out",
-                &[
-                    Output::key(cmd.out.join("tls.key"), &key_pem),
-                    Output::cert(cmd.out.join("tls.csr"), &csr_pem),
-                ],
+                &[Output::key(cmd.out.join("tls.key"), &key_pem), Output::cert(cmd.out.join("tls.csr"), &csr_pem)],
                 cmd.force,
             )
         }
@@ -251,9 +240,9 @@ fn blame(e: tether_certs::Error, ca_dir: &Path, flag: &str) -> anyhow::Error {
 /// Print a usage error as one line naming the flag; help and version print as clap does.
 fn usage_error(e: clap::Error) -> ExitCode {
     match e.kind() {
-        ErrorKind::DisplayHelp
-        | ErrorKind::DisplayVersion
-        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            e.exit()
+        }
         _ => {
             eprintln!("{}", one_line(&e));
             ExitCode::from(2)
@@ -264,20 +253,12 @@ fn usage_error(e: clap::Error) -> ExitCode {
 fn one_line(e: &clap::Error) -> String {
     if e.kind() == ErrorKind::MissingRequiredArgument {
         if let Some(ContextValue::Strings(flags)) = e.get(ContextKind::InvalidArg) {
-            return format!(
-                "error: missing required flag {} (see --help)",
-                flags.join(", ")
-            );
+            return format!("error: missing required flag {} (see --help)", flags.join(", "));
         }
     }
     // clap's first line names the flag and the problem; the rest is usage and hints.
     let rendered = e.render().to_string();
-    rendered
-        .lines()
-        .next()
-        .unwrap_or("error: invalid arguments")
-        .trim_end()
-        .to_owned()
+    rendered.lines().next().unwrap_or("error: invalid arguments").trim_end().to_owned()
 }
 
 fn days() -> impl clap::builder::TypedValueParser<Value = u32> {
@@ -301,8 +282,7 @@ fn read(path: &Path, flag: &str) -> Result<String> {
 fn load_ca(dir: &Path) -> Result<CertificateAuthority> {
     let cert = read(&dir.join("ca.crt"), "--ca-dir")?;
     let key = read(&dir.join("ca.key"), "--ca-dir")?;
-    CertificateAuthority::from_pem(&cert, &key)
-        .with_context(|| format!("--ca-dir {}", dir.display()))
+    CertificateAuthority::from_pem(&cert, &key).with_context(|| format!("--ca-dir {}", dir.display()))
 }
 
 /// A file to write: its path, contents and mode.
@@ -314,19 +294,11 @@ struct Output<'a> {
 
 impl<'a> Output<'a> {
     fn cert(path: PathBuf, contents: &'a str) -> Self {
-        Self {
-            path,
-            contents,
-            mode: CERT_MODE,
-        }
+        Self { path, contents, mode: CERT_MODE }
     }
 
     fn key(path: PathBuf, contents: &'a str) -> Self {
-        Self {
-            path,
-            contents,
-            mode: KEY_MODE,
-        }
+        Self { path, contents, mode: KEY_MODE }
     }
 }
 
@@ -334,10 +306,7 @@ impl<'a> Output<'a> {
 fn write_outputs(flag: &str, outputs: &[Output<'_>], force: bool) -> Result<Vec<PathBuf>> {
     if !force {
         if let Some(existing) = outputs.iter().find(|o| o.path.symlink_metadata().is_ok()) {
-            bail!(
-                "{flag}: {} already exists (pass --force to overwrite)",
-                existing.path.display()
-            );
+            bail!("{flag}: {} already exists (pass --force to overwrite)", existing.path.display());
         }
     }
     let mut written = Vec::with_capacity(outputs.len());
@@ -357,20 +326,10 @@ fn write_file(path: &Path, contents: &str, mode: u32) -> io::Result<()> {
         _ => Path::new("."),
     };
     fs::create_dir_all(dir)?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a file path"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    let name = path.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a file path"))?;
+    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
     let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
+        let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
         // The umask may have narrowed the mode; certificates must stay world-readable.
         file.set_permissions(Permissions::from_mode(mode))?;
         file.write_all(contents.as_bytes())?;
@@ -401,9 +360,7 @@ mod tests {
                 if matches!(arg.get_id().as_str(), "help" | "version") {
                     continue;
                 }
-                let env = arg
-                    .get_env()
-                    .unwrap_or_else(|| panic!("{} --{} has no env", sub.get_name(), arg.get_id()));
+                let env = arg.get_env().unwrap_or_else(|| panic!("{} --{} has no env", sub.get_name(), arg.get_id()));
                 assert!(env.to_string_lossy().starts_with("TETHER_CERTS_"));
             }
         }
@@ -411,8 +368,7 @@ mod tests {
 
     #[test]
     fn missing_flags_are_reported_in_one_line() {
-        let e = Cli::try_parse_from(["tether-certs", "issue-spoke", "--ca-dir", "x", "--out", "y"])
-            .unwrap_err();
+        let e = Cli::try_parse_from(["tether-certs", "issue-spoke", "--ca-dir", "x", "--out", "y"]).unwrap_err();
         let line = one_line(&e);
         assert!(line.contains("--cluster"), "{line}");
         assert!(!line.contains('\n'), "{line}");
@@ -420,31 +376,18 @@ mod tests {
 
     #[test]
     fn invalid_values_are_reported_in_one_line() {
-        let e = Cli::try_parse_from([
-            "tether-certs",
-            "spoke-csr",
-            "--cluster",
-            "Bad_Name",
-            "--out",
-            "y",
-        ])
-        .unwrap_err();
+        let e = Cli::try_parse_from(["tether-certs", "spoke-csr", "--cluster", "Bad_Name", "--out", "y"]).unwrap_err();
         let line = one_line(&e);
-        assert!(
-            line.contains("--cluster") && line.contains("Bad_Name"),
-            "{line}"
-        );
+        assert!(line.contains("--cluster") && line.contains("Bad_Name"), "{line}");
         assert!(!line.contains('\n'), "{line}");
 
-        let e = Cli::try_parse_from(["tether-certs", "init-ca", "--out", "y", "--days", "0"])
-            .unwrap_err();
+        let e = Cli::try_parse_from(["tether-certs", "init-ca", "--out", "y", "--days", "0"]).unwrap_err();
         assert!(one_line(&e).contains("--days"), "{}", one_line(&e));
     }
 
     #[test]
     fn serving_needs_a_dns_name_or_an_ip() {
-        let e = Cli::try_parse_from(["tether-certs", "serving", "--ca-dir", "c", "--out", "o"])
-            .unwrap_err();
+        let e = Cli::try_parse_from(["tether-certs", "serving", "--ca-dir", "c", "--out", "o"]).unwrap_err();
         let line = one_line(&e);
         assert!(line.contains("--dns") && line.contains("--ip"), "{line}");
         let ok = Cli::try_parse_from([
@@ -461,9 +404,7 @@ mod tests {
             "127.0.0.1",
         ])
         .unwrap();
-        let Command::Serving(serving) = ok.command else {
-            panic!("not serving")
-        };
+        let Command::Serving(serving) = ok.command else { panic!("not serving") };
         assert_eq!(serving.dns, ["a.example", "b.example"]);
         assert_eq!(serving.ip, [IpAddr::from([127, 0, 0, 1])]);
     }
@@ -496,8 +437,7 @@ mod tests {
             now,
         )
         .unwrap();
-        let der = tether_certs::pem_to_der_certs(&fs::read_to_string(out.join("tls.crt")).unwrap())
-            .unwrap();
+        let der = tether_certs::pem_to_der_certs(&fs::read_to_string(out.join("tls.crt")).unwrap()).unwrap();
         assert_eq!(tether_certs::cluster_of(&der[0]).unwrap(), "cluster-a");
         // Cut at the CA's expiry: 10 days, not 90.
         let (_, not_after) = tether_certs::validity(&der[0]).unwrap();
@@ -513,10 +453,7 @@ mod tests {
         assert_eq!(fs::read_to_string(&path).unwrap(), "two");
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, CERT_MODE);
-        let leftovers: Vec<_> = fs::read_dir(path.parent().unwrap())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let leftovers: Vec<_> = fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(leftovers, ["tls.key"]);
     }
 }

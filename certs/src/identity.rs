@@ -15,9 +15,7 @@ pub fn cluster_of(cert_der: &[u8]) -> Result<String> {
     if cert.is_ca() {
         return Err(Error::NotSpoke("it is a CA certificate"));
     }
-    let cluster = parse::common_name(subject)
-        .map_err(Error::NotSpoke)?
-        .ok_or(Error::NotSpoke("no common name"))?;
+    let cluster = parse::common_name(subject).map_err(Error::NotSpoke)?.ok_or(Error::NotSpoke("no common name"))?;
     validate_cluster_name(&cluster)?;
     Ok(cluster)
 }
@@ -92,33 +90,18 @@ mod tests {
     fn cluster_of_requires_the_spoke_organization() {
         for attrs in [
             &[(DnType::CommonName, "cluster-a")][..],
-            &[
-                (DnType::CommonName, "cluster-a"),
-                (DnType::OrganizationName, "system:masters"),
-            ],
+            &[(DnType::CommonName, "cluster-a"), (DnType::OrganizationName, "system:masters")],
             &[(DnType::OrganizationName, SPOKE_ORGANIZATION)],
         ] {
-            assert!(
-                matches!(cluster_of(&cert_with(attrs)), Err(Error::NotSpoke(_))),
-                "{attrs:?} accepted"
-            );
+            assert!(matches!(cluster_of(&cert_with(attrs)), Err(Error::NotSpoke(_))), "{attrs:?} accepted");
         }
-        assert!(matches!(
-            cluster_of(&der_of(SPOKE_AND_MASTERS)),
-            Err(Error::NotSpoke(_))
-        ));
+        assert!(matches!(cluster_of(&der_of(SPOKE_AND_MASTERS)), Err(Error::NotSpoke(_))));
     }
 
     #[test]
     fn cluster_of_requires_a_valid_cluster_name() {
-        let der = cert_with(&[
-            (DnType::CommonName, "Not_A_Cluster"),
-            (DnType::OrganizationName, SPOKE_ORGANIZATION),
-        ]);
-        assert!(matches!(
-            cluster_of(&der),
-            Err(Error::InvalidClusterName { .. })
-        ));
+        let der = cert_with(&[(DnType::CommonName, "Not_A_Cluster"), (DnType::OrganizationName, SPOKE_ORGANIZATION)]);
+        assert!(matches!(cluster_of(&der), Err(Error::InvalidClusterName { .. })));
     }
 
     #[test]
@@ -142,14 +125,8 @@ mod tests {
     fn kube_user_requires_one_common_name() {
         let none = cert_with(&[(DnType::OrganizationName, "dev")]);
         assert!(matches!(kube_user_of(&none), Err(Error::NotUser(_))));
-        assert!(matches!(
-            kube_user_of(&der_of(TWO_COMMON_NAMES)),
-            Err(Error::NotUser(_))
-        ));
-        assert!(matches!(
-            cluster_of(&der_of(TWO_COMMON_NAMES)),
-            Err(Error::NotSpoke(_))
-        ));
+        assert!(matches!(kube_user_of(&der_of(TWO_COMMON_NAMES)), Err(Error::NotUser(_))));
+        assert!(matches!(cluster_of(&der_of(TWO_COMMON_NAMES)), Err(Error::NotSpoke(_))));
         assert!(matches!(kube_user_of(b""), Err(Error::Certificate(_))));
     }
 
@@ -160,9 +137,6 @@ mod tests {
         let cert = ca.sign_spoke_csr(&csr, "cluster-a", t0(), DAY).unwrap();
         let der = pem::single_cert_der(&cert).unwrap();
         assert!(matches!(kube_user_of(&der), Err(Error::NotUser(_))));
-        assert!(matches!(
-            kube_user_of(&der_of(SPOKE_AND_MASTERS)),
-            Err(Error::NotUser(_))
-        ));
+        assert!(matches!(kube_user_of(&der_of(SPOKE_AND_MASTERS)), Err(Error::NotUser(_))));
     }
 }

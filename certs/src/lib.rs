@@ -43,10 +43,7 @@ pub struct CertifiedKey {
 
 impl fmt::Debug for CertifiedKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CertifiedKey")
-            .field("cert_pem", &self.cert_pem)
-            .field("key_pem", &"<redacted>")
-            .finish()
+        f.debug_struct("CertifiedKey").field("cert_pem", &self.cert_pem).field("key_pem", &"<redacted>").finish()
     }
 }
 
@@ -56,10 +53,7 @@ mod tests {
 
     #[test]
     fn certified_key_debug_redacts_the_key() {
-        let key = CertifiedKey {
-            cert_pem: "CERT".into(),
-            key_pem: "-----BEGIN PRIVATE KEY-----SECRET".into(),
-        };
+        let key = CertifiedKey { cert_pem: "CERT".into(), key_pem: "-----BEGIN PRIVATE KEY-----SECRET".into() };
         let shown = format!("{key:?}");
         assert!(shown.contains("CERT"), "{shown}");
         assert!(shown.contains("<redacted>"), "{shown}");

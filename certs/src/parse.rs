@@ -12,21 +12,16 @@ use crate::{Error, Result};
 
 /// Parse one DER certificate; trailing bytes are an error.
 pub(crate) fn certificate(der: &[u8]) -> Result<X509Certificate<'_>> {
-    let (rest, cert) =
-        X509Certificate::from_der(der).map_err(|e| Error::Certificate(e.to_string()))?;
+    let (rest, cert) = X509Certificate::from_der(der).map_err(|e| Error::Certificate(e.to_string()))?;
     if !rest.is_empty() {
-        return Err(Error::Certificate(
-            "trailing bytes after certificate".into(),
-        ));
+        return Err(Error::Certificate("trailing bytes after certificate".into()));
     }
     Ok(cert)
 }
 
 /// The single common name of `name`, `None` if it has none. Several common names, or one that
 /// is not a string, are an error (described by the returned text).
-pub(crate) fn common_name(
-    name: &X509Name<'_>,
-) -> std::result::Result<Option<String>, &'static str> {
+pub(crate) fn common_name(name: &X509Name<'_>) -> std::result::Result<Option<String>, &'static str> {
     let mut cns = strings(name.iter_common_name(), "common name is not a string")?;
     match cns.len() {
         0 => Ok(None),
@@ -44,9 +39,7 @@ fn strings<'a>(
     attrs: impl Iterator<Item = &'a AttributeTypeAndValue<'a>>,
     not_a_string: &'static str,
 ) -> std::result::Result<Vec<String>, &'static str> {
-    attrs
-        .map(|attr| attr.as_str().map(str::to_owned).map_err(|_| not_a_string))
-        .collect()
+    attrs.map(|attr| attr.as_str().map(str::to_owned).map_err(|_| not_a_string)).collect()
 }
 
 /// An ASN.1 time as a `SystemTime` (whole seconds).
@@ -62,13 +55,9 @@ pub(crate) fn system_time(t: ASN1Time) -> SystemTime {
 /// `t` truncated to whole seconds as an `OffsetDateTime`, within what a certificate can carry
 /// (1970 to 9999).
 pub(crate) fn offset_date_time(t: SystemTime) -> Result<OffsetDateTime> {
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .map_err(|_| Error::Validity("time before 1970"))?
-        .as_secs();
+    let secs = t.duration_since(UNIX_EPOCH).map_err(|_| Error::Validity("time before 1970"))?.as_secs();
     let secs = i64::try_from(secs).map_err(|_| Error::Validity("time after year 9999"))?;
-    let dt = OffsetDateTime::from_unix_timestamp(secs)
-        .map_err(|_| Error::Validity("time after year 9999"))?;
+    let dt = OffsetDateTime::from_unix_timestamp(secs).map_err(|_| Error::Validity("time after year 9999"))?;
     if dt.year() > 9999 {
         return Err(Error::Validity("time after year 9999"));
     }

@@ -29,10 +29,7 @@ pub(crate) fn single_cert_der(pem: &str) -> Result<Vec<u8>> {
     let mut certs = pem_to_der_certs(pem)?;
     match certs.len() {
         1 => Ok(certs.remove(0)),
-        found => Err(Error::TooManyPem {
-            what: "certificate",
-            found,
-        }),
+        found => Err(Error::TooManyPem { what: "certificate", found }),
     }
 }
 
@@ -48,10 +45,7 @@ pub(crate) fn single_csr_der(pem: &str) -> Result<Vec<u8>> {
     match csrs.len() {
         0 => Err(Error::MissingPem("certificate request")),
         1 => Ok(csrs.remove(0)),
-        found => Err(Error::TooManyPem {
-            what: "certificate request",
-            found,
-        }),
+        found => Err(Error::TooManyPem { what: "certificate request", found }),
     }
 }
 
@@ -75,10 +69,7 @@ pub(crate) fn single_pkcs8_key_der(pem: &str) -> Result<Vec<u8>> {
     match keys.len() {
         0 => Err(Error::MissingPem("private key")),
         1 => Ok(keys.remove(0)),
-        found => Err(Error::TooManyPem {
-            what: "private key",
-            found,
-        }),
+        found => Err(Error::TooManyPem { what: "private key", found }),
     }
 }
 
@@ -101,10 +92,7 @@ mod tests {
 
     fn ca_pem() -> String {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        CertificateAuthority::generate("pem-test-ca", now, Duration::from_secs(3600))
-            .unwrap()
-            .cert_pem()
-            .to_owned()
+        CertificateAuthority::generate("pem-test-ca", now, Duration::from_secs(3600)).unwrap().cert_pem().to_owned()
     }
 
     #[test]
@@ -116,10 +104,7 @@ mod tests {
         assert_eq!(ders.len(), 2);
         assert_eq!(ders[0], pem_to_der_certs(&a).unwrap()[0]);
         assert_eq!(ders[1], pem_to_der_certs(&b).unwrap()[0]);
-        assert!(matches!(
-            single_cert_der(&bundle),
-            Err(Error::TooManyPem { found: 2, .. })
-        ));
+        assert!(matches!(single_cert_der(&bundle), Err(Error::TooManyPem { found: 2, .. })));
     }
 
     #[test]
@@ -132,14 +117,8 @@ mod tests {
 
     #[test]
     fn no_certificate_is_an_error() {
-        assert!(matches!(
-            pem_to_der_certs("not pem at all"),
-            Err(Error::MissingPem("certificate"))
-        ));
-        assert!(matches!(
-            pem_to_der_certs(""),
-            Err(Error::MissingPem("certificate"))
-        ));
+        assert!(matches!(pem_to_der_certs("not pem at all"), Err(Error::MissingPem("certificate"))));
+        assert!(matches!(pem_to_der_certs(""), Err(Error::MissingPem("certificate"))));
     }
 
     #[test]
@@ -153,18 +132,9 @@ mod tests {
         let (key, csr) = crate::spoke_key_and_csr("a").unwrap();
         assert!(!single_csr_der(&csr).unwrap().is_empty());
         assert!(!single_pkcs8_key_der(&key).unwrap().is_empty());
-        assert!(matches!(
-            single_csr_der(&key),
-            Err(Error::MissingPem("certificate request"))
-        ));
-        assert!(matches!(
-            single_pkcs8_key_der(&csr),
-            Err(Error::MissingPem("private key"))
-        ));
-        assert!(matches!(
-            single_pkcs8_key_der(&format!("{key}{key}")),
-            Err(Error::TooManyPem { found: 2, .. })
-        ));
+        assert!(matches!(single_csr_der(&key), Err(Error::MissingPem("certificate request"))));
+        assert!(matches!(single_pkcs8_key_der(&csr), Err(Error::MissingPem("private key"))));
+        assert!(matches!(single_pkcs8_key_der(&format!("{key}{key}")), Err(Error::TooManyPem { found: 2, .. })));
     }
 
     #[test]

@@ -11,19 +11,15 @@ pub const RENEW_AT_PERCENT: u32 = 80;
 pub fn validity(cert_der: &[u8]) -> Result<(SystemTime, SystemTime)> {
     let cert = parse::certificate(cert_der)?;
     let window = cert.validity();
-    Ok((
-        parse::system_time(window.not_before),
-        parse::system_time(window.not_after),
-    ))
+    Ok((parse::system_time(window.not_before), parse::system_time(window.not_after)))
 }
 
 /// When a certificate (DER) becomes due for renewal: `RENEW_AT_PERCENT` of the way from its
 /// not-before to its not-after.
 pub fn renewal_time(cert_der: &[u8]) -> Result<SystemTime> {
     let (not_before, not_after) = validity(cert_der)?;
-    let lifetime = not_after
-        .duration_since(not_before)
-        .map_err(|_| Error::Certificate("not-after precedes not-before".into()))?;
+    let lifetime =
+        not_after.duration_since(not_before).map_err(|_| Error::Certificate("not-after precedes not-before".into()))?;
     Ok(not_before + share(lifetime, RENEW_AT_PERCENT))
 }
 
@@ -68,9 +64,7 @@ mod tests {
     fn spoke_cert(lifetime: Duration) -> Vec<u8> {
         let ca = CertificateAuthority::generate("ca", t0(), 3650 * DAY).unwrap();
         let (_key, csr) = spoke_key_and_csr("cluster-a").unwrap();
-        let pem = ca
-            .sign_spoke_csr(&csr, "cluster-a", t0(), lifetime)
-            .unwrap();
+        let pem = ca.sign_spoke_csr(&csr, "cluster-a", t0(), lifetime).unwrap();
         pem::single_cert_der(&pem).unwrap()
     }
 
@@ -117,29 +111,21 @@ mod tests {
         let cert = crate::parse::certificate(&der).unwrap();
         assert_eq!(hex, cert.raw_serial_as_string().replace(':', ""));
         assert_eq!(hex.len(), 32);
-        assert!(hex
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert!(hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
     }
 
     #[test]
     fn garbage_is_an_error() {
         assert!(matches!(validity(b"nope"), Err(Error::Certificate(_))));
         assert!(matches!(renewal_time(b"nope"), Err(Error::Certificate(_))));
-        assert!(matches!(
-            renewal_due(b"nope", t0()),
-            Err(Error::Certificate(_))
-        ));
+        assert!(matches!(renewal_due(b"nope", t0()), Err(Error::Certificate(_))));
         assert!(matches!(serial_hex(b"nope"), Err(Error::Certificate(_))));
     }
 
     #[test]
     fn share_is_exact() {
         assert_eq!(share(Duration::from_secs(100), 80), Duration::from_secs(80));
-        assert_eq!(
-            share(Duration::from_secs(1), 80),
-            Duration::from_millis(800)
-        );
+        assert_eq!(share(Duration::from_secs(1), 80), Duration::from_millis(800));
         assert_eq!(share(Duration::from_nanos(3), 50), Duration::from_nanos(1));
     }
 }

@@ -5,8 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use rcgen::string::Ia5String;
 use rcgen::{
-    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose, SanType,
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
 };
 
 use crate::{CertificateAuthority, CertifiedKey, Error, Result};
@@ -15,12 +14,7 @@ use crate::{CertificateAuthority, CertifiedKey, Error, Result};
 /// separated labels (1 to 63 letters, digits or `-`, not starting or ending with `-`),
 /// optionally behind a leading `*.` wildcard. IP addresses are refused: they belong in IP SANs.
 pub fn validate_dns_name(name: &str) -> Result<()> {
-    let invalid = |reason| {
-        Err(Error::InvalidDnsName {
-            name: name.to_owned(),
-            reason,
-        })
-    };
+    let invalid = |reason| Err(Error::InvalidDnsName { name: name.to_owned(), reason });
     if name.is_empty() {
         return invalid("must not be empty");
     }
@@ -38,10 +32,7 @@ pub fn validate_dns_name(name: &str) -> Result<()> {
         if label.len() > 63 {
             return invalid("has a label longer than 63 characters");
         }
-        if !label
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        {
+        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             return invalid("may contain only letters, digits, '-', '.' and a leading '*.'");
         }
         if label.starts_with('-') || label.ends_with('-') {
@@ -97,10 +88,7 @@ impl CertificateAuthority {
 
         let key = KeyPair::generate()?;
         let cert = self.issue(params, &key, now, validity)?;
-        Ok(CertifiedKey {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        Ok(CertifiedKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
 }
 
@@ -125,15 +113,8 @@ mod tests {
     #[test]
     fn sans_eku_and_key() {
         let ca = ca();
-        let dns = vec![
-            "hub.example.com".to_owned(),
-            "*.hub.example.com".to_owned(),
-            "hub.example.com".to_owned(),
-        ];
-        let ips = [
-            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
-            IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ];
+        let dns = vec!["hub.example.com".to_owned(), "*.hub.example.com".to_owned(), "hub.example.com".to_owned()];
+        let ips = [IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), IpAddr::V6(Ipv6Addr::LOCALHOST)];
         let served = ca.issue_serving(&dns, &ips, t0(), 30 * DAY).unwrap();
         assert!(served.key_pem.contains("BEGIN PRIVATE KEY"));
         let der = pem::single_cert_der(&served.cert_pem).unwrap();
@@ -150,68 +131,40 @@ mod tests {
             }
         }
         assert_eq!(dns_sans, ["hub.example.com", "*.hub.example.com"]);
-        assert_eq!(
-            ip_sans,
-            [vec![10, 0, 0, 1], Ipv6Addr::LOCALHOST.octets().to_vec()]
-        );
+        assert_eq!(ip_sans, [vec![10, 0, 0, 1], Ipv6Addr::LOCALHOST.octets().to_vec()]);
 
         let eku = cert.extended_key_usage().unwrap().unwrap().value;
         assert!(eku.server_auth && !eku.client_auth && !eku.any);
         assert!(cert.key_usage().unwrap().unwrap().value.digital_signature());
         assert!(!cert.is_ca());
-        assert_eq!(
-            parse::common_name(cert.subject()).unwrap().as_deref(),
-            Some("hub.example.com")
-        );
+        assert_eq!(parse::common_name(cert.subject()).unwrap().as_deref(), Some("hub.example.com"));
         let ca_cert = parse::certificate(ca.cert_der()).unwrap();
         cert.verify_signature(Some(ca_cert.public_key())).unwrap();
 
         // The key is the certificate's.
         let key = KeyPair::from_pem(&served.key_pem).unwrap();
-        assert_eq!(
-            cert.public_key().subject_public_key.data.as_ref(),
-            rcgen::PublicKeyData::der_bytes(&key)
-        );
+        assert_eq!(cert.public_key().subject_public_key.data.as_ref(), rcgen::PublicKeyData::der_bytes(&key));
     }
 
     #[test]
     fn ip_only_certificate_is_named_after_the_ip() {
-        let served = ca()
-            .issue_serving(&[], &[IpAddr::V4(Ipv4Addr::LOCALHOST)], t0(), DAY)
-            .unwrap();
+        let served = ca().issue_serving(&[], &[IpAddr::V4(Ipv4Addr::LOCALHOST)], t0(), DAY).unwrap();
         let der = pem::single_cert_der(&served.cert_pem).unwrap();
         let cert = parse::certificate(&der).unwrap();
-        assert_eq!(
-            parse::common_name(cert.subject()).unwrap().as_deref(),
-            Some("127.0.0.1")
-        );
+        assert_eq!(parse::common_name(cert.subject()).unwrap().as_deref(), Some("127.0.0.1"));
     }
 
     #[test]
     fn needs_a_name() {
-        assert!(matches!(
-            ca().issue_serving(&[], &[], t0(), DAY),
-            Err(Error::NoSubjectAltNames)
-        ));
+        assert!(matches!(ca().issue_serving(&[], &[], t0(), DAY), Err(Error::NoSubjectAltNames)));
     }
 
     #[test]
     fn rejects_invalid_dns_names() {
         let ca = ca();
-        for bad in [
-            "",
-            "a..b",
-            "-a.example",
-            "a_b.example",
-            "10.0.0.1",
-            "*",
-            "a.*.b",
-        ] {
+        for bad in ["", "a..b", "-a.example", "a_b.example", "10.0.0.1", "*", "a.*.b"] {
             assert!(
-                matches!(
-                    ca.issue_serving(&[bad.to_owned()], &[], t0(), DAY),
-                    Err(Error::InvalidDnsName { .. })
-                ),
+                matches!(ca.issue_serving(&[bad.to_owned()], &[], t0(), DAY), Err(Error::InvalidDnsName { .. })),
                 "{bad:?} accepted"
             );
         }
@@ -230,12 +183,7 @@ mod tests {
         }
         let long_label = format!("{}.example", "a".repeat(64));
         let long_name = vec!["a".repeat(50); 6].join(".");
-        for bad in [
-            long_label.as_str(),
-            long_name.as_str(),
-            "example.com.",
-            "é.example",
-        ] {
+        for bad in [long_label.as_str(), long_name.as_str(), "example.com.", "é.example"] {
             assert!(validate_dns_name(bad).is_err(), "{bad:?} accepted");
         }
     }

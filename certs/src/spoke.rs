@@ -3,15 +3,12 @@
 
 use std::time::{Duration, SystemTime};
 
-use rcgen::{
-    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose,
-};
+use rcgen::{CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::error::X509Error;
 use x509_parser::oid_registry::{
-    OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION,
-    OID_PKCS1_SHA1WITHRSA, OID_SHA1_WITH_RSA, OID_SIG_ED25519,
+    OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION, OID_PKCS1_SHA1WITHRSA,
+    OID_SHA1_WITH_RSA, OID_SIG_ED25519,
 };
 use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
@@ -26,22 +23,14 @@ const MIN_RSA_BITS: usize = 2048;
 /// letters, digits and `-`, starting and ending with a letter or digit), as Kubernetes object
 /// names used in URLs, Secrets and Leases must be.
 pub fn validate_cluster_name(name: &str) -> Result<()> {
-    let invalid = |reason| {
-        Err(Error::InvalidClusterName {
-            name: name.to_owned(),
-            reason,
-        })
-    };
+    let invalid = |reason| Err(Error::InvalidClusterName { name: name.to_owned(), reason });
     if name.is_empty() {
         return invalid("must not be empty");
     }
     if name.len() > 63 {
         return invalid("must be at most 63 characters");
     }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
+    if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
         return invalid("must consist of lowercase letters, digits and '-'");
     }
     if name.starts_with('-') || name.ends_with('-') {
@@ -70,13 +59,7 @@ impl CertificateAuthority {
     /// cannot be signed for another. The CSR's self-signature must verify (proof that the
     /// requester holds the key), and its key must be ECDSA P-256/P-384, Ed25519, or RSA of at
     /// least 2048 bits. Returns the certificate, PEM.
-    pub fn sign_spoke_csr(
-        &self,
-        csr_pem: &str,
-        cluster: &str,
-        now: SystemTime,
-        validity: Duration,
-    ) -> Result<String> {
+    pub fn sign_spoke_csr(&self, csr_pem: &str, cluster: &str, now: SystemTime, validity: Duration) -> Result<String> {
         validate_cluster_name(cluster)?;
         let csr_der = pem::single_csr_der(csr_pem)?;
         let public_key = verified_csr_key(&csr_der, cluster)?;
@@ -98,8 +81,7 @@ fn spoke_subject(cluster: &str) -> DistinguishedName {
 
 /// Parse and check a CSR for `cluster`; its public key, ready to be certified.
 fn verified_csr_key(csr_der: &[u8], cluster: &str) -> Result<rcgen::SubjectPublicKeyInfo> {
-    let (rest, csr) =
-        X509CertificationRequest::from_der(csr_der).map_err(|e| Error::Csr(e.to_string()))?;
+    let (rest, csr) = X509CertificationRequest::from_der(csr_der).map_err(|e| Error::Csr(e.to_string()))?;
     if !rest.is_empty() {
         return Err(Error::Csr("trailing bytes after the request".into()));
     }
@@ -113,18 +95,13 @@ fn verified_csr_key(csr_der: &[u8], cluster: &str) -> Result<rcgen::SubjectPubli
         return Err(Error::CsrSignatureAlgorithm(alg.to_id_string()));
     }
     csr.verify_signature().map_err(|e| match e {
-        X509Error::SignatureUnsupportedAlgorithm => {
-            Error::CsrSignatureAlgorithm(alg.to_id_string())
-        }
+        X509Error::SignatureUnsupportedAlgorithm => Error::CsrSignatureAlgorithm(alg.to_id_string()),
         _ => Error::CsrSignature,
     })?;
 
     if let Some(requested) = parse::common_name(&info.subject).map_err(|e| Error::Csr(e.into()))? {
         if requested != cluster {
-            return Err(Error::ClusterMismatch {
-                requested,
-                cluster: cluster.to_owned(),
-            });
+            return Err(Error::ClusterMismatch { requested, cluster: cluster.to_owned() });
         }
     }
     rcgen::SubjectPublicKeyInfo::from_der(info.subject_pki.raw)
@@ -158,10 +135,7 @@ fn check_public_key(spki: &SubjectPublicKeyInfo<'_>) -> Result<()> {
         }
         Ok(())
     } else {
-        Err(Error::WeakKey(format!(
-            "key algorithm {}",
-            alg.to_id_string()
-        )))
+        Err(Error::WeakKey(format!("key algorithm {}", alg.to_id_string())))
     }
 }
 
@@ -208,24 +182,8 @@ mod tests {
         for ok in ["a", "cluster-a", "0", "a1-b2", &"x".repeat(63)] {
             validate_cluster_name(ok).unwrap();
         }
-        for bad in [
-            "",
-            "Cluster",
-            "a_b",
-            "a.b",
-            "-a",
-            "a-",
-            "a b",
-            "é",
-            &"x".repeat(64),
-        ] {
-            assert!(
-                matches!(
-                    validate_cluster_name(bad),
-                    Err(Error::InvalidClusterName { .. })
-                ),
-                "{bad:?} accepted"
-            );
+        for bad in ["", "Cluster", "a_b", "a.b", "-a", "a-", "a b", "é", &"x".repeat(64)] {
+            assert!(matches!(validate_cluster_name(bad), Err(Error::InvalidClusterName { .. })), "{bad:?} accepted");
         }
     }
 
@@ -237,38 +195,26 @@ mod tests {
         let (_, csr) = X509CertificationRequest::from_der(&der).unwrap();
         csr.verify_signature().unwrap();
         let subject = &csr.certification_request_info.subject;
-        assert_eq!(
-            parse::common_name(subject).unwrap().as_deref(),
-            Some("cluster-a")
-        );
+        assert_eq!(parse::common_name(subject).unwrap().as_deref(), Some("cluster-a"));
         assert_eq!(parse::organizations(subject).unwrap(), [SPOKE_ORGANIZATION]);
         // The CSR carries the key's public half.
         let key = KeyPair::from_pem(&key_pem).unwrap();
         assert_eq!(
-            csr.certification_request_info
-                .subject_pki
-                .subject_public_key
-                .data
-                .as_ref(),
+            csr.certification_request_info.subject_pki.subject_public_key.data.as_ref(),
             rcgen::PublicKeyData::der_bytes(&key)
         );
     }
 
     #[test]
     fn spoke_csr_rejects_invalid_cluster_names() {
-        assert!(matches!(
-            spoke_key_and_csr("Not_A_Label"),
-            Err(Error::InvalidClusterName { .. })
-        ));
+        assert!(matches!(spoke_key_and_csr("Not_A_Label"), Err(Error::InvalidClusterName { .. })));
     }
 
     #[test]
     fn signing_sets_the_subject_from_the_cluster() {
         let ca = ca();
         let (key_pem, csr_pem) = spoke_key_and_csr("cluster-a").unwrap();
-        let cert_pem = ca
-            .sign_spoke_csr(&csr_pem, "cluster-a", t0(), 90 * DAY)
-            .unwrap();
+        let cert_pem = ca.sign_spoke_csr(&csr_pem, "cluster-a", t0(), 90 * DAY).unwrap();
         let der = pem::single_cert_der(&cert_pem).unwrap();
         assert_eq!(cluster_of(&der).unwrap(), "cluster-a");
 
@@ -280,14 +226,8 @@ mod tests {
         assert!(eku.client_auth && !eku.server_auth && !eku.any);
         assert!(cert.key_usage().unwrap().unwrap().value.digital_signature());
         let key = KeyPair::from_pem(&key_pem).unwrap();
-        assert_eq!(
-            cert.public_key().subject_public_key.data.as_ref(),
-            rcgen::PublicKeyData::der_bytes(&key)
-        );
-        assert_eq!(
-            rotation::validity(&der).unwrap(),
-            (t0() - BACKDATE, t0() + 90 * DAY)
-        );
+        assert_eq!(cert.public_key().subject_public_key.data.as_ref(), rcgen::PublicKeyData::der_bytes(&key));
+        assert_eq!(rotation::validity(&der).unwrap(), (t0() - BACKDATE, t0() + 90 * DAY));
     }
 
     #[test]
@@ -305,10 +245,7 @@ mod tests {
         let cert_pem = ca().sign_spoke_csr(&csr, "cluster-a", t0(), DAY).unwrap();
         let der = pem::single_cert_der(&cert_pem).unwrap();
         let cert = parse::certificate(&der).unwrap();
-        assert_eq!(
-            parse::organizations(cert.subject()).unwrap(),
-            [SPOKE_ORGANIZATION]
-        );
+        assert_eq!(parse::organizations(cert.subject()).unwrap(), [SPOKE_ORGANIZATION]);
         assert!(!cert.is_ca());
         assert!(cert.subject_alternative_name().unwrap().is_none());
         let eku = cert.extended_key_usage().unwrap().unwrap().value;
@@ -329,9 +266,7 @@ mod tests {
     #[test]
     fn a_csr_naming_another_cluster_is_rejected() {
         let (_key, csr) = spoke_key_and_csr("cluster-a").unwrap();
-        let err = ca()
-            .sign_spoke_csr(&csr, "cluster-b", t0(), DAY)
-            .unwrap_err();
+        let err = ca().sign_spoke_csr(&csr, "cluster-b", t0(), DAY).unwrap_err();
         assert!(
             matches!(&err, Error::ClusterMismatch { requested, cluster }
                 if requested == "cluster-a" && cluster == "cluster-b"),
@@ -342,10 +277,7 @@ mod tests {
     #[test]
     fn an_invalid_cluster_name_is_rejected_when_signing() {
         let (_key, csr) = spoke_key_and_csr("cluster-a").unwrap();
-        assert!(matches!(
-            ca().sign_spoke_csr(&csr, "Cluster-A", t0(), DAY),
-            Err(Error::InvalidClusterName { .. })
-        ));
+        assert!(matches!(ca().sign_spoke_csr(&csr, "Cluster-A", t0(), DAY), Err(Error::InvalidClusterName { .. })));
     }
 
     #[test]
@@ -355,10 +287,7 @@ mod tests {
         // Flip a bit in the last byte: the signature's, so the request still parses.
         *der.last_mut().unwrap() ^= 0x01;
         let tampered = pem_encode("CERTIFICATE REQUEST", &der);
-        assert!(matches!(
-            ca().sign_spoke_csr(&tampered, "cluster-a", t0(), DAY),
-            Err(Error::CsrSignature)
-        ));
+        assert!(matches!(ca().sign_spoke_csr(&tampered, "cluster-a", t0(), DAY), Err(Error::CsrSignature)));
     }
 
     #[test]
@@ -367,49 +296,30 @@ mod tests {
         let (_key, csr_pem) = spoke_key_and_csr("cluster-a").unwrap();
         let der = pem::single_csr_der(&csr_pem).unwrap();
         let mut edited = der.clone();
-        let at = edited
-            .windows(b"cluster-a".len())
-            .position(|w| w == b"cluster-a")
-            .unwrap();
+        let at = edited.windows(b"cluster-a".len()).position(|w| w == b"cluster-a").unwrap();
         edited[at + b"cluster-".len()] = b'b';
         let tampered = pem_encode("CERTIFICATE REQUEST", &edited);
-        assert!(matches!(
-            ca().sign_spoke_csr(&tampered, "cluster-b", t0(), DAY),
-            Err(Error::CsrSignature)
-        ));
+        assert!(matches!(ca().sign_spoke_csr(&tampered, "cluster-b", t0(), DAY), Err(Error::CsrSignature)));
     }
 
     #[test]
     fn weak_and_unsupported_keys_are_rejected() {
         let ca = ca();
-        let err = ca
-            .sign_spoke_csr(RSA_1024_CSR, "weak-cluster", t0(), DAY)
-            .unwrap_err();
-        assert!(
-            matches!(&err, Error::WeakKey(why) if why.contains("1024")),
-            "{err}"
-        );
-        assert!(matches!(
-            ca.sign_spoke_csr(P521_CSR, "p521-cluster", t0(), DAY),
-            Err(Error::WeakKey(_))
-        ));
+        let err = ca.sign_spoke_csr(RSA_1024_CSR, "weak-cluster", t0(), DAY).unwrap_err();
+        assert!(matches!(&err, Error::WeakKey(why) if why.contains("1024")), "{err}");
+        assert!(matches!(ca.sign_spoke_csr(P521_CSR, "p521-cluster", t0(), DAY), Err(Error::WeakKey(_))));
     }
 
     #[test]
     fn strong_keys_of_every_accepted_kind_are_signed() {
         let ca = ca();
-        let cert = ca
-            .sign_spoke_csr(RSA_2048_CSR, "rsa-cluster", t0(), DAY)
-            .unwrap();
+        let cert = ca.sign_spoke_csr(RSA_2048_CSR, "rsa-cluster", t0(), DAY).unwrap();
         let der = pem::single_cert_der(&cert).unwrap();
         assert_eq!(cluster_of(&der).unwrap(), "rsa-cluster");
         let csr_der = pem::single_csr_der(RSA_2048_CSR).unwrap();
         let (_, csr) = X509CertificationRequest::from_der(&csr_der).unwrap();
         let cert = parse::certificate(&der).unwrap();
-        assert_eq!(
-            cert.public_key().raw,
-            csr.certification_request_info.subject_pki.raw
-        );
+        assert_eq!(cert.public_key().raw, csr.certification_request_info.subject_pki.raw);
 
         for alg in [&rcgen::PKCS_ECDSA_P384_SHA384, &rcgen::PKCS_ED25519] {
             let key = KeyPair::generate_for(alg).unwrap();
@@ -419,10 +329,7 @@ mod tests {
             let cert = ca.sign_spoke_csr(&csr, "cluster-c", t0(), DAY).unwrap();
             let der = pem::single_cert_der(&cert).unwrap();
             let cert = parse::certificate(&der).unwrap();
-            assert_eq!(
-                cert.public_key().subject_public_key.data.as_ref(),
-                rcgen::PublicKeyData::der_bytes(&key)
-            );
+            assert_eq!(cert.public_key().subject_public_key.data.as_ref(), rcgen::PublicKeyData::der_bytes(&key));
         }
     }
 
@@ -434,16 +341,9 @@ mod tests {
             Err(Error::MissingPem("certificate request"))
         ));
         let garbage = pem_encode("CERTIFICATE REQUEST", b"not a request");
-        assert!(matches!(
-            ca.sign_spoke_csr(&garbage, "a", t0(), DAY),
-            Err(Error::Csr(_))
-        ));
-        let bad_base64 =
-            "-----BEGIN CERTIFICATE REQUEST-----\n%%%\n-----END CERTIFICATE REQUEST-----\n";
-        assert!(matches!(
-            ca.sign_spoke_csr(bad_base64, "a", t0(), DAY),
-            Err(Error::Pem(_))
-        ));
+        assert!(matches!(ca.sign_spoke_csr(&garbage, "a", t0(), DAY), Err(Error::Csr(_))));
+        let bad_base64 = "-----BEGIN CERTIFICATE REQUEST-----\n%%%\n-----END CERTIFICATE REQUEST-----\n";
+        assert!(matches!(ca.sign_spoke_csr(bad_base64, "a", t0(), DAY), Err(Error::Pem(_))));
     }
 
     #[test]
@@ -457,14 +357,10 @@ mod tests {
 
     /// PEM-encode `der` under `label` (tests only; base64 by hand to avoid a dependency).
     fn pem_encode(label: &str, der: &[u8]) -> String {
-        const ALPHABET: &[u8; 64] =
-            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
         let mut b64 = String::new();
         for chunk in der.chunks(3) {
-            let n = chunk
-                .iter()
-                .enumerate()
-                .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+            let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
             for i in 0..4 {
                 if i <= chunk.len() {
                     b64.push(ALPHABET[(n >> (18 - 6 * i) & 0x3f) as usize] as char);

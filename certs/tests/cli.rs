@@ -32,23 +32,14 @@ fn tether(dir: &Path, args: &[&str]) -> Output {
 /// Run and require success.
 fn ok(dir: &Path, args: &[&str]) -> String {
     let out = tether(dir, args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
 
 /// Run, require failure with `code`, and return the error, which must be a single line.
 fn fails(dir: &Path, args: &[&str], code: i32) -> String {
     let out = tether(dir, args);
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(code), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert_eq!(stderr.lines().count(), 1, "not one line: {stderr:?}");
     assert!(stderr.starts_with("error: "), "{stderr:?}");
@@ -74,37 +65,18 @@ fn lifetime(der: &[u8]) -> Duration {
 
 fn init_ca(dir: &Path) -> CertificateAuthority {
     ok(dir, &["init-ca", "--out", "ca"]);
-    CertificateAuthority::from_pem(&read(&dir.join("ca/ca.crt")), &read(&dir.join("ca/ca.key")))
-        .unwrap()
+    CertificateAuthority::from_pem(&read(&dir.join("ca/ca.crt")), &read(&dir.join("ca/ca.key"))).unwrap()
 }
 
 #[test]
 fn init_ca_writes_a_ca_and_refuses_to_overwrite_it() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let stdout = ok(
-        dir,
-        &[
-            "init-ca",
-            "--out",
-            "ca",
-            "--common-name",
-            "my-hub-ca",
-            "--days",
-            "30",
-        ],
-    );
-    assert!(
-        stdout.contains("ca/ca.crt") && stdout.contains("ca/ca.key"),
-        "{stdout}"
-    );
+    let stdout = ok(dir, &["init-ca", "--out", "ca", "--common-name", "my-hub-ca", "--days", "30"]);
+    assert!(stdout.contains("ca/ca.crt") && stdout.contains("ca/ca.key"), "{stdout}");
     assert_eq!(mode(&dir.join("ca/ca.crt")), 0o644);
     assert_eq!(mode(&dir.join("ca/ca.key")), 0o600);
-    let ca = CertificateAuthority::from_pem(
-        &read(&dir.join("ca/ca.crt")),
-        &read(&dir.join("ca/ca.key")),
-    )
-    .unwrap();
+    let ca = CertificateAuthority::from_pem(&read(&dir.join("ca/ca.crt")), &read(&dir.join("ca/ca.key"))).unwrap();
     assert!(format!("{ca:?}").contains("my-hub-ca"));
     assert_eq!(lifetime(ca.cert_der()), 30 * DAY + BACKDATE);
 
@@ -148,19 +120,8 @@ fn serving_writes_a_server_certificate_for_the_names() {
     let (_, cert) = X509Certificate::from_der(&der).unwrap();
     let (_, ca_cert) = X509Certificate::from_der(ca.cert_der()).unwrap();
     cert.verify_signature(Some(ca_cert.public_key())).unwrap();
-    assert!(
-        cert.extended_key_usage()
-            .unwrap()
-            .unwrap()
-            .value
-            .server_auth
-    );
-    let sans = &cert
-        .subject_alternative_name()
-        .unwrap()
-        .unwrap()
-        .value
-        .general_names;
+    assert!(cert.extended_key_usage().unwrap().unwrap().value.server_auth);
+    let sans = &cert.subject_alternative_name().unwrap().unwrap().value.general_names;
     let dns: Vec<_> = sans
         .iter()
         .filter_map(|n| match n {
@@ -169,12 +130,7 @@ fn serving_writes_a_server_certificate_for_the_names() {
         })
         .collect();
     assert_eq!(dns, ["hub.example", "tether.example"]);
-    assert_eq!(
-        sans.iter()
-            .filter(|n| matches!(n, GeneralName::IPAddress(_)))
-            .count(),
-        2
-    );
+    assert_eq!(sans.iter().filter(|n| matches!(n, GeneralName::IPAddress(_))).count(), 2);
 }
 
 #[test]
@@ -182,18 +138,7 @@ fn issue_spoke_writes_a_spoke_identity() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let ca = init_ca(dir);
-    ok(
-        dir,
-        &[
-            "issue-spoke",
-            "--ca-dir",
-            "ca",
-            "--cluster",
-            "cluster-a",
-            "--out",
-            "spoke-a",
-        ],
-    );
+    ok(dir, &["issue-spoke", "--ca-dir", "ca", "--cluster", "cluster-a", "--out", "spoke-a"]);
     assert_eq!(mode(&dir.join("spoke-a/tls.crt")), 0o644);
     assert_eq!(mode(&dir.join("spoke-a/tls.key")), 0o600);
     assert_eq!(read(&dir.join("spoke-a/ca.crt")), ca.cert_pem());
@@ -204,10 +149,7 @@ fn issue_spoke_writes_a_spoke_identity() {
     // The key written is the certificate's.
     let key = rcgen::KeyPair::from_pem(&read(&dir.join("spoke-a/tls.key"))).unwrap();
     let (_, cert) = X509Certificate::from_der(&der).unwrap();
-    assert_eq!(
-        cert.public_key().subject_public_key.data.as_ref(),
-        rcgen::PublicKeyData::der_bytes(&key)
-    );
+    assert_eq!(cert.public_key().subject_public_key.data.as_ref(), rcgen::PublicKeyData::der_bytes(&key));
 }
 
 #[test]
@@ -215,10 +157,7 @@ fn spoke_csr_then_sign_spoke() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     init_ca(dir);
-    ok(
-        dir,
-        &["spoke-csr", "--cluster", "cluster-b", "--out", "spoke-b"],
-    );
+    ok(dir, &["spoke-csr", "--cluster", "cluster-b", "--out", "spoke-b"]);
     assert_eq!(mode(&dir.join("spoke-b/tls.key")), 0o600);
     assert_eq!(mode(&dir.join("spoke-b/tls.csr")), 0o644);
     assert!(read(&dir.join("spoke-b/tls.csr")).contains("BEGIN CERTIFICATE REQUEST"));
@@ -279,11 +218,7 @@ fn flags_come_from_the_environment_too() {
             ("TETHER_CERTS_SPOKE_DAYS", "7"),
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let der = cert_der(&dir.join("spoke-env/tls.crt"));
     assert_eq!(cluster_of(&der).unwrap(), "cluster-env");
     assert_eq!(lifetime(&der), 7 * DAY + BACKDATE);
@@ -298,23 +233,8 @@ fn usage_errors_are_one_line_naming_the_flag() {
     let err = fails(dir, &["issue-spoke", "--ca-dir", "ca", "--out", "x"], 2);
     assert!(err.contains("--cluster"), "{err}");
 
-    let err = fails(
-        dir,
-        &[
-            "issue-spoke",
-            "--ca-dir",
-            "ca",
-            "--cluster",
-            "Bad_Name",
-            "--out",
-            "x",
-        ],
-        2,
-    );
-    assert!(
-        err.contains("--cluster") && err.contains("Bad_Name"),
-        "{err}"
-    );
+    let err = fails(dir, &["issue-spoke", "--ca-dir", "ca", "--cluster", "Bad_Name", "--out", "x"], 2);
+    assert!(err.contains("--cluster") && err.contains("Bad_Name"), "{err}");
 
     let err = fails(dir, &["spoke-csr", "--cluster", "a.b", "--out", "x"], 2);
     assert!(err.contains("--cluster"), "{err}");
@@ -322,13 +242,7 @@ fn usage_errors_are_one_line_naming_the_flag() {
     let err = fails(dir, &["serving", "--ca-dir", "ca", "--out", "x"], 2);
     assert!(err.contains("--dns") && err.contains("--ip"), "{err}");
 
-    let err = fails(
-        dir,
-        &[
-            "serving", "--ca-dir", "ca", "--dns", "bad_name", "--out", "x",
-        ],
-        2,
-    );
+    let err = fails(dir, &["serving", "--ca-dir", "ca", "--dns", "bad_name", "--out", "x"], 2);
     assert!(err.contains("--dns") && err.contains("bad_name"), "{err}");
 
     let err = fails(dir, &["init-ca", "--out", "c2", "--days", "0"], 2);
@@ -342,19 +256,7 @@ fn runtime_errors_are_one_line_naming_the_flag() {
     let dir = tmp.path();
     init_ca(dir);
 
-    let err = fails(
-        dir,
-        &[
-            "issue-spoke",
-            "--ca-dir",
-            "nowhere",
-            "--cluster",
-            "a",
-            "--out",
-            "x",
-        ],
-        1,
-    );
+    let err = fails(dir, &["issue-spoke", "--ca-dir", "nowhere", "--cluster", "a", "--out", "x"], 1);
     assert!(err.contains("--ca-dir"), "{err}");
 
     // A CA directory holding someone else's key.
@@ -362,60 +264,16 @@ fn runtime_errors_are_one_line_naming_the_flag() {
     fs::copy(dir.join("ca/ca.crt"), dir.join("mixed/ca.crt")).unwrap();
     let other = CertificateAuthority::generate("other", std::time::SystemTime::now(), DAY).unwrap();
     fs::write(dir.join("mixed/ca.key"), other.key_pem()).unwrap();
-    let err = fails(
-        dir,
-        &[
-            "issue-spoke",
-            "--ca-dir",
-            "mixed",
-            "--cluster",
-            "a",
-            "--out",
-            "x",
-        ],
-        1,
-    );
-    assert!(
-        err.contains("--ca-dir") && err.contains("does not match"),
-        "{err}"
-    );
+    let err = fails(dir, &["issue-spoke", "--ca-dir", "mixed", "--cluster", "a", "--out", "x"], 1);
+    assert!(err.contains("--ca-dir") && err.contains("does not match"), "{err}");
 
-    let err = fails(
-        dir,
-        &[
-            "sign-spoke",
-            "--ca-dir",
-            "ca",
-            "--cluster",
-            "a",
-            "--csr",
-            "missing.csr",
-            "--out",
-            "a.crt",
-        ],
-        1,
-    );
+    let err =
+        fails(dir, &["sign-spoke", "--ca-dir", "ca", "--cluster", "a", "--csr", "missing.csr", "--out", "a.crt"], 1);
     assert!(err.contains("--csr"), "{err}");
 
     fs::write(dir.join("garbage.csr"), "not a csr").unwrap();
-    let err = fails(
-        dir,
-        &[
-            "sign-spoke",
-            "--ca-dir",
-            "ca",
-            "--cluster",
-            "a",
-            "--csr",
-            "garbage.csr",
-            "--out",
-            "a.crt",
-        ],
-        1,
-    );
-    assert!(
-        err.contains("--csr") && err.contains("certificate request"),
-        "{err}"
-    );
+    let err =
+        fails(dir, &["sign-spoke", "--ca-dir", "ca", "--cluster", "a", "--csr", "garbage.csr", "--out", "a.crt"], 1);
+    assert!(err.contains("--csr") && err.contains("certificate request"), "{err}");
     assert!(!dir.join("a.crt").exists());
 }

@@ -13,12 +13,8 @@ use std::time::{Duration, SystemTime};
 use rustls::crypto::{ring, CryptoProvider};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{
-    CertificateError, ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection,
-};
-use tether_certs::{
-    cluster_of, pem_to_der_certs, spoke_key_and_csr, CertificateAuthority, CertifiedKey,
-};
+use rustls::{CertificateError, ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
+use tether_certs::{cluster_of, pem_to_der_certs, spoke_key_and_csr, CertificateAuthority, CertifiedKey};
 
 const DAY: Duration = Duration::from_secs(86_400);
 const HUB: &str = "hub.tether.example";
@@ -32,51 +28,33 @@ fn new_ca(name: &str) -> CertificateAuthority {
 }
 
 fn serving(ca: &CertificateAuthority) -> CertifiedKey {
-    ca.issue_serving(
-        &[HUB.to_owned()],
-        &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
-        SystemTime::now(),
-        90 * DAY,
-    )
-    .unwrap()
+    ca.issue_serving(&[HUB.to_owned()], &[IpAddr::V4(Ipv4Addr::LOCALHOST)], SystemTime::now(), 90 * DAY).unwrap()
 }
 
 /// A spoke identity as a spoke gets it: key and CSR made locally, the CSR signed by `ca`.
 fn spoke(ca: &CertificateAuthority, cluster: &str) -> CertifiedKey {
     let (key_pem, csr_pem) = spoke_key_and_csr(cluster).unwrap();
-    let cert_pem = ca
-        .sign_spoke_csr(&csr_pem, cluster, SystemTime::now(), 90 * DAY)
-        .unwrap();
+    let cert_pem = ca.sign_spoke_csr(&csr_pem, cluster, SystemTime::now(), 90 * DAY).unwrap();
     CertifiedKey { cert_pem, key_pem }
 }
 
 fn chain(identity: &CertifiedKey) -> Vec<CertificateDer<'static>> {
-    pem_to_der_certs(&identity.cert_pem)
-        .unwrap()
-        .into_iter()
-        .map(CertificateDer::from)
-        .collect()
+    pem_to_der_certs(&identity.cert_pem).unwrap().into_iter().map(CertificateDer::from).collect()
 }
 
 fn key(identity: &CertifiedKey) -> PrivateKeyDer<'static> {
-    rustls_pemfile::private_key(&mut identity.key_pem.as_bytes())
-        .unwrap()
-        .unwrap()
+    rustls_pemfile::private_key(&mut identity.key_pem.as_bytes()).unwrap().unwrap()
 }
 
 fn roots(ca: &CertificateAuthority) -> Arc<RootCertStore> {
     let mut roots = RootCertStore::empty();
-    roots
-        .add(CertificateDer::from(ca.cert_der().to_vec()))
-        .unwrap();
+    roots.add(CertificateDer::from(ca.cert_der().to_vec())).unwrap();
     Arc::new(roots)
 }
 
 /// The hub's side: serves `identity`, requires client certificates chaining to `trusted`.
 fn hub(trusted: &CertificateAuthority, identity: &CertifiedKey) -> ServerConnection {
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots(trusted), provider())
-        .build()
-        .unwrap();
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(trusted), provider()).build().unwrap();
     let config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -195,13 +173,7 @@ fn serving_certificate_is_not_valid_for_other_names() {
     let mut hub = hub(&ca, &serving(&ca));
     let mut spoke = dialer(&ca, &spoke(&ca, "cluster-a"), name("evil.example"));
     let e = refused_by_spoke(handshake(&mut spoke, &mut hub));
-    assert!(
-        matches!(
-            e,
-            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
-        ),
-        "{e:?}"
-    );
+    assert!(matches!(e, CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }), "{e:?}");
 }
 
 #[test]
@@ -212,13 +184,7 @@ fn hub_refuses_spokes_of_another_ca() {
     let mut hub = hub(&ca, &serving(&ca));
     let mut spoke = dialer(&ca, &spoke(&rogue, "cluster-a"), name(HUB));
     let e = refused_by_hub(handshake(&mut spoke, &mut hub));
-    assert!(
-        matches!(
-            e,
-            CertificateError::BadSignature | CertificateError::UnknownIssuer
-        ),
-        "{e:?}"
-    );
+    assert!(matches!(e, CertificateError::BadSignature | CertificateError::UnknownIssuer), "{e:?}");
 }
 
 #[test]
@@ -228,13 +194,7 @@ fn hub_refuses_a_serving_certificate_as_a_client_certificate() {
     // Signed by the right CA, but for serverAuth only.
     let mut spoke = dialer(&ca, &serving(&ca), name(HUB));
     let e = refused_by_hub(handshake(&mut spoke, &mut hub));
-    assert!(
-        matches!(
-            e,
-            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. }
-        ),
-        "{e:?}"
-    );
+    assert!(matches!(e, CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. }), "{e:?}");
 }
 
 #[test]
@@ -245,13 +205,7 @@ fn spokes_refuse_a_hub_of_another_ca() {
     let mut hub = hub(&ca, &serving(&rogue));
     let mut spoke = dialer(&ca, &spoke(&ca, "cluster-a"), name(HUB));
     let e = refused_by_spoke(handshake(&mut spoke, &mut hub));
-    assert!(
-        matches!(
-            e,
-            CertificateError::BadSignature | CertificateError::UnknownIssuer
-        ),
-        "{e:?}"
-    );
+    assert!(matches!(e, CertificateError::BadSignature | CertificateError::UnknownIssuer), "{e:?}");
 }
 
 #[test]

@@ -159,6 +159,9 @@ run() {
   mkdir -p "$DIR/logs"
   DIR=$(cd "$DIR" && pwd)
   cd "$DIR"
+  local old
+  old=$(cat supervisor.pid 2>/dev/null) || true
+  [ "$old" = $$ ] || ! supervisor_alive "$old" || die "a supervisor (pid $old) already runs $DIR"
   trap cleanup EXIT
   trap 'exit 143' TERM
   trap 'exit 130' INT

@@ -16,11 +16,7 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(base: Duration, cap: Duration) -> Self {
-        Self {
-            base,
-            cap,
-            attempt: 0,
-        }
+        Self { base, cap, attempt: 0 }
     }
 
     /// Delay before the next attempt: `unit` (a random number in `[0, 1)`) times
@@ -30,15 +26,10 @@ impl Backoff {
     pub fn next_delay(&mut self, unit: f64) -> Duration {
         let ceiling = self.ceiling();
         self.attempt = self.attempt.saturating_add(1);
-        let unit = if unit.is_nan() {
-            0.0
-        } else {
-            unit.clamp(0.0, 1.0)
-        };
+        let unit = if unit.is_nan() { 0.0 } else { unit.clamp(0.0, 1.0) };
         // ceiling * unit <= ceiling, but the f64 round trip may round up past it (or past
         // Duration::MAX, which try_from reports): keep the ceiling as the bound either way.
-        Duration::try_from_secs_f64(ceiling.as_secs_f64() * unit)
-            .map_or(ceiling, |delay| delay.min(ceiling))
+        Duration::try_from_secs_f64(ceiling.as_secs_f64() * unit).map_or(ceiling, |delay| delay.min(ceiling))
     }
 
     /// Starts over after a connection that worked.
@@ -69,10 +60,8 @@ mod tests {
     fn the_ceiling_doubles_up_to_the_cap() {
         let mut b = Backoff::new(100 * MS, 5000 * MS);
         let maxima: Vec<Duration> = (0..10).map(|_| b.next_delay(1.0)).collect();
-        let expected: Vec<Duration> = [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000, 5000]
-            .into_iter()
-            .map(|ms| ms * MS)
-            .collect();
+        let expected: Vec<Duration> =
+            [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000, 5000].into_iter().map(|ms| ms * MS).collect();
         assert_eq!(maxima, expected);
         assert_eq!(b.attempt(), 10);
     }

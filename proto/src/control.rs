@@ -65,11 +65,7 @@ impl ControlMessage {
     /// saturated) length, so the peer's decoder rejects it instead of misreading it.
     pub fn encode(&self, out: &mut BytesMut) {
         let payload = match self {
-            Self::Hello {
-                client_version,
-                instance,
-                ..
-            } => 2 + 2 + client_version.len() + 2 + instance.len(),
+            Self::Hello { client_version, instance, .. } => 2 + 2 + client_version.len() + 2 + instance.len(),
             Self::Welcome { cluster, .. } => 2 + 2 + cluster.len() + 4,
             Self::Ping { .. } | Self::Pong { .. } => 8,
             Self::GoAway { reason } => 2 + reason.len(),
@@ -77,21 +73,13 @@ impl ControlMessage {
         out.reserve(4 + 1 + payload);
         out.put_u32(u32::try_from(1 + payload).unwrap_or(u32::MAX));
         match self {
-            Self::Hello {
-                version,
-                client_version,
-                instance,
-            } => {
+            Self::Hello { version, client_version, instance } => {
                 out.put_u8(HELLO);
                 out.put_u16(*version);
                 put_string(out, client_version);
                 put_string(out, instance);
             }
-            Self::Welcome {
-                version,
-                cluster,
-                heartbeat_interval_ms,
-            } => {
+            Self::Welcome { version, cluster, heartbeat_interval_ms } => {
                 out.put_u8(WELCOME);
                 out.put_u16(*version);
                 put_string(out, cluster);
@@ -136,15 +124,9 @@ impl ControlMessage {
                 let version = r.u16("Welcome version")?;
                 return foreign_version_or(version, Self::welcome_rest(version, r)).map(Some);
             }
-            PING => Self::Ping {
-                seq: r.u64("Ping seq")?,
-            },
-            PONG => Self::Pong {
-                seq: r.u64("Pong seq")?,
-            },
-            GO_AWAY => Self::GoAway {
-                reason: r.string("GoAway reason", MAX_STRING_LEN)?,
-            },
+            PING => Self::Ping { seq: r.u64("Ping seq")? },
+            PONG => Self::Pong { seq: r.u64("Pong seq")? },
+            GO_AWAY => Self::GoAway { reason: r.string("GoAway reason", MAX_STRING_LEN)? },
             FIRST_EXTENSION..=u8::MAX => return Ok(None),
             other => return Err(Error::UnknownMessage(other)),
         };
@@ -156,22 +138,14 @@ impl ControlMessage {
         let client_version = r.string("Hello client_version", MAX_STRING_LEN)?;
         let instance = r.string("Hello instance", MAX_STRING_LEN)?;
         r.finish("Hello")?;
-        Ok(Self::Hello {
-            version,
-            client_version,
-            instance,
-        })
+        Ok(Self::Hello { version, client_version, instance })
     }
 
     fn welcome_rest(version: u16, mut r: Reader<'_>) -> Result<Self> {
         let cluster = r.string("Welcome cluster", MAX_STRING_LEN)?;
         let heartbeat_interval_ms = r.u32("Welcome heartbeat_interval_ms")?;
         r.finish("Welcome")?;
-        Ok(Self::Welcome {
-            version,
-            cluster,
-            heartbeat_interval_ms,
-        })
+        Ok(Self::Welcome { version, cluster, heartbeat_interval_ms })
     }
 }
 
@@ -179,10 +153,9 @@ impl ControlMessage {
 /// not parse, the version is the error worth reporting.
 fn foreign_version_or(version: u16, parsed: Result<ControlMessage>) -> Result<ControlMessage> {
     match parsed {
-        Err(_) if version != PROTOCOL_VERSION => Err(Error::VersionMismatch {
-            ours: PROTOCOL_VERSION,
-            theirs: version,
-        }),
+        Err(_) if version != PROTOCOL_VERSION => {
+            Err(Error::VersionMismatch { ours: PROTOCOL_VERSION, theirs: version })
+        }
         other => other,
     }
 }
@@ -200,11 +173,7 @@ pub struct FrameDecoder {
 impl FrameDecoder {
     /// A decoder that rejects frames longer than `max_frame` bytes (type + payload).
     pub fn new(max_frame: usize) -> Self {
-        Self {
-            buf: BytesMut::new(),
-            max_frame,
-            error: None,
-        }
+        Self { buf: BytesMut::new(), max_frame, error: None }
     }
 
     /// Appends bytes read from the stream.
@@ -252,10 +221,7 @@ impl FrameDecoder {
             return Err(Error::EmptyFrame);
         }
         if declared > self.max_frame {
-            return Err(Error::FrameTooLarge {
-                declared,
-                max: self.max_frame,
-            });
+            return Err(Error::FrameTooLarge { declared, max: self.max_frame });
         }
         let Some(body) = rest.get(..declared) else {
             return Ok(None);
@@ -289,9 +255,7 @@ mod tests {
             },
             ControlMessage::Ping { seq: 0 },
             ControlMessage::Pong { seq: u64::MAX },
-            ControlMessage::GoAway {
-                reason: "draining".into(),
-            },
+            ControlMessage::GoAway { reason: "draining".into() },
         ]
     }
 
@@ -344,13 +308,7 @@ mod tests {
     fn oversized_frames_are_refused_before_the_body_arrives() {
         let mut d = FrameDecoder::new(16);
         d.push(&17u32.to_be_bytes());
-        assert_eq!(
-            d.next_message(),
-            Err(Error::FrameTooLarge {
-                declared: 17,
-                max: 16
-            })
-        );
+        assert_eq!(d.next_message(), Err(Error::FrameTooLarge { declared: 17, max: 16 }));
         assert_eq!(
             decode_one(&u32::MAX.to_be_bytes()),
             Err(Error::FrameTooLarge {
@@ -372,37 +330,17 @@ mod tests {
 
     #[test]
     fn malformed_frames_are_errors() {
-        assert_eq!(
-            decode_one(&[0, 0, 0, 1, 0x06]),
-            Err(Error::UnknownMessage(6))
-        );
-        assert_eq!(
-            decode_one(&[0, 0, 0, 5, PING, 0, 0, 0, 1]),
-            Err(Error::Truncated { what: "Ping seq" })
-        );
+        assert_eq!(decode_one(&[0, 0, 0, 1, 0x06]), Err(Error::UnknownMessage(6)));
+        assert_eq!(decode_one(&[0, 0, 0, 5, PING, 0, 0, 0, 1]), Err(Error::Truncated { what: "Ping seq" }));
         assert_eq!(
             decode_one(&[0, 0, 0, 4, GO_AWAY, 0, 0, 0xff]),
-            Err(Error::TrailingBytes {
-                what: "GoAway",
-                len: 1
-            })
+            Err(Error::TrailingBytes { what: "GoAway", len: 1 })
         );
-        assert_eq!(
-            decode_one(&[0, 0, 0, 4, GO_AWAY, 0, 1, 0xc3]),
-            Err(Error::InvalidUtf8 {
-                what: "GoAway reason"
-            })
-        );
-        let long = ControlMessage::GoAway {
-            reason: "r".repeat(MAX_STRING_LEN + 1),
-        };
+        assert_eq!(decode_one(&[0, 0, 0, 4, GO_AWAY, 0, 1, 0xc3]), Err(Error::InvalidUtf8 { what: "GoAway reason" }));
+        let long = ControlMessage::GoAway { reason: "r".repeat(MAX_STRING_LEN + 1) };
         assert_eq!(
             decode_one(&encode_all(&[long])),
-            Err(Error::StringTooLong {
-                what: "GoAway reason",
-                len: MAX_STRING_LEN + 1,
-                max: MAX_STRING_LEN
-            })
+            Err(Error::StringTooLong { what: "GoAway reason", len: MAX_STRING_LEN + 1, max: MAX_STRING_LEN })
         );
     }
 
@@ -412,30 +350,16 @@ mod tests {
         bytes.extend_from_slice(&[0, 0, 0, 3, 0x80, 1, 2]);
         bytes.extend_from_slice(&[0, 0, 0, 1, 0xff]);
         ControlMessage::Ping { seq: 3 }.encode(&mut bytes);
-        assert_eq!(
-            decode_one(&bytes),
-            Ok(Some(ControlMessage::Ping { seq: 3 }))
-        );
+        assert_eq!(decode_one(&bytes), Ok(Some(ControlMessage::Ping { seq: 3 })));
     }
 
     #[test]
     fn unparsable_handshake_of_another_version_is_a_version_mismatch() {
         // A "version 2" Hello whose layout this version cannot read.
         let frame = [0, 0, 0, 4, HELLO, 0, 2, 0xee];
-        assert_eq!(
-            decode_one(&frame),
-            Err(Error::VersionMismatch {
-                ours: PROTOCOL_VERSION,
-                theirs: 2
-            })
-        );
+        assert_eq!(decode_one(&frame), Err(Error::VersionMismatch { ours: PROTOCOL_VERSION, theirs: 2 }));
         // The same damage at our own version is reported as what it is.
         let frame = [0, 0, 0, 4, WELCOME, 0, 1, 0xee];
-        assert_eq!(
-            decode_one(&frame),
-            Err(Error::Truncated {
-                what: "Welcome cluster"
-            })
-        );
+        assert_eq!(decode_one(&frame), Err(Error::Truncated { what: "Welcome cluster" }));
     }
 }

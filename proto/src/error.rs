@@ -41,31 +41,19 @@ pub enum Error {
 
     /// A string field is longer than its limit.
     #[error("{what} is {len} bytes long, the limit is {max}")]
-    StringTooLong {
-        what: &'static str,
-        len: usize,
-        max: usize,
-    },
+    StringTooLong { what: &'static str, len: usize, max: usize },
 
     /// A field holds a value that can never be valid (an empty name, port 0, ...).
     #[error("invalid {what}: {reason}")]
-    InvalidField {
-        what: &'static str,
-        reason: &'static str,
-    },
+    InvalidField { what: &'static str, reason: &'static str },
 
     /// The peer speaks another major protocol version.
-    #[error(
-        "protocol version mismatch: the peer speaks tether/{theirs}, this end speaks tether/{ours}"
-    )]
+    #[error("protocol version mismatch: the peer speaks tether/{theirs}, this end speaks tether/{ours}")]
     VersionMismatch { ours: u16, theirs: u16 },
 
     /// A well-formed message that is not allowed in the session's current state.
     #[error("unexpected {message} message {state}")]
-    UnexpectedMessage {
-        message: &'static str,
-        state: &'static str,
-    },
+    UnexpectedMessage { message: &'static str, state: &'static str },
 }
 
 /// `Result` with this crate's [`Error`].

@@ -33,11 +33,7 @@ pub enum Target {
     /// The spoke's own Kubernetes apiserver.
     ApiServer,
     /// A TCP port of an (allow-listed) Service in the spoke cluster.
-    Service {
-        namespace: String,
-        name: String,
-        port: u16,
-    },
+    Service { namespace: String, name: String, port: u16 },
 }
 
 /// The header that opens every hub-initiated stream.
@@ -57,9 +53,7 @@ impl StreamHeader {
     pub fn encode(&self, out: &mut BytesMut) {
         let body_len = match &self.target {
             Target::ApiServer => 9,
-            Target::Service {
-                namespace, name, ..
-            } => 9 + 2 + namespace.len() + 2 + name.len() + 2,
+            Target::Service { namespace, name, .. } => 9 + 2 + namespace.len() + 2 + name.len() + 2,
         };
         out.reserve(2 + body_len);
         // A body too long for u16 saturates: the decoder rejects anything above
@@ -70,11 +64,7 @@ impl StreamHeader {
                 out.put_u8(KIND_API_SERVER);
                 out.put_u64(self.request_id);
             }
-            Target::Service {
-                namespace,
-                name,
-                port,
-            } => {
+            Target::Service { namespace, name, port } => {
                 out.put_u8(KIND_SERVICE);
                 out.put_u64(self.request_id);
                 put_string(out, namespace);
@@ -94,10 +84,7 @@ impl StreamHeader {
         };
         let declared = usize::from(u16::from_be_bytes(*len));
         if declared > MAX_HEADER_LEN {
-            return Err(Error::HeaderTooLong {
-                declared,
-                max: MAX_HEADER_LEN,
-            });
+            return Err(Error::HeaderTooLong { declared, max: MAX_HEADER_LEN });
         }
         let Some(body) = rest.get(..declared) else {
             return Ok(None);
@@ -111,11 +98,7 @@ impl StreamHeader {
                 let namespace = r.string("namespace", MAX_NAME_LEN)?;
                 let name = r.string("service name", MAX_NAME_LEN)?;
                 let port = r.u16("service port")?;
-                let target = Target::Service {
-                    namespace,
-                    name,
-                    port,
-                };
+                let target = Target::Service { namespace, name, port };
                 target.validate()?;
                 target
             }
@@ -136,18 +119,11 @@ impl Target {
     pub fn validate(&self) -> Result<()> {
         match self {
             Target::ApiServer => Ok(()),
-            Target::Service {
-                namespace,
-                name,
-                port,
-            } => {
+            Target::Service { namespace, name, port } => {
                 check_name("namespace", namespace)?;
                 check_name("service name", name)?;
                 if *port == 0 {
-                    return Err(Error::InvalidField {
-                        what: "service port",
-                        reason: "port 0",
-                    });
+                    return Err(Error::InvalidField { what: "service port", reason: "port 0" });
                 }
                 Ok(())
             }
@@ -157,17 +133,10 @@ impl Target {
 
 fn check_name(what: &'static str, name: &str) -> Result<()> {
     if name.is_empty() {
-        return Err(Error::InvalidField {
-            what,
-            reason: "empty",
-        });
+        return Err(Error::InvalidField { what, reason: "empty" });
     }
     if name.len() > MAX_NAME_LEN {
-        return Err(Error::StringTooLong {
-            what,
-            len: name.len(),
-            max: MAX_NAME_LEN,
-        });
+        return Err(Error::StringTooLong { what, len: name.len(), max: MAX_NAME_LEN });
     }
     Ok(())
 }
@@ -177,19 +146,12 @@ mod tests {
     use super::*;
 
     fn api(request_id: u64) -> StreamHeader {
-        StreamHeader {
-            target: Target::ApiServer,
-            request_id,
-        }
+        StreamHeader { target: Target::ApiServer, request_id }
     }
 
     fn service(namespace: &str, name: &str, port: u16) -> StreamHeader {
         StreamHeader {
-            target: Target::Service {
-                namespace: namespace.into(),
-                name: name.into(),
-                port,
-            },
+            target: Target::Service { namespace: namespace.into(), name: name.into(), port },
             request_id: 0x0102_0304_0506_0708,
         }
     }
@@ -206,17 +168,10 @@ mod tests {
         let len = buf.len();
         buf.extend_from_slice(b"GET / HTTP/1.1\r\n");
         for split in 0..len {
-            assert_eq!(
-                StreamHeader::decode(&buf[..split]),
-                Ok(None),
-                "split {split}"
-            );
+            assert_eq!(StreamHeader::decode(&buf[..split]), Ok(None), "split {split}");
         }
         for end in len..=buf.len() {
-            assert_eq!(
-                StreamHeader::decode(&buf[..end]),
-                Ok(Some((header.clone(), len)))
-            );
+            assert_eq!(StreamHeader::decode(&buf[..end]), Ok(Some((header.clone(), len))));
         }
     }
 
@@ -240,22 +195,13 @@ mod tests {
     fn declared_length_above_limit_is_an_error() {
         let declared = MAX_HEADER_LEN + 1;
         let buf = u16::try_from(declared).expect("fits").to_be_bytes();
-        assert_eq!(
-            StreamHeader::decode(&buf),
-            Err(Error::HeaderTooLong {
-                declared,
-                max: MAX_HEADER_LEN
-            })
-        );
+        assert_eq!(StreamHeader::decode(&buf), Err(Error::HeaderTooLong { declared, max: MAX_HEADER_LEN }));
         // At the limit the length is fine, the zero body is not.
         let mut buf = vec![0; 2 + MAX_HEADER_LEN];
         buf[..2].copy_from_slice(&u16::try_from(MAX_HEADER_LEN).expect("fits").to_be_bytes());
         assert_eq!(
             StreamHeader::decode(&buf),
-            Err(Error::TrailingBytes {
-                what: "stream header",
-                len: MAX_HEADER_LEN - 9
-            })
+            Err(Error::TrailingBytes { what: "stream header", len: MAX_HEADER_LEN - 9 })
         );
     }
 
@@ -266,66 +212,32 @@ mod tests {
         assert!(header.validate().is_err());
         assert_eq!(
             StreamHeader::decode(&encode(&header)),
-            Err(Error::StringTooLong {
-                what: "service name",
-                len: MAX_NAME_LEN + 1,
-                max: MAX_NAME_LEN
-            })
+            Err(Error::StringTooLong { what: "service name", len: MAX_NAME_LEN + 1, max: MAX_NAME_LEN })
         );
         let huge = "n".repeat(70_000);
-        assert!(matches!(
-            StreamHeader::decode(&encode(&service(&huge, "web", 80))),
-            Err(Error::HeaderTooLong { .. })
-        ));
+        assert!(matches!(StreamHeader::decode(&encode(&service(&huge, "web", 80))), Err(Error::HeaderTooLong { .. })));
     }
 
     #[test]
     fn invalid_fields_are_errors() {
-        for header in [
-            service("", "web", 80),
-            service("ns", "", 80),
-            service("ns", "web", 0),
-        ] {
+        for header in [service("", "web", 80), service("ns", "", 80), service("ns", "web", 0)] {
             assert!(header.validate().is_err());
-            assert!(matches!(
-                StreamHeader::decode(&encode(&header)),
-                Err(Error::InvalidField { .. })
-            ));
+            assert!(matches!(StreamHeader::decode(&encode(&header)), Err(Error::InvalidField { .. })));
         }
     }
 
     #[test]
     fn malformed_bodies_are_errors() {
-        assert_eq!(
-            StreamHeader::decode(&[0, 9, 7, 0, 0, 0, 0, 0, 0, 0, 0]),
-            Err(Error::UnknownTarget(7))
-        );
-        assert_eq!(
-            StreamHeader::decode(&[0, 3, 0, 0, 0]),
-            Err(Error::Truncated { what: "request id" })
-        );
-        assert_eq!(
-            StreamHeader::decode(&[0, 0]),
-            Err(Error::Truncated {
-                what: "stream target kind"
-            })
-        );
+        assert_eq!(StreamHeader::decode(&[0, 9, 7, 0, 0, 0, 0, 0, 0, 0, 0]), Err(Error::UnknownTarget(7)));
+        assert_eq!(StreamHeader::decode(&[0, 3, 0, 0, 0]), Err(Error::Truncated { what: "request id" }));
+        assert_eq!(StreamHeader::decode(&[0, 0]), Err(Error::Truncated { what: "stream target kind" }));
         let mut buf = encode(&api(1));
         buf[1] += 1;
         buf.extend_from_slice(&[0]);
-        assert_eq!(
-            StreamHeader::decode(&buf),
-            Err(Error::TrailingBytes {
-                what: "stream header",
-                len: 1
-            })
-        );
+        assert_eq!(StreamHeader::decode(&buf), Err(Error::TrailingBytes { what: "stream header", len: 1 }));
         let mut buf = encode(&service("ab", "web", 80));
         // Namespace bytes start after len(2) + kind(1) + id(8) + str len(2).
         buf[13] = 0xff;
-        assert_eq!(
-            StreamHeader::decode(&buf),
-            Err(Error::InvalidUtf8 { what: "namespace" })
-        );
+        assert_eq!(StreamHeader::decode(&buf), Err(Error::InvalidUtf8 { what: "namespace" }));
     }
 }

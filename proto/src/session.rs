@@ -25,15 +25,9 @@ pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(1);
 #[derive(Debug, Clone)]
 pub enum Role {
     /// The spoke's tunnel-client.
-    Client {
-        client_version: String,
-        instance: String,
-    },
+    Client { client_version: String, instance: String },
     /// The hub's tunnel-server, serving the cluster named by the peer's verified certificate.
-    Server {
-        cluster: String,
-        heartbeat_interval: Duration,
-    },
+    Server { cluster: String, heartbeat_interval: Duration },
 }
 
 /// Timing of a session.
@@ -50,10 +44,7 @@ pub struct SessionConfig {
 
 impl Default for SessionConfig {
     fn default() -> Self {
-        Self {
-            heartbeat_interval: Duration::from_secs(10),
-            dead_after: Duration::from_secs(30),
-        }
+        Self { heartbeat_interval: Duration::from_secs(10), dead_after: Duration::from_secs(30) }
     }
 }
 
@@ -62,11 +53,7 @@ impl Default for SessionConfig {
 pub enum Event {
     /// The handshake finished. The client learns the cluster from Welcome; the hub reports the
     /// cluster of its role and the instance the client named.
-    Established {
-        cluster: String,
-        peer_version: u16,
-        peer_instance: Option<String>,
-    },
+    Established { cluster: String, peer_version: u16, peer_instance: Option<String> },
     /// The peer asked us to move (a client reconnects at once, to another replica).
     GoAway { reason: String },
     /// Nothing received within `dead_after`: close the tunnel.
@@ -97,9 +84,7 @@ impl Session {
     /// A new session; a client queues its Hello immediately.
     pub fn new(role: Role, config: SessionConfig, now: Instant) -> Self {
         let heartbeat_interval = match &role {
-            Role::Server {
-                heartbeat_interval, ..
-            } if !heartbeat_interval.is_zero() => *heartbeat_interval,
+            Role::Server { heartbeat_interval, .. } if !heartbeat_interval.is_zero() => *heartbeat_interval,
             _ => config.heartbeat_interval,
         };
         let mut session = Self {
@@ -118,11 +103,7 @@ impl Session {
             pending_go_away: None,
             peer_client_version: None,
         };
-        if let Role::Client {
-            client_version,
-            instance,
-        } = &session.role
-        {
+        if let Role::Client { client_version, instance } = &session.role {
             let hello = ControlMessage::Hello {
                 version: PROTOCOL_VERSION,
                 client_version: client_version.clone(),
@@ -147,13 +128,10 @@ impl Session {
         self.last_received = self.last_received.max(now);
         self.decoder.push(bytes);
         loop {
-            let step = self
-                .decoder
-                .next_message()
-                .and_then(|message| match message {
-                    Some(message) => self.on_message(now, message).map(|()| true),
-                    None => Ok(false),
-                });
+            let step = self.decoder.next_message().and_then(|message| match message {
+                Some(message) => self.on_message(now, message).map(|()| true),
+                None => Ok(false),
+            });
             match step {
                 Ok(true) => {}
                 Ok(false) => return Ok(()),
@@ -177,9 +155,7 @@ impl Session {
             return;
         }
         if self.next_ping.is_some_and(|at| now >= at) {
-            self.queue(&ControlMessage::Ping {
-                seq: self.next_ping_seq,
-            });
+            self.queue(&ControlMessage::Ping { seq: self.next_ping_seq });
             self.next_ping_seq = self.next_ping_seq.wrapping_add(1);
             self.next_ping = now.checked_add(self.heartbeat_interval);
         }
@@ -244,19 +220,13 @@ impl Session {
 
     fn on_message(&mut self, now: Instant, message: ControlMessage) -> Result<()> {
         match (&self.role, message) {
-            (
-                Role::Server { cluster, .. },
-                ControlMessage::Hello {
-                    version,
-                    client_version,
-                    instance,
-                },
-            ) if !self.established => {
+            (Role::Server { cluster, .. }, ControlMessage::Hello { version, client_version, instance })
+                if !self.established =>
+            {
                 let cluster = cluster.clone();
                 check_version(version)?;
                 self.peer_client_version = Some(client_version);
-                let heartbeat_interval_ms =
-                    u32::try_from(self.heartbeat_interval.as_millis()).unwrap_or(u32::MAX);
+                let heartbeat_interval_ms = u32::try_from(self.heartbeat_interval.as_millis()).unwrap_or(u32::MAX);
                 self.queue(&ControlMessage::Welcome {
                     version: PROTOCOL_VERSION,
                     cluster: cluster.clone(),
@@ -267,14 +237,9 @@ impl Session {
                     self.queue(&ControlMessage::GoAway { reason });
                 }
             }
-            (
-                Role::Client { .. },
-                ControlMessage::Welcome {
-                    version,
-                    cluster,
-                    heartbeat_interval_ms,
-                },
-            ) if !self.established => {
+            (Role::Client { .. }, ControlMessage::Welcome { version, cluster, heartbeat_interval_ms })
+                if !self.established =>
+            {
                 check_version(version)?;
                 if heartbeat_interval_ms != 0 {
                     let interval = Duration::from_millis(u64::from(heartbeat_interval_ms));
@@ -297,29 +262,16 @@ impl Session {
                     (Role::Server { .. }, _) => "before Hello",
                     (Role::Client { .. }, _) => "before Welcome",
                 };
-                return Err(Error::UnexpectedMessage {
-                    message: other.name(),
-                    state,
-                });
+                return Err(Error::UnexpectedMessage { message: other.name(), state });
             }
         }
         Ok(())
     }
 
-    fn establish(
-        &mut self,
-        now: Instant,
-        cluster: String,
-        peer_version: u16,
-        peer: Option<String>,
-    ) {
+    fn establish(&mut self, now: Instant, cluster: String, peer_version: u16, peer: Option<String>) {
         self.established = true;
         self.next_ping = now.checked_add(self.heartbeat_interval);
-        self.events.push_back(Event::Established {
-            cluster,
-            peer_version,
-            peer_instance: peer,
-        });
+        self.events.push_back(Event::Established { cluster, peer_version, peer_instance: peer });
     }
 
     fn queue(&mut self, message: &ControlMessage) {
@@ -340,10 +292,7 @@ fn check_version(theirs: u16) -> Result<()> {
     if theirs == PROTOCOL_VERSION {
         Ok(())
     } else {
-        Err(Error::VersionMismatch {
-            ours: PROTOCOL_VERSION,
-            theirs,
-        })
+        Err(Error::VersionMismatch { ours: PROTOCOL_VERSION, theirs })
     }
 }
 

@@ -18,10 +18,7 @@ impl<'a> Reader<'a> {
     }
 
     fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N]> {
-        let (head, rest) = self
-            .buf
-            .split_first_chunk::<N>()
-            .ok_or(Error::Truncated { what })?;
+        let (head, rest) = self.buf.split_first_chunk::<N>().ok_or(Error::Truncated { what })?;
         self.buf = rest;
         Ok(*head)
     }
@@ -97,14 +94,8 @@ mod tests {
 
     #[test]
     fn short_fields_are_truncated_errors() {
-        assert_eq!(
-            Reader::new(&[0; 7]).u64("seq"),
-            Err(Error::Truncated { what: "seq" })
-        );
-        assert_eq!(
-            Reader::new(&[0, 5, b'a']).string("name", 10),
-            Err(Error::Truncated { what: "name" })
-        );
+        assert_eq!(Reader::new(&[0; 7]).u64("seq"), Err(Error::Truncated { what: "seq" }));
+        assert_eq!(Reader::new(&[0, 5, b'a']).string("name", 10), Err(Error::Truncated { what: "name" }));
     }
 
     #[test]
@@ -112,18 +103,8 @@ mod tests {
         let mut out = BytesMut::new();
         put_string(&mut out, "héllo");
         assert_eq!(Reader::new(&out).string("s", 16), Ok("héllo".to_owned()));
-        assert_eq!(
-            Reader::new(&out).string("s", 3),
-            Err(Error::StringTooLong {
-                what: "s",
-                len: 6,
-                max: 3
-            })
-        );
-        assert_eq!(
-            Reader::new(&[0, 1, 0xff]).string("s", 16),
-            Err(Error::InvalidUtf8 { what: "s" })
-        );
+        assert_eq!(Reader::new(&out).string("s", 3), Err(Error::StringTooLong { what: "s", len: 6, max: 3 }));
+        assert_eq!(Reader::new(&[0, 1, 0xff]).string("s", 16), Err(Error::InvalidUtf8 { what: "s" }));
     }
 
     #[test]
@@ -132,22 +113,13 @@ mod tests {
         let mut out = BytesMut::new();
         put_string(&mut out, &long);
         assert_eq!(&out[..2], &[0xff, 0xff]);
-        assert!(matches!(
-            Reader::new(&out).string("s", 1024),
-            Err(Error::StringTooLong { .. })
-        ));
+        assert!(matches!(Reader::new(&out).string("s", 1024), Err(Error::StringTooLong { .. })));
     }
 
     #[test]
     fn trailing_bytes_are_reported() {
         let mut r = Reader::new(&[0, 1, 2]);
         assert_eq!(r.u8("a"), Ok(0));
-        assert_eq!(
-            r.finish("frame"),
-            Err(Error::TrailingBytes {
-                what: "frame",
-                len: 2
-            })
-        );
+        assert_eq!(r.finish("frame"), Err(Error::TrailingBytes { what: "frame", len: 2 }));
     }
 }

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tether_proto::{
-    ControlMessage, Event, FrameDecoder, Role, Session, SessionConfig, StreamHeader, Target,
-    MAX_CONTROL_FRAME, PROTOCOL_VERSION,
+    ControlMessage, Event, FrameDecoder, Role, Session, SessionConfig, StreamHeader, Target, MAX_CONTROL_FRAME,
+    PROTOCOL_VERSION,
 };
 
 const CASES: usize = 5000;
@@ -57,16 +57,9 @@ impl Rng {
 
 fn valid_headers() -> Vec<Vec<u8>> {
     let headers = [
+        StreamHeader { target: Target::ApiServer, request_id: 42 },
         StreamHeader {
-            target: Target::ApiServer,
-            request_id: 42,
-        },
-        StreamHeader {
-            target: Target::Service {
-                namespace: "default".into(),
-                name: "web".into(),
-                port: 8080,
-            },
+            target: Target::Service { namespace: "default".into(), name: "web".into(), port: 8080 },
             request_id: u64::MAX,
         },
     ];
@@ -82,26 +75,16 @@ fn valid_headers() -> Vec<Vec<u8>> {
 
 fn valid_conversation(from_client: bool) -> Vec<u8> {
     let first = if from_client {
-        ControlMessage::Hello {
-            version: PROTOCOL_VERSION,
-            client_version: "0.1.0".into(),
-            instance: "pod-a".into(),
-        }
+        ControlMessage::Hello { version: PROTOCOL_VERSION, client_version: "0.1.0".into(), instance: "pod-a".into() }
     } else {
-        ControlMessage::Welcome {
-            version: PROTOCOL_VERSION,
-            cluster: "prod".into(),
-            heartbeat_interval_ms: 10_000,
-        }
+        ControlMessage::Welcome { version: PROTOCOL_VERSION, cluster: "prod".into(), heartbeat_interval_ms: 10_000 }
     };
     let mut out = BytesMut::new();
     for m in [
         first,
         ControlMessage::Ping { seq: 1 },
         ControlMessage::Pong { seq: 1 },
-        ControlMessage::GoAway {
-            reason: "draining".into(),
-        },
+        ControlMessage::GoAway { reason: "draining".into() },
     ] {
         m.encode(&mut out);
     }
@@ -200,10 +183,7 @@ fn frame_decoder_survives_garbage() {
 /// Returns whether the session got established.
 fn check_session(rng: &mut Rng, role: Role, input: &[u8]) -> bool {
     let mut now = Instant::now();
-    let config = SessionConfig {
-        heartbeat_interval: Duration::from_secs(5),
-        dead_after: Duration::from_secs(15),
-    };
+    let config = SessionConfig { heartbeat_interval: Duration::from_secs(5), dead_after: Duration::from_secs(15) };
     let mut session = Session::new(role, config, now);
     let mut deaths = 0;
     let mut rest = input;
@@ -221,10 +201,7 @@ fn check_session(rng: &mut Rng, role: Role, input: &[u8]) -> bool {
             deaths += usize::from(event == Event::Dead);
         }
         if failed {
-            assert!(
-                session.handle_input(now, b"x").is_err(),
-                "errors are sticky"
-            );
+            assert!(session.handle_input(now, b"x").is_err(), "errors are sticky");
             break;
         }
     }
@@ -240,27 +217,14 @@ fn sessions_survive_garbage() {
     let mut established = 0;
     for i in 0..CASES {
         let (role, valid) = if i % 2 == 0 {
-            let role = Role::Server {
-                cluster: "prod".into(),
-                heartbeat_interval: Duration::from_secs(5),
-            };
+            let role = Role::Server { cluster: "prod".into(), heartbeat_interval: Duration::from_secs(5) };
             (role, &to_server)
         } else {
-            let role = Role::Client {
-                client_version: "0.1.0".into(),
-                instance: "pod-a".into(),
-            };
+            let role = Role::Client { client_version: "0.1.0".into(), instance: "pod-a".into() };
             (role, &to_client)
         };
-        let input = if i % 3 == 0 {
-            rng.bytes(96)
-        } else {
-            rng.mutate(valid)
-        };
+        let input = if i % 3 == 0 { rng.bytes(96) } else { rng.mutate(valid) };
         established += usize::from(check_session(&mut rng, role, &input));
     }
-    assert!(
-        established > CASES / 20,
-        "only {established} sessions established"
-    );
+    assert!(established > CASES / 20, "only {established} sessions established");
 }

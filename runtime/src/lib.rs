@@ -18,9 +18,6 @@ pub fn build_runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::R
     if worker_threads <= 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(worker_threads)
-            .enable_all()
-            .build()
+        tokio::runtime::Builder::new_multi_thread().worker_threads(worker_threads).enable_all().build()
     }
 }

@@ -11,8 +11,9 @@ pub fn init_tracing() {
 }
 
 /// Latency buckets from 100 µs (a local stream) to 60 s (a long list through a slow link).
-const SECONDS_BUCKETS: &[f64] =
-    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
 
 /// Installs the global recorder; a second call (tests running two components in one process) reuses nothing
 /// and returns a handle that renders an empty page rather than failing.

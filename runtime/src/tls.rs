@@ -39,9 +39,7 @@ pub fn root_store(path: &Path) -> Result<RootCertStore> {
     root_store_from_certs(load_certs(path)?).map_err(|what| Error::Pem { path: path.into(), what })
 }
 
-pub fn root_store_from_certs(
-    certs: Vec<CertificateDer<'static>>,
-) -> std::result::Result<RootCertStore, String> {
+pub fn root_store_from_certs(certs: Vec<CertificateDer<'static>>) -> std::result::Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
     for cert in certs {
         roots.add(cert).map_err(|e| format!("not a usable CA certificate: {e}"))?;
@@ -57,17 +55,15 @@ pub fn self_signed_server_config(names: &[&str]) -> Result<Arc<rustls::ServerCon
     let cert = rcgen::generate_simple_self_signed(names)?;
     let key = PrivateKeyDer::try_from(cert.signing_key.serialize_der())
         .map_err(|e| Error::Pem { path: "<self-signed>".into(), what: e.to_string() })?;
-    let config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.cert.der().clone()], key)?;
+    let config =
+        rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(vec![cert.cert.der().clone()], key)?;
     Ok(Arc::new(config))
 }
 
 /// Server config from a certificate chain and key file, without client authentication.
 pub fn server_config_from_files(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>> {
-    let config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(load_certs(cert)?, load_key(key)?)?;
+    let config =
+        rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(load_certs(cert)?, load_key(key)?)?;
     Ok(Arc::new(config))
 }
 

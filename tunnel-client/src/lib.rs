@@ -70,17 +70,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         let _entered = span.enter();
         let mut established = false;
         let ready_file = config.ready_file.clone();
-        let ended = tunnel::serve(connection, &instance, config.heartbeat_interval, upstream.clone(), &shutdown, |up| {
-            established = true;
-            readiness.set(true);
-            if let Some(path) = &ready_file {
-                let json = serde_json::json!({ "cluster": up.cluster, "ops": ops_addr.to_string() });
-                if let Err(e) = std::fs::write(path, json.to_string()) {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot write the ready file");
+        let ended =
+            tunnel::serve(connection, &instance, config.heartbeat_interval, upstream.clone(), &shutdown, |up| {
+                established = true;
+                readiness.set(true);
+                if let Some(path) = &ready_file {
+                    let json = serde_json::json!({ "cluster": up.cluster, "ops": ops_addr.to_string() });
+                    if let Err(e) = std::fs::write(path, json.to_string()) {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot write the ready file");
+                    }
                 }
-            }
-        })
-        .await;
+            })
+            .await;
         drop(_entered);
         readiness.set(false);
         if established {
@@ -120,7 +121,8 @@ async fn dial(
         .next()
         .ok_or_else(|| format!("{} resolves to no address", config.hub))?;
     if endpoint.as_ref().and_then(|e| e.local_addr().ok()).is_none_or(|l| l.is_ipv4() != addr.is_ipv4()) {
-        let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0".parse() } else { "[::]:0".parse() }.expect("literal address");
+        let bind: SocketAddr =
+            if addr.is_ipv4() { "0.0.0.0:0".parse() } else { "[::]:0".parse() }.expect("literal address");
         *endpoint = Some(quinn::Endpoint::client(bind).map_err(|e| format!("UDP socket: {e}"))?);
     }
     let endpoint = endpoint.as_ref().expect("set above");
@@ -134,7 +136,8 @@ async fn dial(
 }
 
 fn quic_client_config(config: &Config, transport: &TransportSettings) -> Result<quinn::ClientConfig> {
-    let roots = tls::root_store(&config.hub_ca).map_err(|e| Error::Config { flag: "--hub-ca", reason: e.to_string() })?;
+    let roots =
+        tls::root_store(&config.hub_ca).map_err(|e| Error::Config { flag: "--hub-ca", reason: e.to_string() })?;
     let chain = tls::load_certs(&config.cert).map_err(|e| Error::Config { flag: "--cert", reason: e.to_string() })?;
     let key = tls::load_key(&config.key).map_err(|e| Error::Config { flag: "--key", reason: e.to_string() })?;
     let mut crypto = rustls::ClientConfig::builder()

@@ -55,9 +55,7 @@ impl Upstream {
         let identity = client_identity(auth)?;
         let mut roots = rustls::RootCertStore::empty();
         for der in config.root_cert.iter().flatten() {
-            roots
-                .add(CertificateDer::from(der.clone()))
-                .map_err(|e| Error::Upstream(format!("apiserver CA: {e}")))?;
+            roots.add(CertificateDer::from(der.clone())).map_err(|e| Error::Upstream(format!("apiserver CA: {e}")))?;
         }
         let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
         let tls = match identity {
@@ -78,7 +76,8 @@ impl Upstream {
                 builder.enable_http1().wrap_connector(http)
             }
         };
-        let pooled = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(90)).build(connector(true));
+        let pooled =
+            Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(90)).build(connector(true));
         let upgrades = Client::builder(TokioExecutor::new()).build(connector(false));
         Ok(Self { base: config.cluster_url, pooled, upgrades, token: Arc::new(token) })
     }
@@ -164,7 +163,8 @@ impl Token {
 }
 
 fn read_token(path: &PathBuf) -> Result<HeaderValue> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::Upstream(format!("token file {}: {e}", path.display())))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| Error::Upstream(format!("token file {}: {e}", path.display())))?;
     bearer(text.trim())
 }
 
@@ -175,7 +175,9 @@ fn bearer(token: &str) -> Result<HeaderValue> {
     Ok(value)
 }
 
-fn client_identity(auth: &kube::config::AuthInfo) -> Result<Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>> {
+fn client_identity(
+    auth: &kube::config::AuthInfo,
+) -> Result<Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>> {
     use base64::Engine;
     use rustls::pki_types::pem::PemObject;
     use secrecy::ExposeSecret;
@@ -196,7 +198,8 @@ fn client_identity(auth: &kube::config::AuthInfo) -> Result<Option<(Vec<Certific
         (None, None) => return Err(Error::Upstream("client certificate without a key".into())),
     };
     let chain = tether_runtime::tls::certs_from_pem(&cert).map_err(Error::Upstream)?;
-    let key = PrivateKeyDer::from_pem_slice(&key).map_err(|_| Error::Upstream("client key is not a PEM private key".into()))?;
+    let key = PrivateKeyDer::from_pem_slice(&key)
+        .map_err(|_| Error::Upstream("client key is not a PEM private key".into()))?;
     Ok(Some((chain, key)))
 }
 

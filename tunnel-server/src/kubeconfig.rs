@@ -50,9 +50,8 @@ pub async fn render(args: &KubeconfigArgs) -> Result<String> {
     tether_runtime::tls::certs_from_pem(&ca).map_err(|e| flag_error("--ca-file", &e))?;
     let hub_text = std::fs::read_to_string(&args.hub_kubeconfig).map_err(|e| flag_error("--hub-kubeconfig", &e))?;
     let hub: Value = serde_yaml::from_str(&hub_text).map_err(|e| flag_error("--hub-kubeconfig", &e))?;
-    let user = current_user(&hub).ok_or_else(|| {
-        Error::Kubeconfig("--hub-kubeconfig: no user for its current-context".into())
-    })?;
+    let user = current_user(&hub)
+        .ok_or_else(|| Error::Kubeconfig("--hub-kubeconfig: no user for its current-context".into()))?;
     let user = resolve_files(user, args.hub_kubeconfig.parent())?;
 
     let mut clusters = args.clusters.clone();
@@ -73,10 +72,13 @@ pub async fn render(args: &KubeconfigArgs) -> Result<String> {
         let context = format!("{}{name}", args.context_prefix);
         kube_clusters.push(yaml(&[
             ("name", Value::from(context.clone())),
-            ("cluster", yaml(&[
-                ("server", Value::from(format!("{server}/clusters/{name}"))),
-                ("certificate-authority-data", Value::from(ca_data.clone())),
-            ])),
+            (
+                "cluster",
+                yaml(&[
+                    ("server", Value::from(format!("{server}/clusters/{name}"))),
+                    ("certificate-authority-data", Value::from(ca_data.clone())),
+                ]),
+            ),
         ]));
         contexts.push(yaml(&[
             ("name", Value::from(context.clone())),
@@ -109,9 +111,17 @@ async fn list_clusters(args: &KubeconfigArgs) -> Result<Vec<String>> {
 
 fn current_user(config: &Value) -> Option<Value> {
     let context_name = config.get("current-context")?.as_str()?;
-    let context = config.get("contexts")?.as_sequence()?.iter().find(|c| c.get("name").and_then(Value::as_str) == Some(context_name))?;
+    let context = config
+        .get("contexts")?
+        .as_sequence()?
+        .iter()
+        .find(|c| c.get("name").and_then(Value::as_str) == Some(context_name))?;
     let user_name = context.get("context")?.get("user")?.as_str()?;
-    let user = config.get("users")?.as_sequence()?.iter().find(|u| u.get("name").and_then(Value::as_str) == Some(user_name))?;
+    let user = config
+        .get("users")?
+        .as_sequence()?
+        .iter()
+        .find(|u| u.get("name").and_then(Value::as_str) == Some(user_name))?;
     user.get("user").cloned()
 }
 
@@ -122,7 +132,8 @@ fn resolve_files(mut user: Value, base: Option<&std::path::Path>) -> Result<Valu
     for (path_key, data_key) in [("client-certificate", "client-certificate-data"), ("client-key", "client-key-data")] {
         if let Some(path) = map.remove(path_key).and_then(|v| v.as_str().map(PathBuf::from)) {
             let path = base.map(|b| b.join(&path)).unwrap_or(path);
-            let bytes = std::fs::read(&path).map_err(|e| Error::Kubeconfig(format!("--hub-kubeconfig: {}: {e}", path.display())))?;
+            let bytes = std::fs::read(&path)
+                .map_err(|e| Error::Kubeconfig(format!("--hub-kubeconfig: {}: {e}", path.display())))?;
             map.insert(data_key.into(), base64::engine::general_purpose::STANDARD.encode(bytes).into());
         }
     }

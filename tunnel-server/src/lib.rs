@@ -40,11 +40,8 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<()>
         .map_err(|source| Error::Bind { what: "QUIC endpoint", addr: config.quic_addr, source })?;
     let proxy_listener = bind(config.proxy_addr, "proxy").await?;
     let ops_listener = bind(config.ops_addr, "ops endpoint").await?;
-    let bound = Bound {
-        quic: endpoint.local_addr()?,
-        proxy: proxy_listener.local_addr()?,
-        ops: ops_listener.local_addr()?,
-    };
+    let bound =
+        Bound { quic: endpoint.local_addr()?, proxy: proxy_listener.local_addr()?, ops: ops_listener.local_addr()? };
 
     let client = hub_client(&config).await?;
     let registry = Arc::new(Registry::default());

@@ -16,7 +16,14 @@ pub fn describe() {
     describe_counter!(HANDSHAKE_FAILURES, "QUIC/TLS handshakes or control-stream handshakes that failed, by reason");
     describe_gauge!(STREAMS_OPEN, "Proxied streams currently open, by cluster");
     describe_counter!(REQUESTS, "Proxied API requests, by cluster and HTTP code");
-    describe_histogram!(REQUEST_DURATION, Unit::Seconds, "Time to response headers of proxied requests, by cluster and code");
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "Time to response headers of proxied requests, by cluster and code"
+    );
     describe_counter!(TUNNEL_BYTES, Unit::Bytes, "UDP payload bytes of tunnels, by direction (rx/tx)");
-    describe_counter!(AUTH_LOOKUPS, "TokenReview/SubjectAccessReview look-ups against the hub, by kind and cache outcome");
+    describe_counter!(
+        AUTH_LOOKUPS,
+        "TokenReview/SubjectAccessReview look-ups against the hub, by kind and cache outcome"
+    );
 }

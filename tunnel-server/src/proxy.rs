@@ -45,7 +45,12 @@ impl Proxy {
     }
 
     /// Serves HTTPS until `shutdown`. Connections already open finish their current requests.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, tls: Arc<rustls::ServerConfig>, shutdown: CancellationToken) {
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+        shutdown: CancellationToken,
+    ) {
         let acceptor = TlsAcceptor::from(tls);
         loop {
             let (tcp, peer) = tokio::select! {
@@ -132,7 +137,11 @@ impl Proxy {
         forward::forward(tunnel, request, &route.path_and_query, &user, request_id, &self.forward).await
     }
 
-    async fn authenticate(&self, request: &Request<Incoming>, cert_user: Option<Arc<UserInfo>>) -> Result<Arc<UserInfo>, ProxyError> {
+    async fn authenticate(
+        &self,
+        request: &Request<Incoming>,
+        cert_user: Option<Arc<UserInfo>>,
+    ) -> Result<Arc<UserInfo>, ProxyError> {
         if let Some(user) = cert_user {
             return Ok(user);
         }
@@ -149,7 +158,11 @@ impl Proxy {
 
     /// Incoming `Impersonate-*` headers are honoured only when the hub allows the caller every part of
     /// them; otherwise the request is refused (as the apiserver itself does), never forwarded half-checked.
-    async fn apply_impersonation(&self, caller: &Arc<UserInfo>, headers: &http::HeaderMap) -> Result<UserInfo, ProxyError> {
+    async fn apply_impersonation(
+        &self,
+        caller: &Arc<UserInfo>,
+        headers: &http::HeaderMap,
+    ) -> Result<UserInfo, ProxyError> {
         let Some(wanted) = Impersonation::from_headers(headers).map_err(ProxyError::BadRequest)? else {
             return Ok(caller.as_ref().clone());
         };

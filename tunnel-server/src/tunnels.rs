@@ -66,9 +66,7 @@ pub async fn accept_loop(
 
 fn cluster_of(connection: &quinn::Connection) -> Result<String, String> {
     let identity = connection.peer_identity().ok_or("no client certificate")?;
-    let certs = identity
-        .downcast::<Vec<CertificateDer<'static>>>()
-        .map_err(|_| "unexpected peer identity type")?;
+    let certs = identity.downcast::<Vec<CertificateDer<'static>>>().map_err(|_| "unexpected peer identity type")?;
     let leaf = certs.first().ok_or("empty client certificate chain")?;
     tether_certs::cluster_of(leaf.as_ref()).map_err(|e| e.to_string())
 }

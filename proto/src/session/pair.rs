@@ -56,11 +56,7 @@ pub(super) struct End {
 
 impl End {
     fn new(session: Session) -> Self {
-        Self {
-            session,
-            events: Vec::new(),
-            error: None,
-        }
+        Self { session, events: Vec::new(), error: None }
     }
 
     /// The events without their times.
@@ -92,14 +88,8 @@ impl Pair {
         latency: Duration,
     ) -> Self {
         let start = Instant::now();
-        let client = Role::Client {
-            client_version: CLIENT_VERSION.into(),
-            instance: INSTANCE.into(),
-        };
-        let server = Role::Server {
-            cluster: CLUSTER.into(),
-            heartbeat_interval: hub_heartbeat,
-        };
+        let client = Role::Client { client_version: CLIENT_VERSION.into(), instance: INSTANCE.into() };
+        let server = Role::Server { cluster: CLUSTER.into(), heartbeat_interval: hub_heartbeat };
         Self {
             start,
             now: start,
@@ -127,10 +117,7 @@ impl Pair {
                 return;
             }
         }
-        panic!(
-            "pair is still busy after 10000 rounds at {:?}",
-            self.elapsed()
-        );
+        panic!("pair is still busy after 10000 rounds at {:?}", self.elapsed());
     }
 
     /// Moves the clock forward by `by`, waking each end whenever it asked to be woken.
@@ -156,15 +143,10 @@ impl Pair {
             }
         };
         let arrival = |link: &Link| link.in_flight.front().map(|(at, _)| *at);
-        [
-            timeout(&self.client),
-            timeout(&self.server),
-            arrival(&self.to_server),
-            arrival(&self.to_client),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        [timeout(&self.client), timeout(&self.server), arrival(&self.to_server), arrival(&self.to_client)]
+            .into_iter()
+            .flatten()
+            .min()
     }
 }
 

@@ -15,35 +15,21 @@ fn frame(message: ControlMessage) -> BytesMut {
 }
 
 fn server(now: Instant) -> Session {
-    let role = Role::Server {
-        cluster: CLUSTER.into(),
-        heartbeat_interval: 10 * SEC,
-    };
+    let role = Role::Server { cluster: CLUSTER.into(), heartbeat_interval: 10 * SEC };
     Session::new(role, SessionConfig::default(), now)
 }
 
 fn client(now: Instant) -> Session {
-    let role = Role::Client {
-        client_version: CLIENT_VERSION.into(),
-        instance: INSTANCE.into(),
-    };
+    let role = Role::Client { client_version: CLIENT_VERSION.into(), instance: INSTANCE.into() };
     Session::new(role, SessionConfig::default(), now)
 }
 
 fn hello(version: u16) -> BytesMut {
-    frame(ControlMessage::Hello {
-        version,
-        client_version: CLIENT_VERSION.into(),
-        instance: INSTANCE.into(),
-    })
+    frame(ControlMessage::Hello { version, client_version: CLIENT_VERSION.into(), instance: INSTANCE.into() })
 }
 
 fn welcome(version: u16, heartbeat_interval_ms: u32) -> BytesMut {
-    frame(ControlMessage::Welcome {
-        version,
-        cluster: CLUSTER.into(),
-        heartbeat_interval_ms,
-    })
+    frame(ControlMessage::Welcome { version, cluster: CLUSTER.into(), heartbeat_interval_ms })
 }
 
 fn established(peer_instance: Option<&str>) -> Event {
@@ -60,16 +46,10 @@ fn handshake_establishes_both_ends() {
     assert!(!pair.client.session.is_established());
     pair.advance(25 * MS);
     let (t0, server_at, client_at) = (pair.start, pair.start + 10 * MS, pair.start + 20 * MS);
-    assert_eq!(
-        pair.server.events,
-        [(server_at, established(Some(INSTANCE)))]
-    );
+    assert_eq!(pair.server.events, [(server_at, established(Some(INSTANCE)))]);
     assert_eq!(pair.client.events, [(client_at, established(None))]);
     assert!(pair.client.session.is_established() && pair.server.session.is_established());
-    assert_eq!(
-        pair.server.session.peer_client_version(),
-        Some(CLIENT_VERSION)
-    );
+    assert_eq!(pair.server.session.peer_client_version(), Some(CLIENT_VERSION));
     assert_eq!(pair.to_server.log.len(), 1);
     assert_eq!(
         pair.to_client.log,
@@ -92,9 +72,7 @@ fn heartbeats_keep_an_idle_tunnel_alive_for_a_day() {
     assert_eq!(pair.client.event_kinds(), [established(None)]);
     assert_eq!(pair.server.event_kinds(), [established(Some(INSTANCE))]);
     assert!(pair.client.error.is_none() && pair.server.error.is_none());
-    let pings = pair
-        .to_server
-        .count(|m| matches!(m, ControlMessage::Ping { .. }));
+    let pings = pair.to_server.count(|m| matches!(m, ControlMessage::Ping { .. }));
     assert!((8630..=8640).contains(&pings), "{pings} pings");
     // Every client ping is answered, in order, except one still in flight.
     let client_pings: Vec<u64> = pair
@@ -116,24 +94,16 @@ fn heartbeats_keep_an_idle_tunnel_alive_for_a_day() {
         })
         .collect();
     assert!(client_pings.starts_with(&pongs) && client_pings.len() - pongs.len() <= 1);
-    assert_eq!(
-        client_pings,
-        (0..client_pings.len() as u64).collect::<Vec<_>>()
-    );
+    assert_eq!(client_pings, (0..client_pings.len() as u64).collect::<Vec<_>>());
 }
 
 #[test]
 fn welcome_sets_the_client_heartbeat() {
-    let client_config = SessionConfig {
-        heartbeat_interval: 60 * SEC,
-        dead_after: 180 * SEC,
-    };
+    let client_config = SessionConfig { heartbeat_interval: 60 * SEC, dead_after: 180 * SEC };
     let mut pair = Pair::with(client_config, SessionConfig::default(), 2 * SEC, MS);
     pair.advance(61 * SEC);
     assert_eq!(pair.client.session.heartbeat_interval(), 2 * SEC);
-    let pings = pair
-        .to_server
-        .count(|m| matches!(m, ControlMessage::Ping { .. }));
+    let pings = pair.to_server.count(|m| matches!(m, ControlMessage::Ping { .. }));
     assert_eq!(pings, 30);
 }
 
@@ -141,12 +111,8 @@ fn welcome_sets_the_client_heartbeat() {
 fn a_zero_welcome_interval_keeps_the_client_default() {
     let now = Instant::now();
     let mut c = client(now);
-    c.handle_input(now, &welcome(PROTOCOL_VERSION, 0))
-        .expect("welcome");
-    assert_eq!(
-        c.heartbeat_interval(),
-        SessionConfig::default().heartbeat_interval
-    );
+    c.handle_input(now, &welcome(PROTOCOL_VERSION, 0)).expect("welcome");
+    assert_eq!(c.heartbeat_interval(), SessionConfig::default().heartbeat_interval);
     assert_eq!(c.poll_timeout(), Some(now + c.heartbeat_interval()));
 }
 
@@ -158,29 +124,15 @@ fn a_silent_peer_is_declared_dead_once() {
     pair.to_client.blocked = true;
     pair.advance(300 * SEC);
 
-    let dead: Vec<Instant> = pair
-        .client
-        .events
-        .iter()
-        .filter(|(_, e)| *e == Event::Dead)
-        .map(|(at, _)| *at)
-        .collect();
+    let dead: Vec<Instant> = pair.client.events.iter().filter(|(_, e)| *e == Event::Dead).map(|(at, _)| *at).collect();
     assert_eq!(dead.len(), 1, "{:?}", pair.client.events);
     let after = dead[0] - silenced;
-    assert!(
-        after > 20 * SEC && after <= 30 * SEC,
-        "dead after {after:?}"
-    );
+    assert!(after > 20 * SEC && after <= 30 * SEC, "dead after {after:?}");
     assert!(pair.client.session.is_dead());
     assert_eq!(pair.client.session.poll_timeout(), None);
     // A dead client stops pinging, so the hub loses it too, later.
-    let hub_dead: Vec<Instant> = pair
-        .server
-        .events
-        .iter()
-        .filter(|(_, e)| *e == Event::Dead)
-        .map(|(at, _)| *at)
-        .collect();
+    let hub_dead: Vec<Instant> =
+        pair.server.events.iter().filter(|(_, e)| *e == Event::Dead).map(|(at, _)| *at).collect();
     assert_eq!(hub_dead.len(), 1);
     assert!(hub_dead[0] > dead[0]);
 }
@@ -219,14 +171,8 @@ fn go_away_reaches_the_peer_both_ways() {
     pair.client.session.go_away("shutting down");
     pair.advance(SEC);
     let reason = |r: &str| Event::GoAway { reason: r.into() };
-    assert_eq!(
-        pair.client.event_kinds(),
-        [established(None), reason("draining")]
-    );
-    assert_eq!(
-        pair.server.event_kinds(),
-        [established(Some(INSTANCE)), reason("shutting down")]
-    );
+    assert_eq!(pair.client.event_kinds(), [established(None), reason("draining")]);
+    assert_eq!(pair.server.event_kinds(), [established(Some(INSTANCE)), reason("shutting down")]);
     // The tunnel stays usable while in-flight requests finish.
     pair.advance(60 * SEC);
     assert!(pair.client.error.is_none() && !pair.client.session.is_dead());
@@ -238,15 +184,7 @@ fn a_hub_go_away_before_hello_follows_the_welcome() {
     pair.server.session.go_away("draining");
     pair.advance(SEC);
     assert_eq!(pair.client.error, None);
-    assert_eq!(
-        pair.client.event_kinds(),
-        [
-            established(None),
-            Event::GoAway {
-                reason: "draining".into()
-            }
-        ]
-    );
+    assert_eq!(pair.client.event_kinds(), [established(None), Event::GoAway { reason: "draining".into() }]);
     let kinds: Vec<&str> = pair.to_client.log.iter().map(|(_, m)| m.name()).collect();
     assert_eq!(kinds, ["Welcome", "GoAway"]);
 }
@@ -277,28 +215,13 @@ fn byte_by_byte_delivery_behaves_the_same() {
     assert_eq!(pair.server.error, None);
     assert_eq!(pair.client.error, None);
     assert_eq!(pair.server.event_kinds(), [established(Some(INSTANCE))]);
-    assert_eq!(
-        pair.client.event_kinds(),
-        [
-            established(None),
-            Event::GoAway {
-                reason: "draining".into()
-            }
-        ]
-    );
-    assert_eq!(
-        pair.to_client
-            .count(|m| matches!(m, ControlMessage::Pong { .. })),
-        12
-    );
+    assert_eq!(pair.client.event_kinds(), [established(None), Event::GoAway { reason: "draining".into() }]);
+    assert_eq!(pair.to_client.count(|m| matches!(m, ControlMessage::Pong { .. })), 12);
 }
 
 #[test]
 fn slow_hub_heartbeats_raise_dead_after() {
-    let config = SessionConfig {
-        heartbeat_interval: 10 * SEC,
-        dead_after: 30 * SEC,
-    };
+    let config = SessionConfig { heartbeat_interval: 10 * SEC, dead_after: 30 * SEC };
     let mut pair = Pair::with(config.clone(), config, 60 * SEC, 50 * MS);
     pair.advance(Duration::from_secs(3600));
     assert_eq!(pair.client.event_kinds(), [established(None)]);
@@ -309,16 +232,10 @@ fn slow_hub_heartbeats_raise_dead_after() {
 fn another_major_version_is_a_protocol_error() {
     let now = Instant::now();
     let mut s = server(now);
-    let expected = Error::VersionMismatch {
-        ours: PROTOCOL_VERSION,
-        theirs: 2,
-    };
+    let expected = Error::VersionMismatch { ours: PROTOCOL_VERSION, theirs: 2 };
     assert_eq!(s.handle_input(now, &hello(2)), Err(expected.clone()));
     let text = expected.to_string();
-    assert!(
-        text.contains("tether/2") && text.contains("tether/1"),
-        "{text}"
-    );
+    assert!(text.contains("tether/2") && text.contains("tether/1"), "{text}");
     // The session stays failed, and never welcomed the client.
     assert_eq!(s.handle_input(now, &hello(PROTOCOL_VERSION)), Err(expected));
     assert!(!s.is_established());
@@ -327,10 +244,7 @@ fn another_major_version_is_a_protocol_error() {
     let mut c = client(now);
     assert_eq!(
         c.handle_input(now, &welcome(7, 1000)),
-        Err(Error::VersionMismatch {
-            ours: PROTOCOL_VERSION,
-            theirs: 7
-        })
+        Err(Error::VersionMismatch { ours: PROTOCOL_VERSION, theirs: 7 })
     );
 }
 
@@ -340,74 +254,40 @@ fn messages_out_of_place_are_protocol_errors() {
     let unexpected = |message, state| Err(Error::UnexpectedMessage { message, state });
     let ping = frame(ControlMessage::Ping { seq: 1 });
     let pong = frame(ControlMessage::Pong { seq: 1 });
-    let go_away = frame(ControlMessage::GoAway {
-        reason: "bye".into(),
-    });
+    let go_away = frame(ControlMessage::GoAway { reason: "bye".into() });
 
     for (bytes, name) in [(&ping, "Ping"), (&pong, "Pong"), (&go_away, "GoAway")] {
-        assert_eq!(
-            server(now).handle_input(now, bytes),
-            unexpected(name, "before Hello")
-        );
-        assert_eq!(
-            client(now).handle_input(now, bytes),
-            unexpected(name, "before Welcome")
-        );
+        assert_eq!(server(now).handle_input(now, bytes), unexpected(name, "before Hello"));
+        assert_eq!(client(now).handle_input(now, bytes), unexpected(name, "before Welcome"));
     }
     let welcome = welcome(PROTOCOL_VERSION, 1000);
-    assert_eq!(
-        server(now).handle_input(now, &welcome),
-        unexpected("Welcome", "sent to the hub")
-    );
+    assert_eq!(server(now).handle_input(now, &welcome), unexpected("Welcome", "sent to the hub"));
     let hello = hello(PROTOCOL_VERSION);
-    assert_eq!(
-        client(now).handle_input(now, &hello),
-        unexpected("Hello", "sent to the client")
-    );
+    assert_eq!(client(now).handle_input(now, &hello), unexpected("Hello", "sent to the client"));
 
     let mut s = server(now);
     s.handle_input(now, &hello).expect("first hello");
-    assert_eq!(
-        s.handle_input(now, &hello),
-        unexpected("Hello", "after the handshake")
-    );
+    assert_eq!(s.handle_input(now, &hello), unexpected("Hello", "after the handshake"));
     let mut c = client(now);
     c.handle_input(now, &welcome).expect("first welcome");
-    assert_eq!(
-        c.handle_input(now, &welcome),
-        unexpected("Welcome", "after the handshake")
-    );
+    assert_eq!(c.handle_input(now, &welcome), unexpected("Welcome", "after the handshake"));
 }
 
 #[test]
 fn a_bad_frame_is_a_protocol_error() {
     let now = Instant::now();
-    assert_eq!(
-        server(now).handle_input(now, &[0, 0, 0, 0]),
-        Err(Error::EmptyFrame)
-    );
-    let huge = u32::try_from(MAX_CONTROL_FRAME + 1)
-        .expect("fits")
-        .to_be_bytes();
-    assert!(matches!(
-        client(now).handle_input(now, &huge),
-        Err(Error::FrameTooLarge { .. })
-    ));
+    assert_eq!(server(now).handle_input(now, &[0, 0, 0, 0]), Err(Error::EmptyFrame));
+    let huge = u32::try_from(MAX_CONTROL_FRAME + 1).expect("fits").to_be_bytes();
+    assert!(matches!(client(now).handle_input(now, &huge), Err(Error::FrameTooLarge { .. })));
 }
 
 #[test]
 fn a_client_queues_hello_at_creation() {
     let now = Instant::now();
     let mut c = client(now);
-    assert_eq!(
-        c.poll_transmit().as_deref(),
-        Some(&hello(PROTOCOL_VERSION)[..])
-    );
+    assert_eq!(c.poll_transmit().as_deref(), Some(&hello(PROTOCOL_VERSION)[..]));
     assert_eq!(c.poll_transmit(), None);
     assert_eq!(server(now).poll_transmit(), None);
     // Before the handshake only the liveness deadline is pending.
-    assert_eq!(
-        c.poll_timeout(),
-        Some(now + SessionConfig::default().dead_after)
-    );
+    assert_eq!(c.poll_timeout(), Some(now + SessionConfig::default().dead_after));
 }

@@ -62,10 +62,8 @@ pub async fn forward(
     send.write_all(&header).await.map_err(|e| bad_gateway(format!("tunnel lost: {e}")))?;
 
     let io = TokioIo::new(quic_io(send, recv));
-    let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
-        .handshake(io)
-        .await
-        .map_err(|e| bad_gateway(e.to_string()))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::Builder::new().handshake(io).await.map_err(|e| bad_gateway(e.to_string()))?;
     let span = tracing::debug_span!("stream", %cluster, request_id);
     tokio::spawn(
         async move {
@@ -97,7 +95,10 @@ pub async fn forward(
             let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(spoke)).await;
         });
         let (parts, _) = response.into_parts();
-        return Ok(Response::from_parts(parts, http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync()));
+        return Ok(Response::from_parts(
+            parts,
+            http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync(),
+        ));
     }
     // A refused upgrade is an ordinary response: the client connection stays HTTP, and its next request is
     // authenticated and authorized on its own (the lesson of CVE-2018-1002105).

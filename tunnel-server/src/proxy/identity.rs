@@ -73,8 +73,7 @@ const EXTRA_KEY: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(
 
 /// Drops every `Impersonate-*` and `Authorization` header, then states `user` for the spoke apiserver.
 pub fn set_impersonation(headers: &mut HeaderMap, user: &UserInfo) -> Result<(), String> {
-    let stale: Vec<HeaderName> =
-        headers.keys().filter(|k| k.as_str().starts_with("impersonate-")).cloned().collect();
+    let stale: Vec<HeaderName> = headers.keys().filter(|k| k.as_str().starts_with("impersonate-")).cloned().collect();
     for name in stale {
         headers.remove(name);
     }

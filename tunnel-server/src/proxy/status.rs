@@ -70,9 +70,8 @@ pub fn status_response(code: StatusCode, reason: &str, message: &str) -> Respons
         "reason": reason,
         "code": code.as_u16(),
     });
-    let mut response = Response::new(
-        Full::new(Bytes::from(body.to_string())).map_err(|never| match never {}).boxed_unsync(),
-    );
+    let mut response =
+        Response::new(Full::new(Bytes::from(body.to_string())).map_err(|never| match never {}).boxed_unsync());
     *response.status_mut() = code;
     response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
     response

@@ -53,7 +53,11 @@ pub fn in_netns(netns: Option<&str>, program: impl AsRef<std::ffi::OsStr>) -> Co
 pub fn run_ok(mut command: Command) -> Result<String> {
     let output = command.output().with_context(|| format!("running {command:?}"))?;
     if !output.status.success() {
-        bail!("{command:?} failed: {}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "{command:?} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
@@ -157,7 +161,10 @@ impl Env {
     pub fn start() -> Result<Self> {
         for bin in [server_bin(), client_bin(), kubectl_bin()] {
             if !bin.exists() {
-                bail!("{} is missing: run `cargo build --workspace --bins` and deploy/dev/build-kube.sh first", bin.display());
+                bail!(
+                    "{} is missing: run `cargo build --workspace --bins` and deploy/dev/build-kube.sh first",
+                    bin.display()
+                );
             }
         }
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -279,15 +286,21 @@ impl Env {
             .args(["--quic-addr", &format!("0.0.0.0:{}", addrs.quic_port)])
             .args(["--proxy-addr", &addrs.proxy.to_string()])
             .args(["--ops-addr", "127.0.0.1:0"])
-            .arg("--tls-cert").arg(pki.join("tls.crt"))
-            .arg("--tls-key").arg(pki.join("tls.key"))
-            .arg("--tunnel-ca").arg(pki.join("ca.crt"))
-            .arg("--client-ca").arg(self.hub.dir.join("ca.crt"))
-            .arg("--hub-kubeconfig").arg(self.hub.kubeconfig())
+            .arg("--tls-cert")
+            .arg(pki.join("tls.crt"))
+            .arg("--tls-key")
+            .arg(pki.join("tls.key"))
+            .arg("--tunnel-ca")
+            .arg(pki.join("ca.crt"))
+            .arg("--client-ca")
+            .arg(self.hub.dir.join("ca.crt"))
+            .arg("--hub-kubeconfig")
+            .arg(self.hub.kubeconfig())
             .args(["--auth-cache-ttl", "1s", "--heartbeat-interval", "1s", "--drain-grace", "2s"])
             // A small stream window makes the slow-reader case fill it quickly.
             .args(["--stream-window", "1048576"])
-            .arg("--ready-file").arg(self.dir.join("server.ready"))
+            .arg("--ready-file")
+            .arg(self.dir.join("server.ready"))
             .env("TETHER_LOG", "info,tunnel_server=debug");
         c
     }
@@ -338,13 +351,18 @@ impl Env {
         };
         let mut c = in_netns(netns.as_deref(), client_bin());
         c.args(["--hub", &format!("{hub_ip}:{}", self.addrs.quic_port)])
-            .arg("--hub-ca").arg(pki.join("ca.crt"))
-            .arg("--cert").arg(pki.join(format!("{name}.crt")))
-            .arg("--key").arg(pki.join(format!("{name}.key")))
-            .arg("--kubeconfig").arg(kubeconfig)
+            .arg("--hub-ca")
+            .arg(pki.join("ca.crt"))
+            .arg("--cert")
+            .arg(pki.join(format!("{name}.crt")))
+            .arg("--key")
+            .arg(pki.join(format!("{name}.key")))
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
             .args(["--ops-addr", "127.0.0.1:0", "--backoff-base", "50ms", "--backoff-cap", "1s"])
             .args(["--heartbeat-interval", "1s", "--stream-window", "1048576"])
-            .arg("--ready-file").arg(self.dir.join(format!("client-{name}.ready")))
+            .arg("--ready-file")
+            .arg(self.dir.join(format!("client-{name}.ready")))
             .env("TETHER_LOG", "info,tunnel_client=debug");
         c
     }
@@ -379,16 +397,18 @@ impl Env {
                 self.alice_token
             ),
         )?;
-        for (source, out, list) in [
-            (self.hub.kubeconfig(), &self.kubeconfig, false),
-            (alice_hub, &self.alice_kubeconfig, true),
-        ] {
+        for (source, out, list) in
+            [(self.hub.kubeconfig(), &self.kubeconfig, false), (alice_hub, &self.alice_kubeconfig, true)]
+        {
             let mut c = Command::new(server_bin());
             c.arg("kubeconfig")
                 .args(["--server", &format!("https://localhost:{}", self.addrs.proxy.port())])
-                .arg("--ca-file").arg(self.dir.join("pki/ca.crt"))
-                .arg("--hub-kubeconfig").arg(source)
-                .arg("--out").arg(out);
+                .arg("--ca-file")
+                .arg(self.dir.join("pki/ca.crt"))
+                .arg("--hub-kubeconfig")
+                .arg(source)
+                .arg("--out")
+                .arg(out);
             // The admin's kubeconfig lists the ManagedClusters from the hub; alice may not list them.
             if list {
                 c.args(["--cluster", "spoke-a", "--cluster", "spoke-b", "--cluster", "echo"]);
@@ -441,7 +461,9 @@ fn setup_hub(hub: &Cluster) -> Result<()> {
     hub.kubectl_ok(&["wait", "--for", "condition=established", "--timeout=60s", "crd/managedclusters.tether.io"])?;
     let mut yaml = String::new();
     for name in ["spoke-a", "spoke-b", "echo", "ghost"] {
-        yaml.push_str(&format!("---\napiVersion: tether.io/v1alpha1\nkind: ManagedCluster\nmetadata:\n  name: {name}\nspec: {{}}\n"));
+        yaml.push_str(&format!(
+            "---\napiVersion: tether.io/v1alpha1\nkind: ManagedCluster\nmetadata:\n  name: {name}\nspec: {{}}\n"
+        ));
     }
     // alice may use the proxy of spoke-a (any verb) and nothing else.
     yaml.push_str(

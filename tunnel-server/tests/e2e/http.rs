@@ -98,7 +98,11 @@ pub async fn read_head<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Resul
 }
 
 /// Reads a body of `Content-Length` bytes (after `already` bytes that came with the head).
-pub async fn read_body<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, head: &str, mut already: Vec<u8>) -> Result<Vec<u8>> {
+pub async fn read_body<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    head: &str,
+    mut already: Vec<u8>,
+) -> Result<Vec<u8>> {
     let length: usize = head
         .lines()
         .find_map(|l| l.strip_prefix("content-length:").or_else(|| l.strip_prefix("Content-Length:")))

@@ -61,17 +61,27 @@ fn alice_a_not_b(env: &Env) -> Result<()> {
 
 fn spoke_rbac_decides(env: &Env) -> Result<()> {
     let spoke = &env.spoke("spoke-a").cluster;
-    let list = || env.hub_kubectl(&env.alice_kubeconfig, "spoke-a", &["get", "configmaps", "-n", "default", "-o", "name"]);
+    let list =
+        || env.hub_kubectl(&env.alice_kubeconfig, "spoke-a", &["get", "configmaps", "-n", "default", "-o", "name"]);
     let before = list()?;
     let stderr = String::from_utf8_lossy(&before.stderr);
     // The denial comes from the spoke apiserver, naming alice: the spoke saw the real user.
     if before.status.success() || !stderr.contains("User \"alice\" cannot list resource \"configmaps\"") {
         bail!("before the spoke's RoleBinding alice should be denied by the spoke: {stderr}");
     }
-    spoke.kubectl_ok(&["create", "rolebinding", "alice-view", "--clusterrole=view", "--user=alice", "-n", "default"])?;
+    spoke.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "alice-view",
+        "--clusterrole=view",
+        "--user=alice",
+        "-n",
+        "default",
+    ])?;
     let result = wait_for("alice allowed by the spoke's RoleBinding", Duration::from_secs(20), || {
         let after = list()?;
-        Ok((after.status.success() && String::from_utf8_lossy(&after.stdout).contains("configmap/marker")).then_some(()))
+        Ok((after.status.success() && String::from_utf8_lossy(&after.stdout).contains("configmap/marker"))
+            .then_some(()))
     });
     spoke.kubectl_ok(&["delete", "rolebinding", "alice-view", "-n", "default"])?;
     result
@@ -79,14 +89,25 @@ fn spoke_rbac_decides(env: &Env) -> Result<()> {
 
 fn forged_impersonation(env: &Env) -> Result<()> {
     let spoke = &env.spoke("spoke-a").cluster;
-    spoke.kubectl_ok(&["create", "rolebinding", "alice-view-imp", "--clusterrole=view", "--user=alice", "-n", "default"])?;
+    spoke.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "alice-view-imp",
+        "--clusterrole=view",
+        "--user=alice",
+        "-n",
+        "default",
+    ])?;
     let result = env.rt.block_on(async {
         for headers in [
             vec![("impersonate-user", "admin")],
             vec![("impersonate-user", "admin"), ("impersonate-group", "system:masters")],
             vec![("impersonate-user", "alice"), ("impersonate-group", "system:masters")],
         ] {
-            let answer = env.http.get("/clusters/spoke-a/api/v1/namespaces/kube-system/secrets", Some(&env.alice_token), &headers).await?;
+            let answer = env
+                .http
+                .get("/clusters/spoke-a/api/v1/namespaces/kube-system/secrets", Some(&env.alice_token), &headers)
+                .await?;
             let (code, message) = status_of(&answer)?;
             if answer.status != StatusCode::FORBIDDEN || code != 403 || !message.contains("cannot impersonate") {
                 bail!("forged {headers:?} answered {} {}", answer.status, answer.text());
@@ -95,7 +116,8 @@ fn forged_impersonation(env: &Env) -> Result<()> {
         Ok(())
     });
     // kubectl's own --as sends the same headers.
-    let output = env.hub_kubectl(&env.alice_kubeconfig, "spoke-a", &["--as", "admin", "get", "secrets", "-n", "kube-system"])?;
+    let output =
+        env.hub_kubectl(&env.alice_kubeconfig, "spoke-a", &["--as", "admin", "get", "secrets", "-n", "kube-system"])?;
     spoke.kubectl_ok(&["delete", "rolebinding", "alice-view-imp", "-n", "default"])?;
     result?;
     if output.status.success() || !String::from_utf8_lossy(&output.stderr).contains("cannot impersonate") {
@@ -136,7 +158,8 @@ fn traversal(env: &Env) -> Result<()> {
         ] {
             for token in [&env.admin_token, &env.alice_token] {
                 let answer = env.http.get(path, Some(token), &[]).await?;
-                if answer.status.is_success() || answer.text().contains("spoke-b") && !answer.text().contains("Status") {
+                if answer.status.is_success() || answer.text().contains("spoke-b") && !answer.text().contains("Status")
+                {
                     bail!("{path} reached a cluster: {} {}", answer.status, answer.text());
                 }
                 if answer.status != StatusCode::BAD_REQUEST && answer.status != StatusCode::NOT_FOUND {

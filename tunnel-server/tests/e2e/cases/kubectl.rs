@@ -19,7 +19,11 @@ pub fn cases() -> Vec<(&'static str, Case)> {
 }
 
 fn other(name: &str) -> &'static str {
-    if name == SPOKES[0] { SPOKES[1] } else { SPOKES[0] }
+    if name == SPOKES[0] {
+        SPOKES[1]
+    } else {
+        SPOKES[0]
+    }
 }
 
 fn get_namespaces_reaches_each_spoke(env: &Env) -> Result<()> {
@@ -39,7 +43,9 @@ fn apply_and_delete(env: &Env) -> Result<()> {
         let suffix = rand_suffix();
         let (client_side, server_side) = (format!("csa-{suffix}"), format!("ssa-{suffix}"));
         let manifest = |name: &str| {
-            format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: default\ndata:\n  via: hub\n")
+            format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: default\ndata:\n  via: hub\n"
+            )
         };
         let dir = env.dir.join(format!("apply-{suffix}"));
         std::fs::create_dir_all(&dir)?;
@@ -61,7 +67,15 @@ fn apply_and_delete(env: &Env) -> Result<()> {
             }
         }
         // Server-side apply really went through the spoke's apply path: the field manager is recorded.
-        let managers = here.kubectl_ok(&["get", "configmap", &server_side, "-n", "default", "-o", "jsonpath={.metadata.managedFields[*].operation}"])?;
+        let managers = here.kubectl_ok(&[
+            "get",
+            "configmap",
+            &server_side,
+            "-n",
+            "default",
+            "-o",
+            "jsonpath={.metadata.managedFields[*].operation}",
+        ])?;
         if !managers.contains("Apply") {
             bail!("server-side apply left managedFields operations {managers:?}");
         }
@@ -119,7 +133,9 @@ fn wait_line(lines: &mpsc::Receiver<String>, want: &str, timeout: Duration) -> R
 
 /// Whatever newer kubectl the machine carries (users run those against tether too).
 fn system_kubectl_works_too(env: &Env) -> Result<()> {
-    let Some(kubectl) = ["/usr/bin/kubectl", "/usr/local/bin/kubectl"].into_iter().find(|p| std::path::Path::new(p).exists()) else {
+    let Some(kubectl) =
+        ["/usr/bin/kubectl", "/usr/local/bin/kubectl"].into_iter().find(|p| std::path::Path::new(p).exists())
+    else {
         eprintln!("no system kubectl; nothing to compare");
         return Ok(());
     };

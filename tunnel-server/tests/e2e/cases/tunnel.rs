@@ -107,7 +107,9 @@ fn client_restart(env: &Env) -> Result<()> {
         Ok(())
     })?;
     env.start_client("spoke-a")?;
-    wait_for("spoke-a through the hub after a client restart", Duration::from_secs(10), || env.rt.block_on(version_ok(env, "spoke-a")))?;
+    wait_for("spoke-a through the hub after a client restart", Duration::from_secs(10), || {
+        env.rt.block_on(version_ok(env, "spoke-a"))
+    })?;
     env.hub_kubectl_ok("spoke-a", &["get", "namespaces"])?;
     Ok(())
 }
@@ -116,13 +118,17 @@ fn server_restart(env: &Env) -> Result<()> {
     // A graceful restart: spokes are told to go away and come back by themselves.
     env.restart_server()?;
     for cluster in SPOKES.iter().chain(["echo"].iter()) {
-        wait_for(&format!("{cluster} after a server restart"), Duration::from_secs(20), || env.rt.block_on(version_ok(env, cluster)))?;
+        wait_for(&format!("{cluster} after a server restart"), Duration::from_secs(20), || {
+            env.rt.block_on(version_ok(env, cluster))
+        })?;
     }
     // A crash: no go-away; the clients notice through lost heartbeats and redial with backoff.
     env.kill_server();
     env.start_server_again()?;
     for cluster in SPOKES {
-        wait_for(&format!("{cluster} after a server crash"), Duration::from_secs(30), || env.rt.block_on(version_ok(env, cluster)))?;
+        wait_for(&format!("{cluster} after a server crash"), Duration::from_secs(30), || {
+            env.rt.block_on(version_ok(env, cluster))
+        })?;
         env.hub_kubectl_ok(cluster, &["get", "namespaces"])?;
     }
     Ok(())

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# The main job: a local hub with two spokes, ready for kubectl.
+#   - a hub apiserver and two spoke apiservers (etcd + kube-apiserver + kube-controller-manager each);
+#   - as root, each spoke in its own network namespace whose firewall drops every new connection from the
+#     hub side: the spokes can only be reached through the tunnels they dial out;
+#   - tunnel-server on the hub, a tunnel-client per spoke holding only an impersonate-only ServiceAccount;
+#   - a kubeconfig with one context per spoke, through the hub, printed at the end.
+# Usage: deploy/dev/up.sh [up|down]      State in $TETHER_DEV_DIR (default: .tether in the repository).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+DEV=${TETHER_DEV_DIR:-$ROOT/.tether}
+KUBECTL=${TETHER_CACHE:-/var/cache/tether}/kube-1.20.2/kubectl
+BIN=$ROOT/target/debug
+SPOKES=(spoke-a spoke-b)
+PROXY_PORT=${TETHER_PROXY_PORT:-8443}
+QUIC_PORT=${TETHER_QUIC_PORT:-8443}
+ROOTFUL=0; [ "$(id -u)" = 0 ] && ROOTFUL=1
+
+say() { echo "==> $*"; }
+ns_of() { [ $ROOTFUL = 1 ] && echo "tether-dev-${1#spoke-}"; }
+in_ns() { local ns; ns=$(ns_of "$1"); shift; if [ -n "$ns" ]; then ip netns exec "$ns" "$@"; else "$@"; fi; }
+index_of() { [ "$1" = spoke-a ] && echo 11 || echo 12; }
+hub_ip_for() { if [ $ROOTFUL = 1 ]; then echo "10.251.$(index_of "$1").1"; else echo 127.0.0.1; fi; }
+
+# Starts a command detached, its pid in a file; it outlives this script.
+daemon() {
+  local name=$1; shift
+  setsid nohup "$@" >"$DEV/logs/$name.log" 2>&1 < /dev/null &
+  echo $! >"$DEV/$name.pid"
+}
+
+wait_file() {
+  local file=$1 what=$2 log=$3
+  for _ in $(seq 300); do [ -s "$file" ] && return 0; sleep 0.1; done
+  echo "$what did not become ready; last lines of $log:" >&2; tail -20 "$log" >&2; exit 1
+}
+
+down() {
+  for pidfile in "$DEV"/*.pid; do
+    [ -e "$pidfile" ] || continue
+    kill -TERM -- "-$(cat "$pidfile")" 2>/dev/null || kill -TERM "$(cat "$pidfile")" 2>/dev/null || true
+    rm -f "$pidfile"
+  done
+  for c in hub "${SPOKES[@]}"; do
+    [ -d "$DEV/$c" ] && { in_ns "$c" bash "$ROOT/deploy/dev/cluster.sh" stop "$DEV/$c" || true; }
+  done
+  for s in "${SPOKES[@]}"; do
+    ns=$(ns_of "$s"); [ -n "$ns" ] && bash "$ROOT/deploy/dev/netns.sh" delete "$ns"
+  done
+  return 0
+}
+
+case "${1:-up}" in
+  down) down; say "stopped"; exit 0 ;;
+  up) ;;
+  *) echo "usage: $0 [up|down]" >&2; exit 2 ;;
+esac
+
+say "installing what is missing, building kube 1.20 (once) and tether"
+bash "$ROOT/deploy/dev/deps.sh"
+bash "$ROOT/deploy/dev/build-kube.sh"
+(cd "$ROOT" && cargo build --workspace --bins --quiet)
+
+down >/dev/null 2>&1 || true
+rm -rf "$DEV"; mkdir -p "$DEV/logs" "$DEV/pki"
+
+say "starting the hub and spoke apiservers"
+for s in "${SPOKES[@]}"; do
+  ns=$(ns_of "$s"); [ -n "$ns" ] && bash "$ROOT/deploy/dev/netns.sh" create "$ns" "$(index_of "$s")"
+done
+bash "$ROOT/deploy/dev/cluster.sh" start hub "$DEV/hub" >/dev/null &
+for s in "${SPOKES[@]}"; do in_ns "$s" bash "$ROOT/deploy/dev/cluster.sh" start "$s" "$DEV/$s" >/dev/null & done
+wait
+HUB_KUBECONFIG=$DEV/hub/kubeconfig
+
+say "registering the spokes on the hub"
+"$KUBECTL" --kubeconfig "$HUB_KUBECONFIG" apply -f "$ROOT/deploy/crds/managedclusters.tether.io.yaml" >/dev/null
+"$KUBECTL" --kubeconfig "$HUB_KUBECONFIG" wait --for condition=established --timeout=60s \
+  crd/managedclusters.tether.io >/dev/null
+for s in "${SPOKES[@]}"; do
+  printf 'apiVersion: tether.io/v1alpha1\nkind: ManagedCluster\nmetadata:\n  name: %s\nspec: {}\n' "$s" |
+    "$KUBECTL" --kubeconfig "$HUB_KUBECONFIG" apply -f - >/dev/null
+done
+
+say "issuing certificates"
+ips=(--ip 127.0.0.1)
+for s in "${SPOKES[@]}"; do ips+=(--ip "$(hub_ip_for "$s")"); done
+"$BIN/tether-certs" init-ca --out "$DEV/pki" >/dev/null
+"$BIN/tether-certs" serving --ca-dir "$DEV/pki" --dns localhost "${ips[@]}" --out "$DEV/pki/hub" >/dev/null
+for s in "${SPOKES[@]}"; do
+  "$BIN/tether-certs" issue-spoke --ca-dir "$DEV/pki" --cluster "$s" --out "$DEV/pki/$s" >/dev/null
+  in_ns "$s" bash "$ROOT/deploy/dev/spoke-credentials.sh" "$DEV/$s/kubeconfig" "$DEV/$s/tether-client.kubeconfig"
+done
+
+say "starting tunnel-server (proxy https://localhost:$PROXY_PORT, QUIC udp/$QUIC_PORT)"
+daemon tunnel-server "$BIN/tunnel-server" serve \
+  --quic-addr "0.0.0.0:$QUIC_PORT" --proxy-addr "127.0.0.1:$PROXY_PORT" --ops-addr 127.0.0.1:0 \
+  --tls-cert "$DEV/pki/hub/tls.crt" --tls-key "$DEV/pki/hub/tls.key" --tunnel-ca "$DEV/pki/ca.crt" \
+  --client-ca "$DEV/hub/ca.crt" --hub-kubeconfig "$HUB_KUBECONFIG" --ready-file "$DEV/server.ready"
+wait_file "$DEV/server.ready" tunnel-server "$DEV/logs/tunnel-server.log"
+
+say "starting a tunnel-client in each spoke"
+for s in "${SPOKES[@]}"; do
+  daemon "tunnel-client-$s" $( [ $ROOTFUL = 1 ] && echo "ip netns exec $(ns_of "$s")" ) "$BIN/tunnel-client" \
+    --hub "$(hub_ip_for "$s"):$QUIC_PORT" --hub-ca "$DEV/pki/ca.crt" \
+    --cert "$DEV/pki/$s/tls.crt" --key "$DEV/pki/$s/tls.key" --kubeconfig "$DEV/$s/tether-client.kubeconfig" \
+    --ops-addr 127.0.0.1:0 --ready-file "$DEV/client-$s.ready"
+  wait_file "$DEV/client-$s.ready" "tunnel-client $s" "$DEV/logs/tunnel-client-$s.log"
+done
+
+"$BIN/tunnel-server" kubeconfig --server "https://localhost:$PROXY_PORT" --ca-file "$DEV/pki/ca.crt" \
+  --hub-kubeconfig "$HUB_KUBECONFIG" --out "$DEV/kubeconfig"
+# One check through the tunnel before saying it works.
+"$KUBECTL" --kubeconfig "$DEV/kubeconfig" --context spoke-a get namespace default -o name >/dev/null
+
+cat <<MSG
+
+tether is up. Every context below goes kubectl -> hub proxy -> QUIC tunnel -> spoke apiserver:
+
+  export KUBECONFIG=$DEV/kubeconfig
+  kubectl --context spoke-a get namespaces
+  kubectl --context spoke-b get pods -A
+
+(the hub itself: KUBECONFIG=$HUB_KUBECONFIG; a kubectl of the clusters' version: $KUBECTL)
+Logs in $DEV/logs. Stop everything with: bash deploy/dev/up.sh down
+MSG
