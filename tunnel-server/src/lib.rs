@@ -24,13 +24,32 @@ pub use config::{Cli, Command, ServeConfig};
 pub use error::{Error, Result};
 
 use crate::clusters::KnownClusters;
-use crate::proxy::{ForwardSettings, HubAuth, Proxy};
+use crate::proxy::{ForwardSettings, HubAuth, KubeReviews, Proxy, Reviews};
 use crate::registry::Registry;
 use crate::tunnels::TunnelSettings;
 
 /// Runs the hub until `shutdown` is cancelled, then drains: spokes are told to go away and open streams get
 /// `drain_grace` to finish.
 pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<()> {
+    tls::install_crypto_provider();
+    let client = hub_client(&config).await?;
+    let clusters = KnownClusters::default();
+    let watch = tokio::spawn(clusters.clone().watch(client.clone(), shutdown.clone()));
+    let hub = Hub { reviews: Arc::new(KubeReviews(client)), clusters };
+    let result = serve(config, hub, shutdown).await;
+    watch.abort();
+    result
+}
+
+/// What the hub apiserver provides to the data path: identity and access answers, the known clusters.
+pub struct Hub {
+    pub reviews: Arc<dyn Reviews>,
+    pub clusters: KnownClusters,
+}
+
+/// The hub's listeners and tunnels, given the hub's answers (from the apiserver in `run`, scripted in
+/// benchmarks).
+pub async fn serve(config: ServeConfig, hub: Hub, shutdown: CancellationToken) -> Result<()> {
     tls::install_crypto_provider();
     metrics::describe();
     let prometheus = tether_runtime::telemetry::install_metrics()?;
@@ -43,11 +62,10 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<()>
     let bound =
         Bound { quic: endpoint.local_addr()?, proxy: proxy_listener.local_addr()?, ops: ops_listener.local_addr()? };
 
-    let client = hub_client(&config).await?;
     let registry = Arc::new(Registry::default());
-    let clusters = KnownClusters::default();
+    let clusters = hub.clusters;
     let readiness = Readiness::default();
-    let auth = HubAuth::new(client.clone(), config.auth_cache_ttl);
+    let auth = HubAuth::new(hub.reviews, config.auth_cache_ttl);
     let forward = ForwardSettings { open_timeout: Duration::from_secs(10), response_timeout: config.response_timeout };
     let proxy = Arc::new(Proxy::new(registry.clone(), auth, clusters.clone(), forward));
     let tunnel_settings = TunnelSettings {
@@ -60,7 +78,6 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<()>
     let stop_accepting = shutdown.child_token();
     let hard_stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(clusters.clone().watch(client, hard_stop.clone()));
     tasks.spawn(tunnels::accept_loop(endpoint.clone(), registry.clone(), tunnel_settings, stop_accepting.clone()));
     let proxy_tls = proxy_tls_config(&config)?;
     tasks.spawn(proxy.serve(proxy_listener, proxy_tls, stop_accepting.clone()));

@@ -1,6 +1,6 @@
 //! The hub's HTTPS endpoint: `https://HUB/clusters/<cluster>/<Kubernetes API path>`.
 //! Order of checks: authenticate → route → impersonation → authorize → cluster known → tunnel → forward.
-mod auth;
+pub mod auth;
 mod forward;
 pub mod identity;
 pub mod route;
@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-pub use auth::{Attributes, HubAuth};
+pub use auth::{Attributes, HubAuth, KubeReviews, Reviews};
 pub use forward::ForwardSettings;
 use identity::{Impersonation, UserInfo};
 pub use status::ProxyError;

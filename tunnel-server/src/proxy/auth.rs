@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
 use kube::api::PostParams;
@@ -51,18 +53,80 @@ impl Attributes {
     }
 }
 
+/// The hub's answers to "who is this token?" and "may this user do that?". The real implementation asks
+/// the hub apiserver; tests and benchmarks script it.
+pub trait Reviews: Send + Sync + 'static {
+    fn token<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<UserInfo>, ProxyError>>;
+    fn access<'a>(&'a self, user: &'a UserInfo, attributes: &'a Attributes) -> BoxFuture<'a, Result<bool, ProxyError>>;
+}
+
+/// TokenReview and SubjectAccessReview against the hub apiserver.
+pub struct KubeReviews(pub kube::Client);
+
+impl Reviews for KubeReviews {
+    fn token<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<UserInfo>, ProxyError>> {
+        Box::pin(async move {
+            let review = TokenReview {
+                spec: TokenReviewSpec { token: Some(token.to_string()), ..Default::default() },
+                ..Default::default()
+            };
+            let answer = Api::<TokenReview>::all(self.0.clone())
+                .create(&PostParams::default(), &review)
+                .await
+                .map_err(|e| ProxyError::Unavailable(format!("hub authentication unavailable: {e}")))?;
+            let user = answer.status.filter(|s| s.authenticated == Some(true)).and_then(|s| s.user).map(|u| UserInfo {
+                username: u.username.unwrap_or_default(),
+                uid: u.uid.unwrap_or_default(),
+                groups: u.groups.unwrap_or_default(),
+                extra: u.extra.unwrap_or_default().into_iter().collect(),
+            });
+            Ok(user.filter(|u| !u.username.is_empty()))
+        })
+    }
+
+    fn access<'a>(&'a self, user: &'a UserInfo, attributes: &'a Attributes) -> BoxFuture<'a, Result<bool, ProxyError>> {
+        Box::pin(async move {
+            let review = SubjectAccessReview {
+                spec: SubjectAccessReviewSpec {
+                    user: Some(user.username.clone()),
+                    uid: (!user.uid.is_empty()).then(|| user.uid.clone()),
+                    groups: Some(user.groups.clone()),
+                    extra: (!user.extra.is_empty()).then(|| user.extra.clone().into_iter().collect()),
+                    resource_attributes: Some(ResourceAttributes {
+                        verb: Some(attributes.verb.clone()),
+                        namespace: (!attributes.namespace.is_empty()).then(|| attributes.namespace.clone()),
+                        group: Some(attributes.group.clone()),
+                        resource: Some(attributes.resource.clone()),
+                        subresource: Some(attributes.subresource.clone()),
+                        name: Some(attributes.name.clone()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let answer = Api::<SubjectAccessReview>::all(self.0.clone())
+                .create(&PostParams::default(), &review)
+                .await
+                .map_err(|e| ProxyError::Unavailable(format!("hub authorization unavailable: {e}")))?;
+            Ok(answer.status.is_some_and(|s| s.allowed && s.denied != Some(true)))
+        })
+    }
+}
+
+/// [`Reviews`] behind short-TTL caches: steady traffic makes no hub API call on the request path.
 #[derive(Clone)]
 pub struct HubAuth {
-    client: kube::Client,
+    reviews: Arc<dyn Reviews>,
     // Keyed by a SHA-256 of the token: the cache never holds a usable credential.
     tokens: Cache<[u8; 32], Option<Arc<UserInfo>>>,
     decisions: Cache<(UserInfo, Attributes), bool>,
 }
 
 impl HubAuth {
-    pub fn new(client: kube::Client, ttl: Duration) -> Self {
+    pub fn new(reviews: Arc<dyn Reviews>, ttl: Duration) -> Self {
         Self {
-            client,
+            reviews,
             tokens: Cache::builder().time_to_live(ttl).max_capacity(100_000).build(),
             decisions: Cache::builder().time_to_live(ttl).max_capacity(100_000).build(),
         }
@@ -79,23 +143,7 @@ impl HubAuth {
             return Ok(hit);
         }
         counter!(m::AUTH_LOOKUPS, "kind" => "token", "outcome" => "hub").increment(1);
-        let review = TokenReview {
-            spec: TokenReviewSpec { token: Some(token.to_string()), ..Default::default() },
-            ..Default::default()
-        };
-        let answer = Api::<TokenReview>::all(self.client.clone())
-            .create(&PostParams::default(), &review)
-            .await
-            .map_err(|e| ProxyError::Unavailable(format!("hub authentication unavailable: {e}")))?;
-        let user = answer.status.filter(|s| s.authenticated == Some(true)).and_then(|s| s.user).map(|u| {
-            Arc::new(UserInfo {
-                username: u.username.unwrap_or_default(),
-                uid: u.uid.unwrap_or_default(),
-                groups: u.groups.unwrap_or_default(),
-                extra: u.extra.unwrap_or_default().into_iter().collect(),
-            })
-        });
-        let user = user.filter(|u| !u.username.is_empty());
+        let user = self.reviews.token(token).await?.map(Arc::new);
         self.tokens.insert(key, user.clone());
         Ok(user)
     }
@@ -107,31 +155,70 @@ impl HubAuth {
             return Ok(hit);
         }
         counter!(m::AUTH_LOOKUPS, "kind" => "access", "outcome" => "hub").increment(1);
-        let review = SubjectAccessReview {
-            spec: SubjectAccessReviewSpec {
-                user: Some(user.username.clone()),
-                uid: (!user.uid.is_empty()).then(|| user.uid.clone()),
-                groups: Some(user.groups.clone()),
-                extra: (!user.extra.is_empty()).then(|| user.extra.clone().into_iter().collect()),
-                resource_attributes: Some(ResourceAttributes {
-                    verb: Some(attributes.verb.clone()),
-                    namespace: (!attributes.namespace.is_empty()).then(|| attributes.namespace.clone()),
-                    group: Some(attributes.group.clone()),
-                    resource: Some(attributes.resource.clone()),
-                    subresource: Some(attributes.subresource.clone()),
-                    name: Some(attributes.name.clone()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        let answer = Api::<SubjectAccessReview>::all(self.client.clone())
-            .create(&PostParams::default(), &review)
-            .await
-            .map_err(|e| ProxyError::Unavailable(format!("hub authorization unavailable: {e}")))?;
-        let allowed = answer.status.is_some_and(|s| s.allowed && s.denied != Some(true));
+        let allowed = self.reviews.access(user, attributes).await?;
         self.decisions.insert(key, allowed);
         Ok(allowed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Accepts one token and allows one user; counts how often the "hub" is asked.
+    #[derive(Default)]
+    struct Scripted {
+        token_calls: AtomicUsize,
+        access_calls: AtomicUsize,
+    }
+
+    impl Reviews for Scripted {
+        fn token<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<UserInfo>, ProxyError>> {
+            self.token_calls.fetch_add(1, Ordering::SeqCst);
+            let user = (token == "good").then(|| UserInfo {
+                username: "alice".into(),
+                uid: String::new(),
+                groups: vec![],
+                extra: Default::default(),
+            });
+            Box::pin(async move { Ok(user) })
+        }
+        fn access<'a>(&'a self, user: &'a UserInfo, a: &'a Attributes) -> BoxFuture<'a, Result<bool, ProxyError>> {
+            self.access_calls.fetch_add(1, Ordering::SeqCst);
+            let allowed = user.username == "alice" && a.name == "a";
+            Box::pin(async move { Ok(allowed) })
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_are_cached_including_refusals() {
+        let scripted = Arc::new(Scripted::default());
+        let auth = HubAuth::new(scripted.clone(), Duration::from_secs(60));
+        for _ in 0..3 {
+            let user = auth.authenticate_token("good").await.unwrap().unwrap();
+            assert_eq!(user.username, "alice");
+            assert!(auth.authenticate_token("bad").await.unwrap().is_none());
+            assert!(auth.allowed(&user, &Attributes::cluster_proxy("a", "get")).await.unwrap());
+            assert!(!auth.allowed(&user, &Attributes::cluster_proxy("b", "get")).await.unwrap());
+        }
+        // One hub call per distinct question, however often it is asked.
+        assert_eq!(scripted.token_calls.load(Ordering::SeqCst), 2);
+        assert_eq!(scripted.access_calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn answers_expire() {
+        let scripted = Arc::new(Scripted::default());
+        let auth = HubAuth::new(scripted.clone(), Duration::from_millis(1));
+        auth.authenticate_token("good").await.unwrap();
+        // moka's clock is real time; wait for the condition (expiry), bounded.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while scripted.token_calls.load(Ordering::SeqCst) < 2 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            auth.authenticate_token("good").await.unwrap();
+        }
+        assert_eq!(scripted.token_calls.load(Ordering::SeqCst), 2);
     }
 }
