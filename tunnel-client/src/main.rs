@@ -1,6 +1,10 @@
 use anyhow::Context;
 use clap::Parser;
 
+// Per-request allocations dominated the hub's profile with glibc malloc (≈30% of its CPU).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let config = tunnel_client::Config::parse();
     tether_runtime::telemetry::init_tracing();

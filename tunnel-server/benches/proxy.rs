@@ -26,7 +26,12 @@ use tunnel_server::proxy::identity::UserInfo;
 use tunnel_server::proxy::{ProxyError, Reviews};
 
 const TOKEN: &str = "bench-token";
-const BODY: &[u8] = br#"{"kind":"ConfigMap","apiVersion":"v1","metadata":{"name":"x","namespace":"default"},"data":{"k":"v"}}"#;
+const BODY: &[u8] =
+    br#"{"kind":"ConfigMap","apiVersion":"v1","metadata":{"name":"x","namespace":"default"},"data":{"k":"v"}}"#;
+
+// Per-request allocations dominated the hub's profile with glibc malloc (≈30% of its CPU).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> Result<()> {
     tether_runtime::tls::install_crypto_provider();
@@ -38,6 +43,7 @@ fn main() -> Result<()> {
         .split(',')
         .map(|c| c.parse())
         .collect::<Result<_, _>>()?;
+    let paths = flag("--paths").unwrap_or_else(|| "direct,tunnel".into());
     let dir = tempfile::tempdir()?;
     let pki = Pki::write(dir.path())?;
 
@@ -50,8 +56,29 @@ fn main() -> Result<()> {
     println!("{:>11} {:>6} {:>10} {:>10} {:>10}", "path", "conc", "req/s", "p50 µs", "p99 µs");
     let mut rows = Vec::new();
     for &concurrency in &levels {
-        let direct = load.block_on(measure(backend, &pki.backend_ca, "/api/v1/namespaces/default/configmaps/x", concurrency, seconds))?;
-        let tunnel = load.block_on(measure(hub.proxy, &pki.hub_ca, "/clusters/bench/api/v1/namespaces/default/configmaps/x", concurrency, seconds))?;
+        // `--paths tunnel` profiles one path alone; ratios need both.
+        let skip = Stats { rps: f64::NAN, p50_us: f64::NAN, p99_us: f64::NAN };
+        let direct = match paths.contains("direct") {
+            true => load.block_on(measure(
+                backend,
+                &pki.backend_ca,
+                "/api/v1/namespaces/default/configmaps/x",
+                concurrency,
+                seconds,
+            ))?,
+            false => skip,
+        };
+        let skip = Stats { rps: f64::NAN, p50_us: f64::NAN, p99_us: f64::NAN };
+        let tunnel = match paths.contains("tunnel") {
+            true => load.block_on(measure(
+                hub.proxy,
+                &pki.hub_ca,
+                "/clusters/bench/api/v1/namespaces/default/configmaps/x",
+                concurrency,
+                seconds,
+            ))?,
+            false => skip,
+        };
         for (name, r) in [("direct", &direct), ("tunnel", &tunnel)] {
             println!("{name:>11} {concurrency:>6} {:>10.0} {:>10.0} {:>10.0}", r.rps, r.p50_us, r.p99_us);
         }
@@ -84,7 +111,13 @@ impl Pki {
         let serving = ca.issue_serving(&["localhost".into()], &["127.0.0.1".parse()?], now, day)?;
         let (key, csr) = tether_certs::spoke_key_and_csr("bench")?;
         let spoke = ca.sign_spoke_csr(&csr, "bench", now, day)?;
-        for (name, text) in [("ca.crt", ca.cert_pem()), ("tls.crt", &serving.cert_pem), ("tls.key", &serving.key_pem), ("spoke.crt", &spoke), ("spoke.key", &key)] {
+        for (name, text) in [
+            ("ca.crt", ca.cert_pem()),
+            ("tls.crt", &serving.cert_pem),
+            ("tls.key", &serving.key_pem),
+            ("spoke.crt", &spoke),
+            ("spoke.key", &key),
+        ] {
             std::fs::write(dir.join(name), text)?;
         }
         // The backend stands for a spoke apiserver: its own CA, its own serving certificate.
@@ -93,18 +126,24 @@ impl Pki {
         let chain = tether_runtime::tls::certs_from_pem(backend.cert_pem.as_bytes()).map_err(anyhow::Error::msg)?;
         use rustls::pki_types::pem::PemObject;
         let key = PrivateKeyDer::from_pem_slice(backend.key_pem.as_bytes())?;
-        Ok(Self { hub_ca: ca.cert_pem().to_string(), backend_ca: backend_ca.cert_pem().to_string(), backend: (chain, Arc::new(key)) })
+        Ok(Self {
+            hub_ca: ca.cert_pem().to_string(),
+            backend_ca: backend_ca.cert_pem().to_string(),
+            backend: (chain, Arc::new(key)),
+        })
     }
 }
 
 fn spawn_backend(pki: &Pki) -> Result<SocketAddr> {
-    let mut config = rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(pki.backend.0.clone(), pki.backend.1.clone_key())?;
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(pki.backend.0.clone(), pki.backend.1.clone_key())?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
-    std::thread::spawn(move || {
+    std::thread::Builder::new().name("backend".into()).spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
@@ -116,11 +155,13 @@ fn spawn_backend(pki: &Pki) -> Result<SocketAddr> {
                     let service = hyper::service::service_fn(|_req| async {
                         Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(BODY))))
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tls), service).await;
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
                 });
             }
         });
-    });
+    })?;
     Ok(addr)
 }
 
@@ -135,7 +176,12 @@ struct Allow;
 
 impl Reviews for Allow {
     fn token<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<UserInfo>, ProxyError>> {
-        let user = (token == TOKEN).then(|| UserInfo { username: "bench".into(), uid: String::new(), groups: vec!["system:authenticated".into()], extra: Default::default() });
+        let user = (token == TOKEN).then(|| UserInfo {
+            username: "bench".into(),
+            uid: String::new(),
+            groups: vec!["system:authenticated".into()],
+            extra: Default::default(),
+        });
         Box::pin(async move { Ok(user) })
     }
     fn access<'a>(&'a self, _: &'a UserInfo, _: &'a Attributes) -> BoxFuture<'a, Result<bool, ProxyError>> {
@@ -147,20 +193,38 @@ fn spawn_hub(dir: &Path, shutdown: CancellationToken) -> Result<HubAddrs> {
     use clap::Parser;
     let ready = dir.join("hub.ready");
     let config = tunnel_server::Cli::try_parse_from([
-        "tunnel-server", "serve", "--quic-addr", "127.0.0.1:0", "--proxy-addr", "127.0.0.1:0", "--ops-addr", "127.0.0.1:0",
-        "--tls-cert", &dir.join("tls.crt").display().to_string(), "--tls-key", &dir.join("tls.key").display().to_string(),
-        "--tunnel-ca", &dir.join("ca.crt").display().to_string(), "--ready-file", &ready.display().to_string(),
+        "tunnel-server",
+        "serve",
+        "--quic-addr",
+        "127.0.0.1:0",
+        "--proxy-addr",
+        "127.0.0.1:0",
+        "--ops-addr",
+        "127.0.0.1:0",
+        "--tls-cert",
+        &dir.join("tls.crt").display().to_string(),
+        "--tls-key",
+        &dir.join("tls.key").display().to_string(),
+        "--tunnel-ca",
+        &dir.join("ca.crt").display().to_string(),
+        "--ready-file",
+        &ready.display().to_string(),
     ])?;
     let tunnel_server::Command::Serve(config) = config.command else { unreachable!("serve was parsed") };
-    std::thread::spawn(move || {
+    std::thread::Builder::new().name("hub".into()).spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        let hub = tunnel_server::Hub { reviews: Arc::new(Allow), clusters: KnownClusters::fixed(["bench".to_string()]) };
+        let hub =
+            tunnel_server::Hub { reviews: Arc::new(Allow), clusters: KnownClusters::fixed(["bench".to_string()]) };
         if let Err(e) = rt.block_on(tunnel_server::serve(config, hub, shutdown)) {
             eprintln!("hub: {e}");
         }
-    });
-    let json: serde_json::Value = wait(|| std::fs::read_to_string(&ready).ok().and_then(|t| serde_json::from_str(&t).ok()))?;
-    Ok(HubAddrs { proxy: json["proxy"].as_str().context("proxy")?.parse()?, quic: json["quic"].as_str().context("quic")?.parse()? })
+    })?;
+    let json: serde_json::Value =
+        wait(|| std::fs::read_to_string(&ready).ok().and_then(|t| serde_json::from_str(&t).ok()))?;
+    Ok(HubAddrs {
+        proxy: json["proxy"].as_str().context("proxy")?.parse()?,
+        quic: json["quic"].as_str().context("quic")?.parse()?,
+    })
 }
 
 fn spawn_spoke(dir: &Path, pki: &Pki, backend: SocketAddr, hub: SocketAddr, shutdown: CancellationToken) -> Result<()> {
@@ -174,16 +238,30 @@ fn spawn_spoke(dir: &Path, pki: &Pki, backend: SocketAddr, hub: SocketAddr, shut
     ))?;
     let ready = dir.join("spoke.ready");
     let config = tunnel_client::Config::try_parse_from([
-        "tunnel-client", "--hub", &hub.to_string(), "--hub-server-name", "localhost", "--hub-ca", &dir.join("ca.crt").display().to_string(),
-        "--cert", &dir.join("spoke.crt").display().to_string(), "--key", &dir.join("spoke.key").display().to_string(),
-        "--kubeconfig", &kubeconfig.display().to_string(), "--ops-addr", "127.0.0.1:0", "--ready-file", &ready.display().to_string(),
+        "tunnel-client",
+        "--hub",
+        &hub.to_string(),
+        "--hub-server-name",
+        "localhost",
+        "--hub-ca",
+        &dir.join("ca.crt").display().to_string(),
+        "--cert",
+        &dir.join("spoke.crt").display().to_string(),
+        "--key",
+        &dir.join("spoke.key").display().to_string(),
+        "--kubeconfig",
+        &kubeconfig.display().to_string(),
+        "--ops-addr",
+        "127.0.0.1:0",
+        "--ready-file",
+        &ready.display().to_string(),
     ])?;
-    std::thread::spawn(move || {
+    std::thread::Builder::new().name("spoke".into()).spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         if let Err(e) = rt.block_on(tunnel_client::run(config, shutdown)) {
             eprintln!("spoke: {e}");
         }
-    });
+    })?;
     wait(|| ready.exists().then_some(()))
 }
 
@@ -232,7 +310,10 @@ async fn measure(addr: SocketAddr, ca_pem: &str, path: &str, concurrency: usize,
                 if sent >= end {
                     break;
                 }
-                let request = Request::get(path.as_str()).header("host", "localhost").header("authorization", format!("Bearer {TOKEN}")).body(Empty::<Bytes>::new())?;
+                let request = Request::get(path.as_str())
+                    .header("host", "localhost")
+                    .header("authorization", format!("Bearer {TOKEN}"))
+                    .body(Empty::<Bytes>::new())?;
                 let response = sender.send_request(request).await?;
                 anyhow::ensure!(response.status().is_success(), "status {}", response.status());
                 response.into_body().collect().await?;
@@ -248,6 +329,9 @@ async fn measure(addr: SocketAddr, ca_pem: &str, path: &str, concurrency: usize,
         all.extend(worker.await??);
     }
     all.sort();
-    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).map_or(0.0, |d| d.as_secs_f64() * 1e6);
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1e6)
+    };
     Ok(Stats { rps: all.len() as f64 / seconds, p50_us: pct(0.50), p99_us: pct(0.99) })
 }
