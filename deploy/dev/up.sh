@@ -18,7 +18,7 @@ QUIC_PORT=${TETHER_QUIC_PORT:-8443}
 ROOTFUL=0; [ "$(id -u)" = 0 ] && ROOTFUL=1
 
 say() { echo "==> $*"; }
-ns_of() { [ $ROOTFUL = 1 ] && echo "tether-dev-${1#spoke-}"; }
+ns_of() { case $1 in spoke-*) [ $ROOTFUL = 1 ] && echo "tether-dev-${1#spoke-}" ;; esac; }
 in_ns() { local ns; ns=$(ns_of "$1"); shift; if [ -n "$ns" ]; then ip netns exec "$ns" "$@"; else "$@"; fi; }
 index_of() { [ "$1" = spoke-a ] && echo 11 || echo 12; }
 hub_ip_for() { if [ $ROOTFUL = 1 ]; then echo "10.251.$(index_of "$1").1"; else echo 127.0.0.1; fi; }

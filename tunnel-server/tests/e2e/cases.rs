@@ -1,6 +1,7 @@
 //! The cases, grouped by what they exercise.
 mod auth;
 mod kubectl;
+mod ops;
 mod tunnel;
 mod upgrade;
 
@@ -11,6 +12,7 @@ pub fn all() -> Vec<(&'static str, Case)> {
     all.extend(kubectl::cases());
     all.extend(auth::cases());
     all.extend(upgrade::cases());
+    all.extend(ops::cases());
     // Restarts last: every other case has run against the first processes.
     all.extend(tunnel::cases());
     all

@@ -153,6 +153,7 @@ pub struct Env {
     pub http: HubClient,
     pub addrs: ServerAddrs,
     server: Mutex<Option<Proc>>,
+    server_ops: Mutex<Option<SocketAddr>>,
     clients: Mutex<HashMap<String, Proc>>,
     pub firewalled: bool,
 }
@@ -262,6 +263,7 @@ impl Env {
             alice_token,
             addrs: ServerAddrs { quic_port: 0, proxy: "127.0.0.1:0".parse()? },
             server: Mutex::new(None),
+            server_ops: Mutex::new(None),
             clients: Mutex::new(HashMap::new()),
             firewalled,
         };
@@ -318,6 +320,7 @@ impl Env {
         })?;
         let quic: SocketAddr = json["quic"].as_str().context("quic")?.parse()?;
         let proxy: SocketAddr = json["proxy"].as_str().context("proxy")?.parse()?;
+        *self.server_ops.lock().unwrap() = Some(json["ops"].as_str().context("ops")?.parse()?);
         *self.server.lock().unwrap() = Some(proc);
         Ok(ServerAddrs { quic_port: quic.port(), proxy })
     }
@@ -343,7 +346,7 @@ impl Env {
         self.start_server().map(|_| ())
     }
 
-    fn client_command(&self, name: &str) -> Command {
+    fn client_command(&self, name: &str, key: &str) -> Command {
         let pki = self.dir.join("pki");
         let (netns, hub_ip, kubeconfig) = match self.spokes.iter().find(|s| s.cluster.name == name) {
             Some(s) => (s.cluster.netns.clone(), s.hub_ip.clone(), s.cluster.dir.join("tether-client.kubeconfig")),
@@ -361,24 +364,56 @@ impl Env {
             .arg(kubeconfig)
             .args(["--ops-addr", "127.0.0.1:0", "--backoff-base", "50ms", "--backoff-cap", "1s"])
             .args(["--heartbeat-interval", "1s", "--stream-window", "1048576"])
+            .args(["--instance", key])
             .arg("--ready-file")
-            .arg(self.dir.join(format!("client-{name}.ready")))
+            .arg(self.dir.join(format!("client-{key}.ready")))
             .env("TETHER_LOG", "info,tunnel_client=debug");
         c
     }
 
     pub fn start_client(&self, name: &str) -> Result<()> {
-        let ready = self.dir.join(format!("client-{name}.ready"));
+        self.start_client_instance(name, name)
+    }
+
+    /// Another client process for cluster `name`, known by `key` (several replicas of one cluster may run).
+    pub fn start_client_instance(&self, name: &str, key: &str) -> Result<()> {
+        let ready = self.dir.join(format!("client-{key}.ready"));
         let _ = std::fs::remove_file(&ready);
-        let mut proc = Proc::spawn(&format!("tunnel-client-{name}"), self.client_command(name), &self.logs)?;
+        let mut proc = Proc::spawn(&format!("tunnel-client-{key}"), self.client_command(name, key), &self.logs)?;
         wait_for(&format!("tunnel-client {name} connected"), Duration::from_secs(30), || {
             if let Some(status) = proc.exited() {
                 bail!("tunnel-client {name} exited ({status}):\n{}", proc.log_tail());
             }
             Ok(ready.exists().then_some(()))
         })?;
-        self.clients.lock().unwrap().insert(name.to_string(), proc);
+        self.clients.lock().unwrap().insert(key.to_string(), proc);
         Ok(())
+    }
+
+    /// The `/metrics` page of the server, or of the client known by `key` (read from inside its namespace).
+    pub fn metrics(&self, client_key: Option<&str>) -> Result<String> {
+        let (netns, addr) = match client_key {
+            None => (None, self.server_ops.lock().unwrap().context("server not running")?),
+            Some(key) => {
+                let ready: serde_json::Value =
+                    serde_json::from_str(&std::fs::read_to_string(self.dir.join(format!("client-{key}.ready")))?)?;
+                let cluster = ready["cluster"].as_str().context("cluster")?;
+                let netns =
+                    self.spokes.iter().find(|s| s.cluster.name == cluster).and_then(|s| s.cluster.netns.clone());
+                (netns, ready["ops"].as_str().context("ops")?.parse()?)
+            }
+        };
+        // The ops endpoints are TLS with self-signed certificates, as Prometheus with insecure_skip_verify sees them.
+        let mut curl = in_netns(netns.as_deref(), "curl");
+        curl.args(["-sfk", "--max-time", "5", &format!("https://{addr}/metrics")]);
+        run_ok(curl)
+    }
+
+    pub fn ops_get(&self, path: &str) -> Result<String> {
+        let addr = self.server_ops.lock().unwrap().context("server not running")?;
+        let mut curl = Command::new("curl");
+        curl.args(["-sfk", "--max-time", "5", &format!("https://{addr}{path}")]);
+        run_ok(curl)
     }
 
     pub fn stop_client(&self, name: &str) {

@@ -6,6 +6,7 @@ use anyhow::{bail, Context, Result};
 use http::StatusCode;
 use tokio::io::AsyncReadExt;
 
+use crate::cases::ops::sample_sum;
 use crate::env::{Env, SPOKES};
 use crate::http::{read_head, write_all};
 use crate::procs::wait_for;
@@ -15,6 +16,7 @@ pub fn cases() -> Vec<(&'static str, Case)> {
     vec![
         ("tunnel::hub_cannot_open_connections_to_the_spokes", firewall_holds),
         ("tunnel::slow_watch_reader_does_not_delay_other_requests", slow_reader),
+        ("tunnel::requests_spread_over_client_replicas", replicas),
         ("tunnel::recovers_after_client_restart", client_restart),
         ("tunnel::recovers_after_server_restart_and_crash", server_restart),
     ]
@@ -132,4 +134,27 @@ fn server_restart(env: &Env) -> Result<()> {
         env.hub_kubectl_ok(cluster, &["get", "namespaces"])?;
     }
     Ok(())
+}
+
+fn replicas(env: &Env) -> Result<()> {
+    env.start_client_instance("spoke-b", "spoke-b-2")?;
+    let result = (|| {
+        wait_for("two tunnels for spoke-b", Duration::from_secs(10), || {
+            Ok(env.metrics(None)?.contains("tether_server_tunnels{cluster=\"spoke-b\"} 2").then_some(()))
+        })?;
+        let served = |key: &str| -> Result<f64> {
+            Ok(sample_sum(&env.metrics(Some(key))?, "tether_client_request_duration_seconds_count"))
+        };
+        let before = (served("spoke-b")?, served("spoke-b-2")?);
+        for _ in 0..20 {
+            env.rt.block_on(version_ok(env, "spoke-b"))?.context("request to spoke-b failed")?;
+        }
+        let after = (served("spoke-b")?, served("spoke-b-2")?);
+        if after.0 <= before.0 || after.1 <= before.1 || (after.0 - before.0) + (after.1 - before.1) < 20.0 {
+            bail!("20 requests were not spread over both replicas: {before:?} -> {after:?}");
+        }
+        Ok(())
+    })();
+    env.stop_client("spoke-b-2");
+    result
 }
