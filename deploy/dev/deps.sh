@@ -2,7 +2,7 @@
 # Debian packages the dev environment and the tests use, installed only when missing.
 set -euo pipefail
 need=()
-for t in ip:iproute2 nft:nftables openssl:openssl python3:python3 setpriv:util-linux curl:curl; do
+for t in ip:iproute2 nft:nftables openssl:openssl python3:python3 setpriv:util-linux curl:curl shellcheck:shellcheck; do
   command -v "${t%%:*}" >/dev/null || need+=("${t#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -7,6 +7,7 @@ cd "$ROOT"
 started=$(date +%s)
 bash deploy/dev/deps.sh
 bash deploy/dev/build-kube.sh
+shellcheck deploy/dev/*.sh .ci/run
 cargo build --workspace --bins --tests --benches --quiet
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo test --workspace

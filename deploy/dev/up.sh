@@ -18,7 +18,7 @@ QUIC_PORT=${TETHER_QUIC_PORT:-8443}
 ROOTFUL=0; [ "$(id -u)" = 0 ] && ROOTFUL=1
 
 say() { echo "==> $*"; }
-ns_of() { case $1 in spoke-*) [ $ROOTFUL = 1 ] && echo "tether-dev-${1#spoke-}" ;; esac; }
+ns_of() { case $1 in spoke-*) if [ $ROOTFUL = 1 ]; then echo "tether-dev-${1#spoke-}"; fi ;; esac; }
 in_ns() { local ns; ns=$(ns_of "$1"); shift; if [ -n "$ns" ]; then ip netns exec "$ns" "$@"; else "$@"; fi; }
 index_of() { [ "$1" = spoke-a ] && echo 11 || echo 12; }
 hub_ip_for() { if [ $ROOTFUL = 1 ]; then echo "10.251.$(index_of "$1").1"; else echo 127.0.0.1; fi; }
@@ -43,10 +43,11 @@ down() {
     rm -f "$pidfile"
   done
   for c in hub "${SPOKES[@]}"; do
-    [ -d "$DEV/$c" ] && { in_ns "$c" bash "$ROOT/deploy/dev/cluster.sh" stop "$DEV/$c" || true; }
+    if [ -d "$DEV/$c" ]; then in_ns "$c" bash "$ROOT/deploy/dev/cluster.sh" stop "$DEV/$c" || true; fi
   done
   for s in "${SPOKES[@]}"; do
-    ns=$(ns_of "$s"); [ -n "$ns" ] && bash "$ROOT/deploy/dev/netns.sh" delete "$ns"
+    ns=$(ns_of "$s")
+    if [ -n "$ns" ]; then bash "$ROOT/deploy/dev/netns.sh" delete "$ns"; fi
   done
   return 0
 }
@@ -67,7 +68,8 @@ rm -rf "$DEV"; mkdir -p "$DEV/logs" "$DEV/pki"
 
 say "starting the hub and spoke apiservers"
 for s in "${SPOKES[@]}"; do
-  ns=$(ns_of "$s"); [ -n "$ns" ] && bash "$ROOT/deploy/dev/netns.sh" create "$ns" "$(index_of "$s")"
+  ns=$(ns_of "$s")
+  if [ -n "$ns" ]; then bash "$ROOT/deploy/dev/netns.sh" create "$ns" "$(index_of "$s")"; fi
 done
 bash "$ROOT/deploy/dev/cluster.sh" start hub "$DEV/hub" >/dev/null &
 for s in "${SPOKES[@]}"; do in_ns "$s" bash "$ROOT/deploy/dev/cluster.sh" start "$s" "$DEV/$s" >/dev/null & done
@@ -102,7 +104,8 @@ wait_file "$DEV/server.ready" tunnel-server "$DEV/logs/tunnel-server.log"
 
 say "starting a tunnel-client in each spoke"
 for s in "${SPOKES[@]}"; do
-  daemon "tunnel-client-$s" $( [ $ROOTFUL = 1 ] && echo "ip netns exec $(ns_of "$s")" ) "$BIN/tunnel-client" \
+  prefix=(); ns=$(ns_of "$s"); if [ -n "$ns" ]; then prefix=(ip netns exec "$ns"); fi
+  daemon "tunnel-client-$s" "${prefix[@]}" "$BIN/tunnel-client" \
     --hub "$(hub_ip_for "$s"):$QUIC_PORT" --hub-ca "$DEV/pki/ca.crt" \
     --cert "$DEV/pki/$s/tls.crt" --key "$DEV/pki/$s/tls.key" --kubeconfig "$DEV/$s/tether-client.kubeconfig" \
     --ops-addr 127.0.0.1:0 --ready-file "$DEV/client-$s.ready"

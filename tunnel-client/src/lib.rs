@@ -15,6 +15,7 @@ use tether_runtime::ops::{self, Readiness};
 use tether_runtime::tls;
 use tether_runtime::transport::TransportSettings;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 pub use config::Config;
 pub use error::{Error, Result};
@@ -67,22 +68,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
             }
         };
         let span = tracing::info_span!("tunnel", hub = %config.hub);
-        let _entered = span.enter();
         let mut established = false;
         let ready_file = config.ready_file.clone();
-        let ended =
-            tunnel::serve(connection, &instance, config.heartbeat_interval, upstream.clone(), &shutdown, |up| {
-                established = true;
-                readiness.set(true);
-                if let Some(path) = &ready_file {
-                    let json = serde_json::json!({ "cluster": up.cluster, "ops": ops_addr.to_string() });
-                    if let Err(e) = std::fs::write(path, json.to_string()) {
-                        tracing::warn!(path = %path.display(), error = %e, "cannot write the ready file");
-                    }
+        let ended = tunnel::serve(connection, &instance, config.heartbeat_interval, upstream.clone(), &shutdown, |up| {
+            established = true;
+            readiness.set(true);
+            if let Some(path) = &ready_file {
+                let json = serde_json::json!({ "cluster": up.cluster, "ops": ops_addr.to_string() });
+                if let Err(e) = std::fs::write(path, json.to_string()) {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot write the ready file");
                 }
-            })
-            .await;
-        drop(_entered);
+            }
+        })
+        .instrument(span)
+        .await;
         readiness.set(false);
         if established {
             backoff.reset();
