@@ -4,6 +4,7 @@
 
 mod error;
 pub mod io;
+pub mod listener;
 pub mod ops;
 pub mod shutdown;
 pub mod telemetry;

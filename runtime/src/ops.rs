@@ -10,7 +10,6 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 /// Whether the component can do its job (the client: tunnel up; the server: listeners bound).
@@ -34,27 +33,10 @@ pub async fn serve(
     readiness: Readiness,
     shutdown: CancellationToken,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "ops endpoint accept failed");
-                    continue;
-                }
-            },
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
+    crate::listener::serve_tls("ops", listener, tls, shutdown, move |tls, _peer| {
         let metrics = metrics.clone();
         let readiness = readiness.clone();
-        tokio::spawn(async move {
-            let tls = match acceptor.accept(tcp).await {
-                Ok(tls) => tls,
-                Err(e) => return tracing::debug!(%peer, error = %e, "ops TLS handshake failed"),
-            };
+        async move {
             let service = hyper::service::service_fn(move |req| {
                 let response = answer(&req, &metrics, &readiness);
                 async move { Ok::<_, Infallible>(response) }
@@ -62,8 +44,9 @@ pub async fn serve(
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(tls), service)
                 .await;
-        });
-    }
+        }
+    })
+    .await
 }
 
 fn answer(req: &Request<Incoming>, metrics: &PrometheusHandle, readiness: &Readiness) -> Response<Full<Bytes>> {

@@ -70,18 +70,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         let span = tracing::info_span!("tunnel", hub = %config.hub);
         let mut established = false;
         let ready_file = config.ready_file.clone();
-        let ended = tunnel::serve(connection, &instance, config.heartbeat_interval, upstream.clone(), &shutdown, |up| {
-            established = true;
-            readiness.set(true);
-            if let Some(path) = &ready_file {
-                let json = serde_json::json!({ "cluster": up.cluster, "ops": ops_addr.to_string() });
-                if let Err(e) = std::fs::write(path, json.to_string()) {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot write the ready file");
+        let ended =
+            tunnel::serve(connection, &instance, config.heartbeat_interval, upstream.clone(), &shutdown, |up| {
+                established = true;
+                readiness.set(true);
+                if let Some(path) = &ready_file {
+                    let json = serde_json::json!({ "cluster": up.cluster, "ops": ops_addr.to_string() });
+                    if let Err(e) = std::fs::write(path, json.to_string()) {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot write the ready file");
+                    }
                 }
-            }
-        })
-        .instrument(span)
-        .await;
+            })
+            .instrument(span)
+            .await;
         readiness.set(false);
         if established {
             backoff.reset();

@@ -17,7 +17,6 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use metrics::{counter, histogram};
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 pub use auth::{Attributes, HubAuth, KubeReviews, Reviews};
@@ -51,26 +50,9 @@ impl Proxy {
         tls: Arc<rustls::ServerConfig>,
         shutdown: CancellationToken,
     ) {
-        let acceptor = TlsAcceptor::from(tls);
-        loop {
-            let (tcp, peer) = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "proxy accept failed");
-                        continue;
-                    }
-                },
-            };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
+        tether_runtime::listener::serve_tls("proxy", listener, tls, shutdown, move |tls, _peer| {
             let proxy = self.clone();
-            tokio::spawn(async move {
-                let tls = match acceptor.accept(tcp).await {
-                    Ok(tls) => tls,
-                    Err(e) => return tracing::debug!(%peer, error = %e, "proxy TLS handshake failed"),
-                };
+            async move {
                 // The client certificate, if any, was verified against the hub's client CA in the handshake.
                 let cert_user = tls
                     .get_ref()
@@ -87,8 +69,9 @@ impl Proxy {
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection_with_upgrades(TokioIo::new(tls), service)
                     .await;
-            });
-        }
+            }
+        })
+        .await
     }
 
     pub async fn handle(&self, request: Request<Incoming>, cert_user: Option<Arc<UserInfo>>) -> Response<ProxyBody> {
