@@ -1,0 +1,5 @@
+//! Prints the CRDs as YAML: `cargo run -p controller --bin crdgen > deploy/crds/managedclusters.tether.io.yaml`
+fn main() -> anyhow::Result<()> {
+    print!("{}", controller::crdgen()?);
+    Ok(())
+}

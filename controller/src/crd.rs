@@ -1,0 +1,117 @@
+//! `ManagedCluster` (cluster-scoped, `tether.io/v1alpha1`): one per spoke the hub manages. The CRD YAML in
+//! `deploy/crds/` is generated from these types by `crdgen`; CI fails when the two differ.
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "tether.io",
+    version = "v1alpha1",
+    kind = "ManagedCluster",
+    plural = "managedclusters",
+    singular = "managedcluster",
+    shortname = "mc",
+    status = "ManagedClusterStatus",
+    printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"HubAccepted\")].status"}"#,
+    printcolumn = r#"{"name":"Joined","type":"string","jsonPath":".status.conditions[?(@.type==\"Joined\")].status"}"#,
+    printcolumn = r#"{"name":"Available","type":"string","jsonPath":".status.conditions[?(@.type==\"Available\")].status"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedClusterSpec {
+    /// Whether the hub accepts this cluster's client: no certificate is signed for it while false.
+    #[serde(default)]
+    pub hub_accepts_client: bool,
+    /// How the spoke is registered: `Manual` (a person applies the join manifest on the spoke) or `Auto`
+    /// (the hub applies it with the kubeconfig in `autoKubeconfigSecret`).
+    #[serde(default)]
+    pub mode: RegistrationMode,
+    /// For `Auto`: the Secret holding a kubeconfig for the spoke.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_kubeconfig_secret: Option<SecretKeyRef>,
+    /// Condition types, set by other actors, that must be True (with `Available`) for `Ready`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub readiness_gates: Vec<String>,
+    /// Labels placement decisions select on (pushed resources choose clusters by these).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub placement_labels: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RegistrationMode {
+    #[default]
+    Manual,
+    Auto,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    pub namespace: String,
+    pub name: String,
+    /// Key of the kubeconfig in the Secret's data.
+    #[serde(default = "default_kubeconfig_key")]
+    pub key: String,
+}
+
+fn default_kubeconfig_key() -> String {
+    "kubeconfig".to_string()
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedClusterStatus {
+    /// `HubAccepted`, `Joined`, `Available`, `Ready`, and any readiness-gate conditions set by others.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The spoke apiserver's version, reported by the client at registration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apiserver_version: Option<String>,
+    /// The spoke apiserver's CA bundle (PEM), reported by the client at registration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_version: Option<String>,
+    /// When a tunnel-server last renewed this cluster's liveness.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<Time>,
+    /// tunnel-server replicas holding a tunnel of this cluster.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tunnel_servers: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::CustomResourceExt;
+
+    use super::*;
+
+    #[test]
+    fn crd_is_cluster_scoped_with_status_and_columns() {
+        let crd = ManagedCluster::crd();
+        assert_eq!(crd.spec.scope, "Cluster");
+        assert_eq!(crd.spec.group, "tether.io");
+        let version = &crd.spec.versions[0];
+        assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
+        let columns: Vec<_> =
+            version.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
+        assert_eq!(columns, ["Accepted", "Joined", "Available", "Ready", "Age"]);
+    }
+
+    #[test]
+    fn spec_defaults_are_manual_and_not_accepted() {
+        let spec: ManagedClusterSpec = serde_json::from_str("{}").unwrap();
+        assert_eq!(spec.mode, RegistrationMode::Manual);
+        assert!(!spec.hub_accepts_client);
+        let auto: ManagedClusterSpec = serde_json::from_value(serde_json::json!({
+            "mode": "Auto", "autoKubeconfigSecret": {"namespace": "n", "name": "s"}
+        }))
+        .unwrap();
+        assert_eq!(auto.auto_kubeconfig_secret.unwrap().key, "kubeconfig");
+    }
+}
