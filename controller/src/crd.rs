@@ -98,8 +98,7 @@ mod tests {
         assert_eq!(crd.spec.group, "tether.io");
         let version = &crd.spec.versions[0];
         assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
-        let columns: Vec<_> =
-            version.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
+        let columns: Vec<_> = version.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
         assert_eq!(columns, ["Accepted", "Joined", "Available", "Ready", "Age"]);
     }
 

@@ -1,0 +1,144 @@
+//! What a ManagedCluster's conditions should say, as pure functions of its spec, the Leases the
+//! tunnel-servers renew for it, the conditions others set, and `now`.
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+use crate::crd::ManagedCluster;
+
+pub const HUB_ACCEPTED: &str = "HubAccepted";
+pub const JOINED: &str = "Joined";
+pub const AVAILABLE: &str = "Available";
+pub const READY: &str = "Ready";
+/// The conditions this controller owns; every other type belongs to someone else and is kept as it is.
+pub const OWNED: [&str; 4] = [HUB_ACCEPTED, JOINED, AVAILABLE, READY];
+
+/// Lease annotations written by tunnel-server (see tunnel-server/src/leases.rs).
+pub const STATE_ANNOTATION: &str = "tether.io/state";
+pub const STATE_GOING_AWAY: &str = "going-away";
+pub const CLUSTER_LABEL: &str = "tether.io/cluster";
+
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    /// How often tunnel-servers renew.
+    pub renew_interval: Duration,
+    /// Renewals that may be missed before `Available` turns Unknown.
+    pub missed_renewals: u32,
+}
+
+/// What the Leases of one cluster say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseView {
+    /// Replicas whose Lease is fresh and not going away.
+    pub holders: Vec<String>,
+    pub last_seen: Option<Timestamp>,
+    /// At least one Lease exists: the cluster has connected at some point.
+    pub ever_connected: bool,
+    /// Every replica that last held it says the client went away.
+    pub going_away: bool,
+}
+
+pub fn view_leases(leases: &[Lease], liveness: Liveness, now: Timestamp) -> LeaseView {
+    let window = liveness.renew_interval * liveness.missed_renewals.max(1);
+    let mut view =
+        LeaseView { holders: Vec::new(), last_seen: None, ever_connected: !leases.is_empty(), going_away: false };
+    let mut fresh_going_away = 0;
+    for lease in leases {
+        let Some(spec) = &lease.spec else { continue };
+        let renewed = spec.renew_time.as_ref().map(|t| t.0);
+        if let Some(r) = renewed {
+            view.last_seen = Some(view.last_seen.map_or(r, |l: Timestamp| l.max(r)));
+        }
+        let fresh = renewed.is_some_and(|r| now.duration_since(r).unsigned_abs() <= window || r > now);
+        let leaving = lease
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(STATE_ANNOTATION))
+            .is_some_and(|s| s == STATE_GOING_AWAY);
+        match (fresh, leaving) {
+            (true, false) => view.holders.push(spec.holder_identity.clone().unwrap_or_default()),
+            (_, true) => fresh_going_away += 1,
+            (false, false) => {}
+        }
+    }
+    view.holders.sort();
+    view.going_away = view.holders.is_empty() && fresh_going_away > 0;
+    view
+}
+
+/// The desired conditions: this controller's four, recomputed, and everyone else's, untouched.
+/// `lastTransitionTime` moves only when a condition's status changes.
+pub fn desired(cluster: &ManagedCluster, leases: &LeaseView, now: Timestamp) -> Vec<Condition> {
+    let generation = cluster.metadata.generation;
+    let current = cluster.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let make = |type_: &str, status: &str, reason: &str, message: String| {
+        let since = current
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or(Time(now));
+        Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message,
+            observed_generation: generation,
+            last_transition_time: since,
+        }
+    };
+
+    let accepted = if cluster.spec.hub_accepts_client {
+        make(HUB_ACCEPTED, "True", "HubClusterAdminAccepted", "the hub accepts this cluster's client".into())
+    } else {
+        make(HUB_ACCEPTED, "False", "NotAccepted", "spec.hubAcceptsClient is false: no certificate is signed".into())
+    };
+    let joined = if leases.ever_connected {
+        make(JOINED, "True", "TunnelEstablished", "the cluster's client has connected to the hub".into())
+    } else {
+        make(JOINED, "False", "AwaitingClient", "no client of this cluster has connected yet".into())
+    };
+    let available = if !leases.holders.is_empty() {
+        make(AVAILABLE, "True", "TunnelUp", format!("tunnel held by {}", leases.holders.join(", ")))
+    } else if leases.going_away {
+        make(AVAILABLE, "False", "ClientGoingAway", "the cluster's client said it is going away".into())
+    } else if leases.ever_connected {
+        make(AVAILABLE, "Unknown", "LeaseNotRenewed", "no tunnel-server has renewed the cluster's lease in time".into())
+    } else {
+        make(AVAILABLE, "Unknown", "NeverConnected", "the cluster has not connected yet".into())
+    };
+
+    let others: Vec<&Condition> = current.iter().filter(|c| !OWNED.contains(&c.type_.as_str())).collect();
+    let unmet: Vec<&str> = cluster
+        .spec
+        .readiness_gates
+        .iter()
+        .filter(|gate| !others.iter().any(|c| &c.type_ == *gate && c.status == "True"))
+        .map(String::as_str)
+        .collect();
+    let ready = match (available.status.as_str(), unmet.is_empty()) {
+        ("True", true) => make(READY, "True", "Ready", "available and every readiness gate is True".into()),
+        ("True", false) => make(READY, "False", "ReadinessGatesPending", format!("waiting for {}", unmet.join(", "))),
+        _ => make(READY, "False", "NotAvailable", "the cluster is not available".into()),
+    };
+
+    let mut conditions = vec![accepted, joined, available, ready];
+    conditions.extend(others.into_iter().cloned());
+    conditions
+}
+
+/// Changes worth an Event: (type, old status, new status) for every owned condition whose status moved.
+pub fn transitions(old: &[Condition], new: &[Condition]) -> Vec<(String, String, String)> {
+    new.iter()
+        .filter(|c| OWNED.contains(&c.type_.as_str()))
+        .filter_map(|c| {
+            let before = old.iter().find(|o| o.type_ == c.type_).map(|o| o.status.clone()).unwrap_or_default();
+            (before != c.status).then(|| (c.type_.clone(), before, c.status.clone()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,12 @@
+//! Every metric the controller emits, named in one place.
+
+pub const RECONCILES: &str = "tether_controller_reconciles_total";
+pub const RECONCILE_ERRORS: &str = "tether_controller_reconcile_errors_total";
+pub const RECONCILE_DURATION: &str = "tether_controller_reconcile_duration_seconds";
+
+pub fn describe() {
+    use metrics::{describe_counter, describe_histogram, Unit};
+    describe_counter!(RECONCILES, "ManagedCluster reconciles, by outcome");
+    describe_counter!(RECONCILE_ERRORS, "ManagedCluster reconciles that failed, by kind of error");
+    describe_histogram!(RECONCILE_DURATION, Unit::Seconds, "Duration of ManagedCluster reconciles");
+}

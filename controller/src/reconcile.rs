@@ -1,0 +1,122 @@
+//! The ManagedCluster reconciler: conditions and liveness status from the tunnel-servers' Leases, Events
+//! on every condition change, backoff on errors.
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::Store;
+use kube::{Api, Resource, ResourceExt};
+use metrics::{counter, histogram};
+
+use crate::conditions::{self, Liveness, CLUSTER_LABEL};
+use crate::crd::ManagedCluster;
+use crate::metrics as m;
+use crate::Error;
+
+pub struct Context {
+    pub client: kube::Client,
+    pub leases: Store<Lease>,
+    pub liveness: Liveness,
+    pub recorder: Recorder,
+    /// Consecutive failures per cluster, for backoff.
+    pub failures: Mutex<HashMap<String, u32>>,
+}
+
+pub async fn reconcile(cluster: Arc<ManagedCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let name = cluster.name_any();
+    let leases: Vec<Lease> = ctx
+        .leases
+        .state()
+        .iter()
+        .filter(|l| l.labels().get(CLUSTER_LABEL) == Some(&name))
+        .map(|l| l.as_ref().clone())
+        .collect();
+    let now = Timestamp::now();
+    let view = conditions::view_leases(&leases, ctx.liveness, now);
+    let desired = conditions::desired(&cluster, &view, now);
+    let current = cluster.status.clone().unwrap_or_default();
+    let last_seen = view.last_seen.map(Time);
+
+    if current.conditions != desired || current.tunnel_servers != view.holders || current.last_seen != last_seen {
+        // Merge patch guarded by resourceVersion: conditions set concurrently by another actor (a readiness
+        // gate) make this a conflict and a retry, never a lost write.
+        let patch = serde_json::json!({
+            "metadata": { "resourceVersion": cluster.resource_version() },
+            "status": {
+                "conditions": desired,
+                "tunnelServers": view.holders,
+                "lastSeen": last_seen,
+            }
+        });
+        Api::<ManagedCluster>::all(ctx.client.clone())
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        for (type_, before, after) in conditions::transitions(&current.conditions, &desired) {
+            let reason = desired.iter().find(|c| c.type_ == type_).map(|c| c.reason.clone()).unwrap_or_default();
+            let event = Event {
+                type_: if after == "True" || type_ == conditions::HUB_ACCEPTED {
+                    EventType::Normal
+                } else {
+                    EventType::Warning
+                },
+                reason,
+                note: Some(format!("{type_}: {} -> {after}", if before.is_empty() { "none" } else { &before })),
+                action: "UpdateStatus".into(),
+                secondary: None,
+            };
+            if let Err(e) = ctx.recorder.publish(&event, &cluster.object_ref(&())).await {
+                tracing::warn!(cluster = %name, error = %e, "cannot publish an event");
+            }
+            tracing::info!(cluster = %name, condition = %type_, %before, %after, "condition changed");
+        }
+    }
+    ctx.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
+    counter!(m::RECONCILES, "outcome" => "ok").increment(1);
+    histogram!(m::RECONCILE_DURATION).record(started.elapsed().as_secs_f64());
+    // Missed renewals produce no event: look again after one renewal interval.
+    Ok(Action::requeue(ctx.liveness.renew_interval))
+}
+
+/// Exponential backoff per cluster: 0.5 s doubling to 60 s.
+pub fn error_policy(cluster: Arc<ManagedCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+    let kind = match error {
+        Error::Kube(kube::Error::Api(e)) if e.code == 409 => "conflict",
+        Error::Kube(_) => "api",
+        _ => "other",
+    };
+    counter!(m::RECONCILES, "outcome" => "error").increment(1);
+    counter!(m::RECONCILE_ERRORS, "kind" => kind).increment(1);
+    let mut failures = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
+    let count = failures.entry(cluster.name_any()).or_insert(0);
+    *count = count.saturating_add(1);
+    let delay = backoff(*count);
+    if kind != "conflict" {
+        tracing::warn!(cluster = %cluster.name_any(), %error, retry_in_ms = delay.as_millis() as u64, "reconcile failed");
+    }
+    Action::requeue(delay)
+}
+
+pub fn backoff(failures: u32) -> Duration {
+    let exponent = failures.saturating_sub(1).min(7);
+    (Duration::from_millis(500) * 2u32.pow(exponent)).min(Duration::from_secs(60))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff(1), Duration::from_millis(500));
+        assert_eq!(backoff(2), Duration::from_secs(1));
+        assert_eq!(backoff(8), Duration::from_secs(60));
+        assert_eq!(backoff(u32::MAX), Duration::from_secs(60));
+    }
+}
