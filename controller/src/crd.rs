@@ -1,5 +1,5 @@
 //! `ManagedCluster` (cluster-scoped, `tether.io/v1alpha1`): one per spoke the hub manages. The CRD YAML in
-//! `deploy/crds/` is generated from these types by `crdgen`; CI fails when the two differ.
+//! `deploy/hub/crds/` is generated from these types by `crdgen`; CI fails when the two differ.
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};

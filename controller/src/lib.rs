@@ -25,7 +25,7 @@ pub use error::{Error, Result};
 use crate::conditions::{Liveness, CLUSTER_LABEL};
 use crate::reconcile::Context;
 
-/// The CRD YAML `deploy/crds/` must equal, with a header saying where it comes from.
+/// The CRD YAML `deploy/hub/crds/` must equal, with a header saying where it comes from.
 pub fn crdgen() -> Result<String, serde_yaml::Error> {
     use kube::CustomResourceExt;
     let yaml = serde_yaml::to_string(&ManagedCluster::crd())?;

@@ -58,6 +58,10 @@ pub async fn reconcile(cluster: Arc<ManagedCluster>, ctx: Arc<Context>) -> Resul
         Api::<ManagedCluster>::all(ctx.client.clone())
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
+        // Events of a cluster-scoped object live in `default`; a 1.20 apiserver insists that the reference
+        // names the Event's namespace.
+        let mut reference = cluster.object_ref(&());
+        reference.namespace = Some("default".into());
         for (type_, before, after) in conditions::transitions(&current.conditions, &desired) {
             let reason = desired.iter().find(|c| c.type_ == type_).map(|c| c.reason.clone()).unwrap_or_default();
             let event = Event {
@@ -71,7 +75,7 @@ pub async fn reconcile(cluster: Arc<ManagedCluster>, ctx: Arc<Context>) -> Resul
                 action: "UpdateStatus".into(),
                 secondary: None,
             };
-            if let Err(e) = ctx.recorder.publish(&event, &cluster.object_ref(&())).await {
+            if let Err(e) = ctx.recorder.publish(&event, &reference).await {
                 tracing::warn!(cluster = %name, error = %e, "cannot publish an event");
             }
             tracing::info!(cluster = %name, condition = %type_, %before, %after, "condition changed");

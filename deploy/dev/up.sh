@@ -77,7 +77,7 @@ wait
 HUB_KUBECONFIG=$DEV/hub/kubeconfig
 
 say "registering the spokes on the hub"
-"$KUBECTL" --kubeconfig "$HUB_KUBECONFIG" apply -f "$ROOT/deploy/crds/managedclusters.tether.io.yaml" >/dev/null
+"$KUBECTL" --kubeconfig "$HUB_KUBECONFIG" apply -f "$ROOT/deploy/hub/crds/managedclusters.tether.io.yaml" >/dev/null
 "$KUBECTL" --kubeconfig "$HUB_KUBECONFIG" wait --for condition=established --timeout=60s \
   crd/managedclusters.tether.io >/dev/null
 for s in "${SPOKES[@]}"; do

@@ -108,6 +108,9 @@ pub async fn serve(
                 while let Some(bytes) = session.poll_transmit() {
                     let _ = send.write_all(&bytes).await;
                 }
+                // write_all only queued the GoAway: closing now would discard it. The hub closes the connection
+                // once it has read it; wait for that, briefly.
+                let _ = tokio::time::timeout(Duration::from_secs(1), connection.closed()).await;
                 break Ended::Shutdown;
             }
         }

@@ -213,8 +213,11 @@ fn spawn_hub(dir: &Path, shutdown: CancellationToken) -> Result<HubAddrs> {
     let tunnel_server::Command::Serve(config) = config.command else { unreachable!("serve was parsed") };
     std::thread::Builder::new().name("hub".into()).spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        let hub =
-            tunnel_server::Hub { reviews: Arc::new(Allow), clusters: KnownClusters::fixed(["bench".to_string()]) };
+        let hub = tunnel_server::Hub {
+            reviews: Arc::new(Allow),
+            clusters: KnownClusters::fixed(["bench".to_string()]),
+            leases: None,
+        };
         if let Err(e) = rt.block_on(tunnel_server::serve(config, hub, shutdown)) {
             eprintln!("hub: {e}");
         }

@@ -12,6 +12,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at start-up: the size of the larger variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the hub: QUIC endpoint for spokes, HTTPS proxy for API clients, ops endpoint.
@@ -68,4 +70,17 @@ pub struct ServeConfig {
     /// Write the bound addresses as JSON here once listening (for scripts and tests binding port 0).
     #[arg(long, env = "TETHER_READY_FILE")]
     pub ready_file: Option<PathBuf>,
+    /// This replica's name in the Leases it writes (holder identity, label, Lease name); the hostname when
+    /// absent. Made a DNS label: lowercase, [a-z0-9-], at most 63 characters.
+    #[arg(long, env = "TETHER_REPLICA_ID")]
+    pub replica_id: Option<String>,
+    /// Namespace on the hub of the per-cluster Leases this replica renews while it holds a tunnel; it must exist.
+    #[arg(long, env = "TETHER_LEASE_NAMESPACE", default_value = "tether-system")]
+    pub lease_namespace: String,
+    /// spec.leaseDurationSeconds of those Leases (whole seconds, rounded up).
+    #[arg(long, env = "TETHER_LEASE_DURATION", default_value = "40s", value_parser = humantime::parse_duration)]
+    pub lease_duration: Duration,
+    /// How often each Lease is renewed while its cluster has a tunnel here.
+    #[arg(long, env = "TETHER_LEASE_RENEW_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub lease_renew_interval: Duration,
 }

@@ -4,6 +4,7 @@ pub mod clusters;
 pub mod config;
 mod error;
 pub mod kubeconfig;
+pub mod leases;
 pub mod metrics;
 pub mod proxy;
 pub mod registry;
@@ -24,6 +25,7 @@ pub use config::{Cli, Command, ServeConfig};
 pub use error::{Error, Result};
 
 use crate::clusters::KnownClusters;
+use crate::leases::LeaseSettings;
 use crate::proxy::{ForwardSettings, HubAuth, KubeReviews, Proxy, Reviews};
 use crate::registry::Registry;
 use crate::tunnels::TunnelSettings;
@@ -35,16 +37,18 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<()>
     let client = hub_client(&config).await?;
     let clusters = KnownClusters::default();
     let watch = tokio::spawn(clusters.clone().watch(client.clone(), shutdown.clone()));
-    let hub = Hub { reviews: Arc::new(KubeReviews(client)), clusters };
+    let hub = Hub { reviews: Arc::new(KubeReviews(client.clone())), clusters, leases: Some(client) };
     let result = serve(config, hub, shutdown).await;
     watch.abort();
     result
 }
 
-/// What the hub apiserver provides to the data path: identity and access answers, the known clusters.
+/// What the hub apiserver provides to the data path: identity and access answers, the known clusters; and
+/// where this replica's Leases are written (none in benchmarks: no liveness is published then).
 pub struct Hub {
     pub reviews: Arc<dyn Reviews>,
     pub clusters: KnownClusters,
+    pub leases: Option<kube::Client>,
 }
 
 /// The hub's listeners and tunnels, given the hub's answers (from the apiserver in `run`, scripted in
@@ -83,6 +87,12 @@ pub async fn serve(config: ServeConfig, hub: Hub, shutdown: CancellationToken) -
     tasks.spawn(proxy.serve(proxy_listener, proxy_tls, stop_accepting.clone()));
     let ops_tls = tls::server_config_from_files(&config.tls_cert, &config.tls_key)?;
     tasks.spawn(ops::serve(ops_listener, ops_tls, prometheus, readiness.clone(), hard_stop.clone()));
+    if let Some(client) = hub.leases {
+        let settings = lease_settings(&config);
+        tracing::info!(namespace = %settings.namespace, replica = %settings.replica, "renewing Leases");
+        // Stops at `shutdown` without marking anything going-away: spokes move to another replica.
+        tasks.spawn(leases::run(client, registry.clone(), settings, shutdown.clone()));
+    }
 
     wait_for_sync(&clusters, &shutdown).await;
     readiness.set(true);
@@ -105,6 +115,22 @@ pub async fn serve(config: ServeConfig, hub: Hub, shutdown: CancellationToken) -
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     tasks.abort_all();
     Ok(())
+}
+
+fn lease_settings(config: &ServeConfig) -> LeaseSettings {
+    if config.lease_renew_interval >= config.lease_duration {
+        tracing::warn!(
+            renew_interval = ?config.lease_renew_interval,
+            duration = ?config.lease_duration,
+            "--lease-renew-interval is not shorter than --lease-duration: Leases will look expired between renewals"
+        );
+    }
+    LeaseSettings {
+        namespace: config.lease_namespace.clone(),
+        replica: leases::replica_id(config.replica_id.as_deref()),
+        duration: config.lease_duration,
+        renew_interval: config.lease_renew_interval,
+    }
 }
 
 async fn wait_for_sync(clusters: &KnownClusters, shutdown: &CancellationToken) {

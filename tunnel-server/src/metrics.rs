@@ -8,6 +8,7 @@ pub const REQUESTS: &str = "tether_server_requests_total";
 pub const REQUEST_DURATION: &str = "tether_server_request_duration_seconds";
 pub const TUNNEL_BYTES: &str = "tether_server_tunnel_bytes_total";
 pub const AUTH_LOOKUPS: &str = "tether_server_auth_lookups_total";
+pub const LEASE_RENEWALS: &str = "tether_server_lease_renewals_total";
 
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
@@ -26,4 +27,5 @@ pub fn describe() {
         AUTH_LOOKUPS,
         "TokenReview/SubjectAccessReview look-ups against the hub, by kind and cache outcome"
     );
+    describe_counter!(LEASE_RENEWALS, "Writes of this replica's per-cluster Leases to the hub, by outcome (ok/error)");
 }

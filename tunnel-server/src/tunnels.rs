@@ -95,6 +95,7 @@ async fn serve_tunnel(
     let mut stats = ByteCounter::new(m::TUNNEL_BYTES);
     let mut buf = vec![0u8; 16 * 1024];
     let mut going_away = false;
+    let mut spoke_went_away = false;
 
     let outcome: &str = loop {
         while let Some(bytes) = session.poll_transmit() {
@@ -120,6 +121,7 @@ async fn serve_tunnel(
                 }
                 Event::GoAway { reason } => {
                     info!(%reason, "spoke is going away");
+                    spoke_went_away = true;
                     stop = Some("spoke went away");
                 }
                 Event::Dead => stop = Some("heartbeat lost"),
@@ -138,6 +140,9 @@ async fn serve_tunnel(
             wake = wake.min(hello_deadline);
         }
         tokio::select! {
+            // Reads first: a spoke that says GoAway and closes at once has its GoAway read (it stays readable
+            // after the close) before the close is seen, so its Lease says going-away rather than going stale.
+            biased;
             read = recv.read(&mut buf) => match read {
                 Ok(Some(n)) => {
                     if let Err(e) = session.handle_input(Instant::now(), &buf[..n]) {
@@ -168,7 +173,7 @@ async fn serve_tunnel(
 
     stats.sample(&connection);
     if let Some(tunnel) = registered {
-        let left = registry.remove(&cluster, tunnel.id);
+        let left = registry.remove(&cluster, tunnel.id, spoke_went_away);
         gauge!(m::TUNNELS, "cluster" => cluster.clone()).set(left as f64);
         info!(%outcome, replicas_left = left, "tunnel down");
     }

@@ -1,4 +1,4 @@
-//! Prints the CRDs as YAML: `cargo run -p controller --bin crdgen > deploy/crds/managedclusters.tether.io.yaml`
+//! Prints the CRDs as YAML: `cargo run -p controller --bin crdgen > deploy/hub/crds/managedclusters.tether.io.yaml`
 fn main() -> anyhow::Result<()> {
     print!("{}", controller::crdgen()?);
     Ok(())

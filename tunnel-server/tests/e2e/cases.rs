@@ -1,6 +1,9 @@
 //! The cases, grouped by what they exercise.
 mod auth;
+mod controller;
+mod deploy;
 mod kubectl;
+mod leases;
 mod ops;
 mod tunnel;
 mod upgrade;
@@ -13,6 +16,9 @@ pub fn all() -> Vec<(&'static str, Case)> {
     all.extend(auth::cases());
     all.extend(upgrade::cases());
     all.extend(ops::cases());
+    all.extend(leases::cases());
+    all.extend(controller::cases());
+    all.extend(deploy::cases());
     // Restarts last: every other case has run against the first processes.
     all.extend(tunnel::cases());
     all

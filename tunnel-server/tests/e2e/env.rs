@@ -16,6 +16,8 @@ use crate::http::HubClient;
 use crate::procs::{wait_for, Proc};
 
 pub const SPOKES: [&str; 2] = ["spoke-a", "spoke-b"];
+/// The tunnel-server's `--replica-id`: its Leases are `tether-<cluster>-e2e-hub` in `tether-system`.
+pub const HUB_REPLICA: &str = "e2e-hub";
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
@@ -36,6 +38,10 @@ pub fn server_bin() -> PathBuf {
 
 pub fn client_bin() -> PathBuf {
     server_bin().with_file_name("tunnel-client")
+}
+
+pub fn controller_bin() -> PathBuf {
+    server_bin().with_file_name("controller")
 }
 
 /// A command run inside `netns` when given (spokes), in the test's own namespace otherwise.
@@ -153,6 +159,7 @@ pub struct Env {
     pub http: HubClient,
     pub addrs: ServerAddrs,
     server: Mutex<Option<Proc>>,
+    controller: Mutex<Option<Proc>>,
     server_ops: Mutex<Option<SocketAddr>>,
     clients: Mutex<HashMap<String, Proc>>,
     pub firewalled: bool,
@@ -160,7 +167,7 @@ pub struct Env {
 
 impl Env {
     pub fn start() -> Result<Self> {
-        for bin in [server_bin(), client_bin(), kubectl_bin()] {
+        for bin in [server_bin(), client_bin(), controller_bin(), kubectl_bin()] {
             if !bin.exists() {
                 bail!(
                     "{} is missing: run `cargo build --workspace --bins` and deploy/dev/build-kube.sh first",
@@ -263,6 +270,7 @@ impl Env {
             alice_token,
             addrs: ServerAddrs { quic_port: 0, proxy: "127.0.0.1:0".parse()? },
             server: Mutex::new(None),
+            controller: Mutex::new(None),
             server_ops: Mutex::new(None),
             clients: Mutex::new(HashMap::new()),
             firewalled,
@@ -273,6 +281,7 @@ impl Env {
             env.start_client(name)?;
         }
         env.write_kubeconfigs()?;
+        env.start_controller()?;
         std::mem::forget(guard); // Env's own Drop deletes the namespaces from here on.
         Ok(env)
     }
@@ -299,6 +308,7 @@ impl Env {
             .arg("--hub-kubeconfig")
             .arg(self.hub.kubeconfig())
             .args(["--auth-cache-ttl", "1s", "--heartbeat-interval", "1s", "--drain-grace", "2s"])
+            .args(["--replica-id", HUB_REPLICA, "--lease-renew-interval", "1s", "--lease-duration", "5s"])
             // A small stream window makes the slow-reader case fill it quickly.
             .args(["--stream-window", "1048576"])
             .arg("--ready-file")
@@ -416,6 +426,24 @@ impl Env {
         run_ok(curl)
     }
 
+    fn start_controller(&self) -> Result<()> {
+        let mut c = Command::new(controller_bin());
+        c.arg("--hub-kubeconfig")
+            .arg(self.hub.kubeconfig())
+            .args(["--lease-renew-interval", "1s", "--missed-renewals", "3", "--ops-addr", "127.0.0.1:0"])
+            .args(["--instance", "e2e-controller"])
+            .env("TETHER_LOG", "info,controller=debug");
+        *self.controller.lock().unwrap() = Some(Proc::spawn("controller", c, &self.logs)?);
+        Ok(())
+    }
+
+    /// SIGKILL: a crash, with no go-away.
+    pub fn kill_client(&self, name: &str) {
+        if let Some(mut proc) = self.clients.lock().unwrap().remove(name) {
+            proc.kill();
+        }
+    }
+
     pub fn stop_client(&self, name: &str) {
         if let Some(mut proc) = self.clients.lock().unwrap().remove(name) {
             proc.stop();
@@ -472,6 +500,7 @@ impl Env {
 impl Drop for Env {
     fn drop(&mut self) {
         self.clients.lock().unwrap().clear();
+        self.controller.lock().unwrap().take();
         self.server.lock().unwrap().take();
         // Clusters stop as their fields drop; the namespaces go after them.
         let names: Vec<String> = self.spokes.iter().filter_map(|s| s.cluster.netns.clone()).collect();
@@ -491,13 +520,15 @@ impl Drop for NetnsGuard {
 }
 
 fn setup_hub(hub: &Cluster) -> Result<()> {
-    let crd = repo_root().join("deploy/crds/managedclusters.tether.io.yaml");
+    // Where the tunnel-server writes its Leases.
+    hub.kubectl_ok(&["create", "namespace", "tether-system"])?;
+    let crd = repo_root().join("deploy/hub/crds/managedclusters.tether.io.yaml");
     hub.kubectl_ok(&["apply", "-f", crd.to_str().context("path")?])?;
     hub.kubectl_ok(&["wait", "--for", "condition=established", "--timeout=60s", "crd/managedclusters.tether.io"])?;
     let mut yaml = String::new();
     for name in ["spoke-a", "spoke-b", "echo", "ghost"] {
         yaml.push_str(&format!(
-            "---\napiVersion: tether.io/v1alpha1\nkind: ManagedCluster\nmetadata:\n  name: {name}\nspec: {{}}\n"
+            "---\napiVersion: tether.io/v1alpha1\nkind: ManagedCluster\nmetadata:\n  name: {name}\nspec: {{hubAcceptsClient: true}}\n"
         ));
     }
     // alice may use the proxy of spoke-a (any verb) and nothing else.
