@@ -1,5 +1,6 @@
 //! tether's hub controller: `ManagedCluster` registration and acceptance, liveness from the tunnel-servers'
 //! Leases, readiness gates, and cleanup.
+pub mod cleanup;
 pub mod conditions;
 pub mod config;
 pub mod crd;
@@ -65,6 +66,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     };
     let ctx = Arc::new(Context {
         client: client.clone(),
+        lease_namespace: config.lease_namespace.clone(),
         leases,
         liveness: Liveness { renew_interval: config.lease_renew_interval, missed_renewals: config.missed_renewals },
         recorder: Recorder::new(client.clone(), reporter),

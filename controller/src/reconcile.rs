@@ -14,6 +14,7 @@ use kube::runtime::reflector::Store;
 use kube::{Api, Resource, ResourceExt};
 use metrics::{counter, histogram};
 
+use crate::cleanup::{self, Step};
 use crate::conditions::{self, Liveness, CLUSTER_LABEL};
 use crate::crd::ManagedCluster;
 use crate::metrics as m;
@@ -21,6 +22,7 @@ use crate::Error;
 
 pub struct Context {
     pub client: kube::Client,
+    pub lease_namespace: String,
     pub leases: Store<Lease>,
     pub liveness: Liveness,
     pub recorder: Recorder,
@@ -31,6 +33,27 @@ pub struct Context {
 pub async fn reconcile(cluster: Arc<ManagedCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let name = cluster.name_any();
+    match cleanup::step(&cluster) {
+        Step::Nothing => {}
+        Step::AddFinalizer => {
+            cleanup::add_finalizer(&cluster, &ctx).await?;
+            return Ok(Action::await_change());
+        }
+        Step::WaitFor(others) => {
+            let note = format!("unregistration waits for the finalizers {}", others.join(", "));
+            publish(&ctx, &cluster, EventType::Normal, "WaitingForFinalizers", note).await;
+            return Ok(Action::await_change());
+        }
+        Step::CleanUp => {
+            if let Some(action) = cleanup::clean_up(&cluster, &ctx, &ctx.lease_namespace).await? {
+                return Ok(action);
+            }
+            let note = "certificates revoked, tunnels closed, leases deleted".to_string();
+            publish(&ctx, &cluster, EventType::Normal, "Unregistered", note).await;
+            return Ok(Action::await_change());
+        }
+        Step::Gone => return Ok(Action::await_change()),
+    }
     let leases: Vec<Lease> = ctx
         .leases
         .state()
@@ -58,27 +81,16 @@ pub async fn reconcile(cluster: Arc<ManagedCluster>, ctx: Arc<Context>) -> Resul
         Api::<ManagedCluster>::all(ctx.client.clone())
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
-        // Events of a cluster-scoped object live in `default`; a 1.20 apiserver insists that the reference
-        // names the Event's namespace.
-        let mut reference = cluster.object_ref(&());
-        reference.namespace = Some("default".into());
         for (type_, before, after) in conditions::transitions(&current.conditions, &desired) {
             let reason = desired.iter().find(|c| c.type_ == type_).map(|c| c.reason.clone()).unwrap_or_default();
-            let event = Event {
-                type_: if after == "True" || type_ == conditions::HUB_ACCEPTED {
-                    EventType::Normal
-                } else {
-                    EventType::Warning
-                },
-                reason,
-                note: Some(format!("{type_}: {} -> {after}", if before.is_empty() { "none" } else { &before })),
-                action: "UpdateStatus".into(),
-                secondary: None,
+            let kind = if after == "True" || type_ == conditions::HUB_ACCEPTED {
+                EventType::Normal
+            } else {
+                EventType::Warning
             };
-            if let Err(e) = ctx.recorder.publish(&event, &reference).await {
-                tracing::warn!(cluster = %name, error = %e, "cannot publish an event");
-            }
+            let before = if before.is_empty() { "none".to_string() } else { before };
             tracing::info!(cluster = %name, condition = %type_, %before, %after, "condition changed");
+            publish(&ctx, &cluster, kind, &reason, format!("{type_}: {before} -> {after}")).await;
         }
     }
     ctx.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
@@ -86,6 +98,17 @@ pub async fn reconcile(cluster: Arc<ManagedCluster>, ctx: Arc<Context>) -> Resul
     histogram!(m::RECONCILE_DURATION).record(started.elapsed().as_secs_f64());
     // Missed renewals produce no event: look again after one renewal interval.
     Ok(Action::requeue(ctx.liveness.renew_interval))
+}
+
+async fn publish(ctx: &Context, cluster: &ManagedCluster, type_: EventType, reason: &str, note: String) {
+    // Events of a cluster-scoped object live in `default`; a 1.20 apiserver insists that the reference
+    // names the Event's namespace.
+    let mut reference = cluster.object_ref(&());
+    reference.namespace = Some("default".into());
+    let event = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
+    if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+        tracing::warn!(cluster = %cluster.name_any(), error = %e, "cannot publish an event");
+    }
 }
 
 /// Exponential backoff per cluster: 0.5 s doubling to 60 s.
