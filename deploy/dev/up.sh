@@ -80,8 +80,10 @@ say "registering the spokes on the hub"
 "$KUBECTL" --kubeconfig "$HUB_KUBECONFIG" apply -f "$ROOT/deploy/hub/crds/managedclusters.tether.io.yaml" >/dev/null
 "$KUBECTL" --kubeconfig "$HUB_KUBECONFIG" wait --for condition=established --timeout=60s \
   crd/managedclusters.tether.io >/dev/null
+# Where tunnel-servers renew their Leases and the controller records revocations.
+"$KUBECTL" --kubeconfig "$HUB_KUBECONFIG" create namespace tether-system >/dev/null
 for s in "${SPOKES[@]}"; do
-  printf 'apiVersion: tether.io/v1alpha1\nkind: ManagedCluster\nmetadata:\n  name: %s\nspec: {}\n' "$s" |
+  printf 'apiVersion: tether.io/v1alpha1\nkind: ManagedCluster\nmetadata:\n  name: %s\nspec: {hubAcceptsClient: true}\n' "$s" |
     "$KUBECTL" --kubeconfig "$HUB_KUBECONFIG" apply -f - >/dev/null
 done
 
@@ -101,6 +103,9 @@ daemon tunnel-server "$BIN/tunnel-server" serve \
   --tls-cert "$DEV/pki/hub/tls.crt" --tls-key "$DEV/pki/hub/tls.key" --tunnel-ca "$DEV/pki/ca.crt" \
   --client-ca "$DEV/hub/ca.crt" --hub-kubeconfig "$HUB_KUBECONFIG" --ready-file "$DEV/server.ready"
 wait_file "$DEV/server.ready" tunnel-server "$DEV/logs/tunnel-server.log"
+
+say "starting the controller"
+daemon controller "$BIN/controller" --hub-kubeconfig "$HUB_KUBECONFIG" --ops-addr 127.0.0.1:0
 
 say "starting a tunnel-client in each spoke"
 for s in "${SPOKES[@]}"; do
@@ -125,6 +130,7 @@ tether is up. Every context below goes kubectl -> hub proxy -> QUIC tunnel -> sp
   kubectl --context spoke-a get namespaces
   kubectl --context spoke-b get pods -A
 
-(the hub itself: KUBECONFIG=$HUB_KUBECONFIG; a kubectl of the clusters' version: $KUBECTL)
+The hub itself: KUBECONFIG=$HUB_KUBECONFIG ($KUBECTL get managedclusters shows each spoke's state).
+A kubectl of the clusters' version: $KUBECTL
 Logs in $DEV/logs. Stop everything with: bash deploy/dev/up.sh down
 MSG
