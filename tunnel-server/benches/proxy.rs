@@ -24,6 +24,7 @@ use tunnel_server::clusters::KnownClusters;
 use tunnel_server::proxy::auth::Attributes;
 use tunnel_server::proxy::identity::UserInfo;
 use tunnel_server::proxy::{ProxyError, Reviews};
+use tunnel_server::revocations::Revocations;
 
 const TOKEN: &str = "bench-token";
 const BODY: &[u8] =
@@ -216,6 +217,7 @@ fn spawn_hub(dir: &Path, shutdown: CancellationToken) -> Result<HubAddrs> {
         let hub = tunnel_server::Hub {
             reviews: Arc::new(Allow),
             clusters: KnownClusters::fixed(["bench".to_string()]),
+            revocations: Revocations::fixed(Default::default()),
             leases: None,
         };
         if let Err(e) = rt.block_on(tunnel_server::serve(config, hub, shutdown)) {

@@ -8,6 +8,7 @@ pub mod leases;
 pub mod metrics;
 pub mod proxy;
 pub mod registry;
+pub mod revocations;
 pub mod tunnels;
 
 use std::net::SocketAddr;
@@ -28,6 +29,7 @@ use crate::clusters::KnownClusters;
 use crate::leases::LeaseSettings;
 use crate::proxy::{ForwardSettings, HubAuth, KubeReviews, Proxy, Reviews};
 use crate::registry::Registry;
+use crate::revocations::Revocations;
 use crate::tunnels::TunnelSettings;
 
 /// Runs the hub until `shutdown` is cancelled, then drains: spokes are told to go away and open streams get
@@ -37,17 +39,23 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<()>
     let client = hub_client(&config).await?;
     let clusters = KnownClusters::default();
     let watch = tokio::spawn(clusters.clone().watch(client.clone(), shutdown.clone()));
-    let hub = Hub { reviews: Arc::new(KubeReviews(client.clone())), clusters, leases: Some(client) };
+    let revocations = Revocations::default();
+    let revocations_watch =
+        tokio::spawn(revocations.clone().watch(client.clone(), config.lease_namespace.clone(), shutdown.clone()));
+    let hub = Hub { reviews: Arc::new(KubeReviews(client.clone())), clusters, revocations, leases: Some(client) };
     let result = serve(config, hub, shutdown).await;
     watch.abort();
+    revocations_watch.abort();
     result
 }
 
-/// What the hub apiserver provides to the data path: identity and access answers, the known clusters; and
-/// where this replica's Leases are written (none in benchmarks: no liveness is published then).
+/// What the hub apiserver provides to the data path: identity and access answers, the known clusters, the
+/// revoked spoke certificates; and where this replica's Leases are written (none in benchmarks: no liveness
+/// is published then).
 pub struct Hub {
     pub reviews: Arc<dyn Reviews>,
     pub clusters: KnownClusters,
+    pub revocations: Revocations,
     pub leases: Option<kube::Client>,
 }
 
@@ -68,6 +76,7 @@ pub async fn serve(config: ServeConfig, hub: Hub, shutdown: CancellationToken) -
 
     let registry = Arc::new(Registry::default());
     let clusters = hub.clusters;
+    let revocations = hub.revocations;
     let readiness = Readiness::default();
     let auth = HubAuth::new(hub.reviews, config.auth_cache_ttl);
     let forward = ForwardSettings { open_timeout: Duration::from_secs(10), response_timeout: config.response_timeout };
@@ -82,7 +91,7 @@ pub async fn serve(config: ServeConfig, hub: Hub, shutdown: CancellationToken) -
     let stop_accepting = shutdown.child_token();
     let hard_stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(tunnels::accept_loop(endpoint.clone(), registry.clone(), tunnel_settings, stop_accepting.clone()));
+    tasks.spawn(revocations.clone().enforce(registry.clone(), hard_stop.clone()));
     let proxy_tls = proxy_tls_config(&config)?;
     tasks.spawn(proxy.serve(proxy_listener, proxy_tls, stop_accepting.clone()));
     let ops_tls = tls::server_config_from_files(&config.tls_cert, &config.tls_key)?;
@@ -94,7 +103,15 @@ pub async fn serve(config: ServeConfig, hub: Hub, shutdown: CancellationToken) -
         tasks.spawn(leases::run(client, registry.clone(), settings, shutdown.clone()));
     }
 
-    wait_for_sync(&clusters, &shutdown).await;
+    wait_for_sync(&clusters, &revocations, &shutdown).await;
+    // Spokes only once the revocations are known (a connection that came meanwhile waits in the endpoint).
+    tasks.spawn(tunnels::accept_loop(
+        endpoint.clone(),
+        registry.clone(),
+        revocations.clone(),
+        tunnel_settings,
+        stop_accepting.clone(),
+    ));
     readiness.set(true);
     if let Some(path) = &config.ready_file {
         bound.write(path)?;
@@ -133,11 +150,16 @@ fn lease_settings(config: &ServeConfig) -> LeaseSettings {
     }
 }
 
-async fn wait_for_sync(clusters: &KnownClusters, shutdown: &CancellationToken) {
-    // Until the first list has arrived every cluster would look unknown; hold readiness back instead.
+async fn wait_for_sync(clusters: &KnownClusters, revocations: &Revocations, shutdown: &CancellationToken) {
+    // Until the first lists have arrived every cluster would look unknown and no certificate revoked; hold
+    // readiness (and spokes) back instead.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !clusters.is_synced() && !shutdown.is_cancelled() && Instant::now() < deadline {
+    let synced = || clusters.is_synced() && revocations.is_synced();
+    while !synced() && !shutdown.is_cancelled() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if !revocations.is_synced() {
+        tracing::warn!("revocations not read from the hub yet: accepting spokes; revoked ones are closed once read");
     }
 }
 

@@ -8,6 +8,7 @@ pub const REQUESTS: &str = "tether_server_requests_total";
 pub const REQUEST_DURATION: &str = "tether_server_request_duration_seconds";
 pub const TUNNEL_BYTES: &str = "tether_server_tunnel_bytes_total";
 pub const AUTH_LOOKUPS: &str = "tether_server_auth_lookups_total";
+pub const TUNNELS_REVOKED: &str = "tether_server_tunnels_revoked_total";
 pub const LEASE_RENEWALS: &str = "tether_server_lease_renewals_total";
 
 pub fn describe() {
@@ -27,5 +28,6 @@ pub fn describe() {
         AUTH_LOOKUPS,
         "TokenReview/SubjectAccessReview look-ups against the hub, by kind and cache outcome"
     );
+    describe_counter!(TUNNELS_REVOKED, "Live tunnels closed because their certificate was revoked, by cluster");
     describe_counter!(LEASE_RENEWALS, "Writes of this replica's per-cluster Leases to the hub, by outcome (ok/error)");
 }

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
 
 use tokio::sync::Notify;
 
@@ -13,6 +14,8 @@ pub struct Tunnel {
     pub cluster: String,
     pub instance: String,
     pub connection: quinn::Connection,
+    /// When the spoke's certificate was issued (`revocations::issued_at`), kept for revocation checks.
+    pub issued: SystemTime,
 }
 
 #[derive(Debug, Default)]

@@ -1,7 +1,7 @@
 //! The QUIC side of the hub: accept spoke connections, learn the cluster from the verified client
 //! certificate (never from anything the client says), run the control stream, keep the registry current.
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use metrics::{counter, gauge};
 use rustls::pki_types::CertificateDer;
@@ -12,6 +12,7 @@ use tracing::{info, warn, Instrument};
 
 use crate::metrics as m;
 use crate::registry::{Registry, Tunnel};
+use crate::revocations::{self, Revocations};
 
 #[derive(Debug, Clone)]
 pub struct TunnelSettings {
@@ -22,10 +23,20 @@ pub struct TunnelSettings {
     pub hello_timeout: Duration,
 }
 
-/// Accepts spoke connections until `shutdown`, then tells every spoke to go away.
+/// Who a spoke is, from its verified client certificate.
+#[derive(Debug, Clone)]
+struct Identity {
+    cluster: String,
+    /// When the certificate was issued, for revocation checks.
+    issued: SystemTime,
+}
+
+/// Accepts spoke connections until `shutdown`, then tells every spoke to go away. Revoked certificates are
+/// refused.
 pub async fn accept_loop(
     endpoint: quinn::Endpoint,
     registry: Arc<Registry>,
+    revocations: Revocations,
     settings: TunnelSettings,
     shutdown: CancellationToken,
 ) {
@@ -38,6 +49,7 @@ pub async fn accept_loop(
             },
         };
         let registry = registry.clone();
+        let revocations = revocations.clone();
         let settings = settings.clone();
         let shutdown = shutdown.clone();
         let remote = incoming.remote_address();
@@ -49,8 +61,8 @@ pub async fn accept_loop(
                     return tracing::debug!(%remote, error = %e, "spoke handshake failed");
                 }
             };
-            let cluster = match cluster_of(&connection) {
-                Ok(c) => c,
+            let identity = match identity_of(&connection) {
+                Ok(i) => i,
                 Err(reason) => {
                     counter!(m::HANDSHAKE_FAILURES, "reason" => "identity").increment(1);
                     warn!(%remote, %reason, "refusing spoke connection");
@@ -58,26 +70,36 @@ pub async fn accept_loop(
                     return;
                 }
             };
-            let span = tracing::info_span!("tunnel", %cluster, %remote);
-            serve_tunnel(connection, cluster, registry, settings, shutdown).instrument(span).await;
+            if revocations.revokes(&identity.cluster, identity.issued) {
+                counter!(m::HANDSHAKE_FAILURES, "reason" => "revoked").increment(1);
+                warn!(%remote, cluster = %identity.cluster, "refusing spoke connection: certificate revoked");
+                connection.close(revocations::CLOSE_CODE.into(), revocations::CLOSE_REASON.as_bytes());
+                return;
+            }
+            let span = tracing::info_span!("tunnel", cluster = %identity.cluster, %remote);
+            serve_tunnel(connection, identity, registry, revocations, settings, shutdown).instrument(span).await;
         });
     }
 }
 
-fn cluster_of(connection: &quinn::Connection) -> Result<String, String> {
+fn identity_of(connection: &quinn::Connection) -> Result<Identity, String> {
     let identity = connection.peer_identity().ok_or("no client certificate")?;
     let certs = identity.downcast::<Vec<CertificateDer<'static>>>().map_err(|_| "unexpected peer identity type")?;
     let leaf = certs.first().ok_or("empty client certificate chain")?;
-    tether_certs::cluster_of(leaf.as_ref()).map_err(|e| e.to_string())
+    let cluster = tether_certs::cluster_of(leaf.as_ref()).map_err(|e| e.to_string())?;
+    let issued = revocations::issued_at(leaf.as_ref()).map_err(|e| e.to_string())?;
+    Ok(Identity { cluster, issued })
 }
 
 async fn serve_tunnel(
     connection: quinn::Connection,
-    cluster: String,
+    identity: Identity,
     registry: Arc<Registry>,
+    revocations: Revocations,
     settings: TunnelSettings,
     shutdown: CancellationToken,
 ) {
+    let Identity { cluster, issued } = identity;
     let (mut send, mut recv) = match tokio::time::timeout(settings.hello_timeout, connection.accept_bi()).await {
         Ok(Ok(streams)) => streams,
         Ok(Err(e)) => return tracing::debug!(error = %e, "connection closed before its control stream"),
@@ -112,11 +134,15 @@ async fn serve_tunnel(
                         cluster: cluster.clone(),
                         instance: peer_instance.unwrap_or_default(),
                         connection: connection.clone(),
+                        issued,
                     });
                     let count = registry.insert(tunnel.clone());
                     gauge!(m::TUNNELS, "cluster" => cluster.clone()).set(count as f64);
                     counter!(m::TUNNEL_CONNECTS, "cluster" => cluster.clone()).increment(1);
                     info!(instance = %tunnel.instance, replicas = count, "tunnel up");
+                    // A revocation that came after the handshake check is seen here if it came before this
+                    // insert; otherwise `Revocations::enforce` sweeps the registry after it and finds this tunnel.
+                    revocations.close_if_revoked(&tunnel);
                     registered = Some(tunnel);
                 }
                 Event::GoAway { reason } => {

@@ -5,7 +5,9 @@ mod deploy;
 mod kubectl;
 mod leases;
 mod ops;
+mod revocation;
 mod tunnel;
+mod unregister;
 mod upgrade;
 
 use crate::Case;
@@ -19,7 +21,9 @@ pub fn all() -> Vec<(&'static str, Case)> {
     all.extend(leases::cases());
     all.extend(controller::cases());
     all.extend(deploy::cases());
+    all.extend(unregister::cases());
     // Restarts last: every other case has run against the first processes.
+    all.extend(revocation::cases());
     all.extend(tunnel::cases());
     all
 }

@@ -243,6 +243,7 @@ impl Env {
         let pki = dir.join("pki");
         std::fs::create_dir_all(&pki)?;
         std::fs::write(pki.join("ca.crt"), ca.cert_pem())?;
+        std::fs::write(pki.join("ca.key"), ca.key_pem())?;
         std::fs::write(pki.join("tls.crt"), &serving.cert_pem)?;
         std::fs::write(pki.join("tls.key"), &serving.key_pem)?;
         for name in SPOKES.iter().chain(["echo"].iter()) {
@@ -434,6 +435,20 @@ impl Env {
             .args(["--instance", "e2e-controller"])
             .env("TETHER_LOG", "info,controller=debug");
         *self.controller.lock().unwrap() = Some(Proc::spawn("controller", c, &self.logs)?);
+        Ok(())
+    }
+
+    /// A client identity for another cluster, signed by the hub CA, as `tether-certs issue-spoke` makes it.
+    pub fn issue_identity(&self, cluster: &str) -> Result<()> {
+        let pki = self.dir.join("pki");
+        let ca = tether_certs::CertificateAuthority::from_pem(
+            &std::fs::read_to_string(pki.join("ca.crt"))?,
+            &std::fs::read_to_string(pki.join("ca.key"))?,
+        )?;
+        let (key, csr) = tether_certs::spoke_key_and_csr(cluster)?;
+        let cert = ca.sign_spoke_csr(&csr, cluster, SystemTime::now(), Duration::from_secs(86_400))?;
+        std::fs::write(pki.join(format!("{cluster}.crt")), cert)?;
+        std::fs::write(pki.join(format!("{cluster}.key")), key)?;
         Ok(())
     }
 
