@@ -5,8 +5,12 @@ pub mod conditions;
 pub mod config;
 pub mod crd;
 mod error;
+#[cfg(test)]
+mod fixtures;
 pub mod metrics;
 pub mod reconcile;
+#[cfg(test)]
+mod scripted_tests;
 
 use std::sync::Arc;
 
