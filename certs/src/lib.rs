@@ -3,7 +3,8 @@
 //! - [`CertificateAuthority`]: create or load the hub CA, issue the hub's serving certificate
 //!   ([`CertificateAuthority::issue_serving`]) and sign spokes' CSRs into client certificates
 //!   ([`CertificateAuthority::sign_spoke_csr`]) whose subject is `CN=<cluster>, O=tether:spokes`.
-//! - [`spoke_key_and_csr`]: run on the spoke; its private key never leaves it.
+//! - [`spoke_key_and_csr`]: run on the spoke; its private key never leaves it. [`check_spoke_csr`]
+//!   checks a CSR as signing would, without signing (for approval decisions).
 //! - [`cluster_of`] and [`kube_user_of`]: identities of verified client certificates.
 //! - [`renewal_due`], [`renewal_time`], [`validity`], [`serial_hex`]: rotation decisions as pure
 //!   functions of (certificate, `now`).
@@ -27,7 +28,7 @@ pub use identity::{cluster_of, kube_user_of};
 pub use pem::pem_to_der_certs;
 pub use rotation::{renewal_due, renewal_time, serial_hex, validity, RENEW_AT_PERCENT};
 pub use serving::validate_dns_name;
-pub use spoke::{spoke_key_and_csr, validate_cluster_name};
+pub use spoke::{check_spoke_csr, spoke_key_and_csr, validate_cluster_name};
 
 /// The organization (`O`) of every spoke client certificate; [`cluster_of`] requires it.
 pub const SPOKE_ORGANIZATION: &str = "tether:spokes";

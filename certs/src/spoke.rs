@@ -50,6 +50,14 @@ pub fn spoke_key_and_csr(cluster: &str) -> Result<(String, String)> {
     Ok((key.serialize_pem(), csr.pem()?))
 }
 
+/// Check a spoke's CSR (PEM) as [`CertificateAuthority::sign_spoke_csr`] would for `cluster`,
+/// without signing it: the cluster name, the self-signature, the key, and a common name, if the
+/// CSR names one, that must be `cluster`. Returns that common name: `Some(cluster)`, or `None`
+/// when the CSR names none (signable, but it does not say which cluster it was made for).
+pub fn check_spoke_csr(csr_pem: &str, cluster: &str) -> Result<Option<String>> {
+    checked_csr(csr_pem, cluster).map(|(_, common_name)| common_name)
+}
+
 impl CertificateAuthority {
     /// Sign a spoke's PKCS#10 CSR (PEM) into a client certificate for `cluster`.
     ///
@@ -60,9 +68,7 @@ impl CertificateAuthority {
     /// requester holds the key), and its key must be ECDSA P-256/P-384, Ed25519, or RSA of at
     /// least 2048 bits. Returns the certificate, PEM.
     pub fn sign_spoke_csr(&self, csr_pem: &str, cluster: &str, now: SystemTime, validity: Duration) -> Result<String> {
-        validate_cluster_name(cluster)?;
-        let csr_der = pem::single_csr_der(csr_pem)?;
-        let public_key = verified_csr_key(&csr_der, cluster)?;
+        let (public_key, _) = checked_csr(csr_pem, cluster)?;
         let mut params = CertificateParams::default();
         params.distinguished_name = spoke_subject(cluster);
         params.is_ca = IsCa::ExplicitNoCa;
@@ -72,6 +78,14 @@ impl CertificateAuthority {
     }
 }
 
+/// Every check of a spoke CSR (PEM) for `cluster`, shared by checking and signing: the public key
+/// to certify and the CSR's common name, if it has one.
+fn checked_csr(csr_pem: &str, cluster: &str) -> Result<(rcgen::SubjectPublicKeyInfo, Option<String>)> {
+    validate_cluster_name(cluster)?;
+    let csr_der = pem::single_csr_der(csr_pem)?;
+    verified_csr_key(&csr_der, cluster)
+}
+
 fn spoke_subject(cluster: &str) -> DistinguishedName {
     let mut name = DistinguishedName::new();
     name.push(DnType::CommonName, cluster);
@@ -79,8 +93,8 @@ fn spoke_subject(cluster: &str) -> DistinguishedName {
     name
 }
 
-/// Parse and check a CSR for `cluster`; its public key, ready to be certified.
-fn verified_csr_key(csr_der: &[u8], cluster: &str) -> Result<rcgen::SubjectPublicKeyInfo> {
+/// Parse and check a CSR for `cluster`; its public key, ready to be certified, and its common name.
+fn verified_csr_key(csr_der: &[u8], cluster: &str) -> Result<(rcgen::SubjectPublicKeyInfo, Option<String>)> {
     let (rest, csr) = X509CertificationRequest::from_der(csr_der).map_err(|e| Error::Csr(e.to_string()))?;
     if !rest.is_empty() {
         return Err(Error::Csr("trailing bytes after the request".into()));
@@ -99,13 +113,15 @@ fn verified_csr_key(csr_der: &[u8], cluster: &str) -> Result<rcgen::SubjectPubli
         _ => Error::CsrSignature,
     })?;
 
-    if let Some(requested) = parse::common_name(&info.subject).map_err(|e| Error::Csr(e.into()))? {
+    let common_name = parse::common_name(&info.subject).map_err(|e| Error::Csr(e.into()))?;
+    if let Some(requested) = &common_name {
         if requested != cluster {
-            return Err(Error::ClusterMismatch { requested, cluster: cluster.to_owned() });
+            return Err(Error::ClusterMismatch { requested: requested.clone(), cluster: cluster.to_owned() });
         }
     }
-    rcgen::SubjectPublicKeyInfo::from_der(info.subject_pki.raw)
-        .map_err(|e| Error::WeakKey(format!("cannot certify this key: {e}")))
+    let key = rcgen::SubjectPublicKeyInfo::from_der(info.subject_pki.raw)
+        .map_err(|e| Error::WeakKey(format!("cannot certify this key: {e}")))?;
+    Ok((key, common_name))
 }
 
 /// Accept ECDSA P-256/P-384, Ed25519 and RSA (rsaEncryption) of at least 2048 bits.
@@ -264,6 +280,20 @@ mod tests {
     }
 
     #[test]
+    fn checking_a_csr_agrees_with_signing_it() {
+        let (_key, csr) = spoke_key_and_csr("cluster-a").unwrap();
+        assert_eq!(check_spoke_csr(&csr, "cluster-a").unwrap().as_deref(), Some("cluster-a"));
+        assert!(matches!(check_spoke_csr(&csr, "cluster-b"), Err(Error::ClusterMismatch { .. })));
+        assert!(matches!(check_spoke_csr(RSA_1024_CSR, "weak-cluster"), Err(Error::WeakKey(_))));
+        assert!(matches!(check_spoke_csr(&csr, "Cluster-A"), Err(Error::InvalidClusterName { .. })));
+
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        let anonymous = csr_with(params, &KeyPair::generate().unwrap());
+        assert_eq!(check_spoke_csr(&anonymous, "cluster-b").unwrap(), None);
+    }
+
+    #[test]
     fn a_csr_naming_another_cluster_is_rejected() {
         let (_key, csr) = spoke_key_and_csr("cluster-a").unwrap();
         let err = ca().sign_spoke_csr(&csr, "cluster-b", t0(), DAY).unwrap_err();
@@ -344,6 +374,20 @@ mod tests {
         assert!(matches!(ca.sign_spoke_csr(&garbage, "a", t0(), DAY), Err(Error::Csr(_))));
         let bad_base64 = "-----BEGIN CERTIFICATE REQUEST-----\n%%%\n-----END CERTIFICATE REQUEST-----\n";
         assert!(matches!(ca.sign_spoke_csr(bad_base64, "a", t0(), DAY), Err(Error::Pem(_))));
+    }
+
+    #[test]
+    fn checking_refuses_bad_signatures_unsupported_keys_and_non_csrs() {
+        let (_key, csr) = spoke_key_and_csr("cluster-a").unwrap();
+        assert_eq!(check_spoke_csr(RSA_2048_CSR, "rsa-cluster").unwrap().as_deref(), Some("rsa-cluster"));
+        assert!(matches!(check_spoke_csr(P521_CSR, "p521-cluster"), Err(Error::WeakKey(_))));
+        assert!(matches!(check_spoke_csr("no pem here", "a"), Err(Error::MissingPem(_))));
+        let mut der = pem::single_csr_der(&csr).unwrap();
+        *der.last_mut().unwrap() ^= 0x01;
+        let tampered = pem_encode("CERTIFICATE REQUEST", &der);
+        assert!(matches!(check_spoke_csr(&tampered, "cluster-a"), Err(Error::CsrSignature)));
+        // Whatever passes the check is signed.
+        ca().sign_spoke_csr(&csr, "cluster-a", t0(), DAY).unwrap();
     }
 
     #[test]

@@ -1,15 +1,19 @@
 //! A scripted hub API for unit tests of reconcile decisions: each test lists the calls it expects, in
 //! order, with the answer to give. Event posts are answered and recorded on the side, since Events are
 //! reported, not decided.
+use std::time::{Duration, SystemTime};
+
 use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector;
 use kube::runtime::watcher;
 use serde_json::Value;
+use tether_certs::CertificateAuthority;
 use tower_test::mock;
 
 use crate::conditions::Liveness;
+use crate::csr::{CsrContext, Policy};
 use crate::reconcile::Context;
 
 pub struct Call {
@@ -39,12 +43,46 @@ pub fn context(
     leases: Vec<k8s_openapi::api::coordination::v1::Lease>,
     script: Vec<Call>,
 ) -> (Context, tokio::task::JoinHandle<Seen>) {
-    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
-    let client = kube::Client::new(service, "default");
+    let (client, api) = scripted(script);
     let (store, mut writer) = reflector::store();
     for lease in leases {
         writer.apply_watcher_event(&watcher::Event::Apply(lease));
     }
+    let ctx = Context {
+        client: client.clone(),
+        lease_namespace: "tether-system".into(),
+        leases: store,
+        liveness: LIVENESS,
+        recorder: Recorder::new(client, reporter()),
+        failures: Default::default(),
+    };
+    (ctx, api)
+}
+
+/// A CSR Context over the scripted API, with a new CA, auto-approval on, and `admin` as the requester.
+pub fn csr_context(script: Vec<Call>) -> (CsrContext, tokio::task::JoinHandle<Seen>) {
+    let (client, api) = scripted(script);
+    let ca = CertificateAuthority::generate("test-hub-ca", SystemTime::now(), Duration::from_secs(86_400)).expect("CA");
+    let ctx = CsrContext {
+        client: client.clone(),
+        ca,
+        validity: Duration::from_secs(3600),
+        policy: Policy { auto_approve: true, requester: "admin".into() },
+        recorder: Recorder::new(client, reporter()),
+        failures: Default::default(),
+    };
+    (ctx, api)
+}
+
+fn reporter() -> Reporter {
+    Reporter { controller: "tether-controller".into(), instance: None }
+}
+
+/// A client whose every request is checked against `script`; the task returns what it saw once every
+/// clone of the client is dropped.
+fn scripted(script: Vec<Call>) -> (kube::Client, tokio::task::JoinHandle<Seen>) {
+    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "default");
     let api = tokio::spawn(async move {
         let mut seen = Seen::default();
         let mut script = script.into_iter();
@@ -72,16 +110,7 @@ pub fn context(
         assert!(script.next().is_none(), "expected calls were not made");
         seen
     });
-    let reporter = Reporter { controller: "tether-controller".into(), instance: None };
-    let ctx = Context {
-        client: client.clone(),
-        lease_namespace: "tether-system".into(),
-        leases: store,
-        liveness: LIVENESS,
-        recorder: Recorder::new(client, reporter),
-        failures: Default::default(),
-    };
-    (ctx, api)
+    (client, api)
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Body> {

@@ -1,12 +1,15 @@
 //! tether's hub controller: `ManagedCluster` registration and acceptance, liveness from the tunnel-servers'
-//! Leases, readiness gates, and cleanup.
+//! Leases, readiness gates, cleanup, and spoke certificates (CSR approval and signing); and `join`, which
+//! registers a spoke and prints its manifest.
 pub mod cleanup;
 pub mod conditions;
 pub mod config;
 pub mod crd;
+pub mod csr;
 mod error;
 #[cfg(test)]
 mod fixtures;
+pub mod join;
 pub mod metrics;
 pub mod reconcile;
 #[cfg(test)]
@@ -15,6 +18,7 @@ mod scripted_tests;
 use std::sync::Arc;
 
 use futures::StreamExt;
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
@@ -23,11 +27,12 @@ use kube::{Api, ResourceExt};
 use tether_runtime::ops::{self, Readiness};
 use tokio_util::sync::CancellationToken;
 
-pub use config::Config;
+pub use config::{Cli, Command, Config, JoinConfig};
 pub use crd::{ManagedCluster, ManagedClusterSpec, ManagedClusterStatus, RegistrationMode};
 pub use error::{Error, Result};
 
 use crate::conditions::{Liveness, CLUSTER_LABEL};
+use crate::csr::CsrContext;
 use crate::reconcile::Context;
 
 /// The CRD YAML `deploy/hub/crds/` must equal, with a header saying where it comes from.
@@ -44,7 +49,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     tether_runtime::tls::install_crypto_provider();
     metrics::describe();
     let prometheus = tether_runtime::telemetry::install_metrics()?;
-    let client = hub_client(&config).await?;
+    let client = hub_client(config.hub_kubeconfig.as_deref()).await?;
+    let ca = load_ca(&config)?;
 
     let ops_listener = tokio::net::TcpListener::bind(config.ops_addr)
         .await
@@ -73,25 +79,80 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         lease_namespace: config.lease_namespace.clone(),
         leases,
         liveness: Liveness { renew_interval: config.lease_renew_interval, missed_renewals: config.missed_renewals },
-        recorder: Recorder::new(client.clone(), reporter),
+        recorder: Recorder::new(client.clone(), reporter.clone()),
         failures: Default::default(),
     });
-    readiness.set(true);
-    tracing::info!("controller running");
-    let clusters: Api<ManagedCluster> = Api::all(client);
-    Controller::new(clusters, watcher::Config::default())
+    let clusters: Api<ManagedCluster> = Api::all(client.clone());
+    let cluster_controller = Controller::new(clusters.clone(), watcher::Config::default())
         .watches(lease_api, lease_config, |lease| {
             lease.labels().get(CLUSTER_LABEL).map(|name| ObjectRef::<ManagedCluster>::new(name))
         })
-        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
-        .for_each(|_| futures::future::ready(()))
-        .await;
+        .for_each(|_| futures::future::ready(()));
+
+    let csr_controller = ca.map(|ca| {
+        let ctx = Arc::new(CsrContext {
+            client: client.clone(),
+            ca,
+            validity: config.certificate_validity,
+            policy: csr::Policy { auto_approve: config.auto_approve, requester: config.bootstrap_requester.clone() },
+            recorder: Recorder::new(client.clone(), reporter),
+            failures: Default::default(),
+        });
+        let csrs: Api<CertificateSigningRequest> = Api::all(client.clone());
+        let controller =
+            Controller::new(csrs, watcher::Config::default().fields(&format!("spec.signerName={}", csr::SIGNER_NAME)));
+        // A cluster's acceptance changing brings back its requests waiting to be approved or signed.
+        let requests = controller.store();
+        controller
+            .watches(clusters, watcher::Config::default(), move |cluster| {
+                let name = cluster.name_any();
+                requests
+                    .state()
+                    .into_iter()
+                    .filter(|csr| csr.labels().get(CLUSTER_LABEL) == Some(&name))
+                    .map(|csr| ObjectRef::from_obj(csr.as_ref()))
+                    .collect::<Vec<_>>()
+            })
+            .graceful_shutdown_on(shutdown.cancelled_owned())
+            .run(csr::reconcile, csr::error_policy, ctx)
+            .for_each(|_| futures::future::ready(()))
+    });
+    match &csr_controller {
+        Some(_) => tracing::info!(
+            auto_approve = config.auto_approve,
+            requester = %config.bootstrap_requester,
+            "signing spoke certificates"
+        ),
+        None => tracing::warn!("no --ca-cert and --ca-key: spoke certificate requests are neither approved nor signed"),
+    }
+    readiness.set(true);
+    tracing::info!("controller running");
+    let csr_controller = async move {
+        if let Some(controller) = csr_controller {
+            controller.await;
+        }
+    };
+    tokio::join!(cluster_controller, csr_controller);
     Ok(())
 }
 
-async fn hub_client(config: &Config) -> Result<kube::Client> {
-    let kube_config = match &config.hub_kubeconfig {
+/// The hub CA from --ca-cert and --ca-key, when both are given.
+fn load_ca(config: &Config) -> Result<Option<tether_certs::CertificateAuthority>> {
+    let (Some(cert), Some(key)) = (&config.ca_cert, &config.ca_key) else { return Ok(None) };
+    let read = |path: &std::path::Path, flag: &'static str| {
+        std::fs::read_to_string(path)
+            .map_err(|e| Error::Config { flag, reason: format!("cannot read {}: {e}", path.display()) })
+    };
+    let (cert_pem, key_pem) = (read(cert, "--ca-cert")?, read(key, "--ca-key")?);
+    let ca = tether_certs::CertificateAuthority::from_pem(&cert_pem, &key_pem)
+        .map_err(|e| Error::Config { flag: "--ca-cert", reason: e.to_string() })?;
+    Ok(Some(ca))
+}
+
+pub(crate) async fn hub_client(hub_kubeconfig: Option<&std::path::Path>) -> Result<kube::Client> {
+    let kube_config = match hub_kubeconfig {
         Some(path) => {
             let flag = |e: &dyn std::fmt::Display| Error::Config { flag: "--hub-kubeconfig", reason: e.to_string() };
             let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| flag(&e))?;

@@ -1,13 +1,28 @@
+use std::process::ExitCode;
+
 use anyhow::Context;
 use clap::Parser;
+use controller::Command;
 
-fn main() -> anyhow::Result<()> {
-    let config = controller::Config::parse();
-    tether_runtime::telemetry::init_tracing();
-    let runtime = tether_runtime::build_runtime(config.worker_threads).context("starting the runtime")?;
-    runtime.block_on(async {
-        let shutdown = tether_runtime::shutdown::on_signals();
-        controller::run(config, shutdown).await
-    })?;
-    Ok(())
+fn main() -> anyhow::Result<ExitCode> {
+    match controller::Cli::parse().command() {
+        Command::Run(config) => {
+            tether_runtime::telemetry::init_tracing();
+            let runtime = tether_runtime::build_runtime(config.worker_threads).context("starting the runtime")?;
+            runtime.block_on(async {
+                let shutdown = tether_runtime::shutdown::on_signals();
+                controller::run(config, shutdown).await
+            })?;
+        }
+        Command::Join(config) => {
+            tether_runtime::tls::install_crypto_provider();
+            let runtime = tether_runtime::build_runtime(1).context("starting the runtime")?;
+            // A person runs this: one line that names the flag, never a backtrace.
+            if let Err(e) = runtime.block_on(controller::join::join(config)) {
+                eprintln!("error: {e}");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
