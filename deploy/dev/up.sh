@@ -105,7 +105,9 @@ daemon tunnel-server "$BIN/tunnel-server" serve \
 wait_file "$DEV/server.ready" tunnel-server "$DEV/logs/tunnel-server.log"
 
 say "starting the controller"
-daemon controller "$BIN/controller" --hub-kubeconfig "$HUB_KUBECONFIG" --ops-addr 127.0.0.1:0
+# The dev tunnel-server talks to the hub as its admin: CSRs it files for joining spokes are requested by `admin`.
+daemon controller "$BIN/controller" --hub-kubeconfig "$HUB_KUBECONFIG" --ops-addr 127.0.0.1:0 \
+  --ca-cert "$DEV/pki/ca.crt" --ca-key "$DEV/pki/ca.key" --bootstrap-requester admin
 
 say "starting a tunnel-client in each spoke"
 for s in "${SPOKES[@]}"; do
