@@ -4,7 +4,17 @@ use anyhow::Context;
 use clap::Parser;
 use controller::Command;
 
-fn main() -> anyhow::Result<ExitCode> {
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<ExitCode> {
     match controller::Cli::parse().command() {
         Command::Run(config) => {
             tether_runtime::telemetry::init_tracing();

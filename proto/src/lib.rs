@@ -40,6 +40,12 @@
 //!
 //! Control strings are at most [`MAX_STRING_LEN`] bytes.
 //!
+//! **Bootstrap** (see [`bootstrap`]): a spoke without a certificate dials with ALPN
+//! [`BOOTSTRAP_ALPN`] (`tether-bootstrap/1`) and no client certificate, sends one
+//! [`BootstrapRequest`] (cluster, token, CSR) on one bidirectional stream, and reads
+//! [`BootstrapResponse`]s (`Pending`, then `Issued` or `Refused`) in frames laid out as control
+//! frames, at most [`MAX_BOOTSTRAP_FRAME`] bytes.
+//!
 //! # Versions
 //!
 //! [`PROTOCOL_VERSION`] is the major version, also carried in the ALPN. Hello and Welcome
@@ -54,6 +60,7 @@
 //! headers from user input check them with [`StreamHeader::validate`] first.
 
 pub mod backoff;
+pub mod bootstrap;
 pub mod control;
 mod error;
 pub mod header;
@@ -61,6 +68,9 @@ pub mod session;
 mod wire;
 
 pub use backoff::Backoff;
+pub use bootstrap::{
+    BootstrapRequest, BootstrapResponse, ResponseDecoder, BOOTSTRAP_ALPN, BOOTSTRAP_VERSION, MAX_BOOTSTRAP_FRAME,
+};
 pub use control::{ControlMessage, FrameDecoder, MAX_STRING_LEN};
 pub use error::{Error, Result};
 pub use header::{StreamHeader, Target, MAX_HEADER_LEN, MAX_NAME_LEN};

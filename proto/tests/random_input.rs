@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tether_proto::{
-    ControlMessage, Event, FrameDecoder, Role, Session, SessionConfig, StreamHeader, Target, MAX_CONTROL_FRAME,
-    PROTOCOL_VERSION,
+    BootstrapRequest, BootstrapResponse, ControlMessage, Event, FrameDecoder, ResponseDecoder, Role, Session,
+    SessionConfig, StreamHeader, Target, BOOTSTRAP_VERSION, MAX_CONTROL_FRAME, PROTOCOL_VERSION,
 };
 
 const CASES: usize = 5000;
@@ -227,4 +227,91 @@ fn sessions_survive_garbage() {
         established += usize::from(check_session(&mut rng, role, &input));
     }
     assert!(established > CASES / 20, "only {established} sessions established");
+}
+
+fn valid_bootstrap_request() -> Vec<u8> {
+    let request = BootstrapRequest {
+        version: BOOTSTRAP_VERSION,
+        cluster: "spoke-a".into(),
+        token: Some("abcdef.0123456789abcdef".into()),
+        csr_pem: "-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----\n".into(),
+        resume: Some("tether-spoke-a-0a1b2c3d".into()),
+    };
+    let mut out = BytesMut::new();
+    request.encode(&mut out);
+    out.to_vec()
+}
+
+fn valid_bootstrap_responses() -> Vec<u8> {
+    let mut out = BytesMut::new();
+    for r in [
+        BootstrapResponse::Pending { csr_name: "tether-spoke-a-0a1b2c3d".into() },
+        BootstrapResponse::Issued { certificate_pem: "-----BEGIN CERTIFICATE-----\n".into() },
+        BootstrapResponse::Refused { reason: "bootstrap token expired".into() },
+    ] {
+        r.encode(&mut out);
+    }
+    out.to_vec()
+}
+
+/// True if `input` starts with a whole valid request, which must re-encode to exactly its bytes.
+fn check_bootstrap_request(input: &[u8]) -> bool {
+    let Ok(Some((request, consumed))) = BootstrapRequest::decode(input) else {
+        return false;
+    };
+    let mut again = BytesMut::new();
+    request.encode(&mut again);
+    assert_eq!(&again[..], &input[..consumed], "encoding is canonical");
+    true
+}
+
+/// Feeds `input` to a response decoder in random pieces; returns how many responses decoded.
+fn check_bootstrap_responses(rng: &mut Rng, input: &[u8]) -> usize {
+    let mut decoded = 0;
+    let mut decoder = ResponseDecoder::new();
+    let mut rest = input;
+    while !rest.is_empty() {
+        let (piece, tail) = rest.split_at(1 + rng.below(rest.len()));
+        rest = tail;
+        decoder.push(piece);
+        loop {
+            match decoder.next_response() {
+                Ok(Some(response)) => {
+                    let mut again = BytesMut::new();
+                    response.encode(&mut again);
+                    assert_eq!(BootstrapResponse::decode(&again), Ok(Some((response, again.len()))));
+                    decoded += 1;
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    assert!(decoder.next_response().is_err(), "errors are sticky");
+                    return decoded;
+                }
+            }
+        }
+    }
+    decoded
+}
+
+#[test]
+fn bootstrap_decoders_survive_garbage() {
+    let mut rng = Rng(0x7e7e_0004);
+    let request = valid_bootstrap_request();
+    let responses = valid_bootstrap_responses();
+    let (mut requests, mut decoded_responses) = (0, 0);
+    for i in 0..CASES {
+        let input = match i % 3 {
+            0 => rng.bytes(96),
+            1 => rng.mutate(if i % 2 == 0 { &request } else { &responses }),
+            _ => {
+                let mut input = vec![0, 0, 0, 1 + rng.below(40) as u8, 0x10 + rng.below(4) as u8];
+                input.extend(rng.bytes(48));
+                input
+            }
+        };
+        requests += usize::from(check_bootstrap_request(&input));
+        decoded_responses += check_bootstrap_responses(&mut rng, &input);
+    }
+    assert!(requests > CASES / 50, "only {requests} requests decoded");
+    assert!(decoded_responses > CASES / 20, "only {decoded_responses} responses decoded");
 }

@@ -22,3 +22,15 @@ pub fn build_runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::R
         tokio::runtime::Builder::new_multi_thread().worker_threads(worker_threads).enable_all().build()
     }
 }
+
+/// The end of every binary's `main`: an error is one line on stderr (causes joined with `: `), never a
+/// backtrace, and the exit status says it failed.
+pub fn report(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -17,12 +17,21 @@ pub struct Config {
     /// CA bundle that verifies the hub's serving certificate.
     #[arg(long, env = "TETHER_HUB_CA")]
     pub hub_ca: PathBuf,
-    /// This spoke's client certificate, signed by the hub CA (its subject names the cluster).
+    /// This spoke's client certificate, signed by the hub CA (its subject names the cluster). Written here
+    /// when it is missing and --bootstrap-token-file is given.
     #[arg(long, env = "TETHER_CERT")]
     pub cert: PathBuf,
     /// Private key of --cert. Generated on the spoke; never sent anywhere.
     #[arg(long, env = "TETHER_KEY")]
     pub key: PathBuf,
+    /// A file holding a bootstrap token from the hub (`<id>.<secret>`). Used only while --cert is missing:
+    /// the client generates --key, asks the hub for a certificate with the token, waits for it to be
+    /// approved and signed (the request's state is kept next to --key), writes --cert, then connects.
+    #[arg(long, env = "TETHER_BOOTSTRAP_TOKEN_FILE")]
+    pub bootstrap_token_file: Option<PathBuf>,
+    /// The cluster this spoke registers as; required with --bootstrap-token-file.
+    #[arg(long, env = "TETHER_CLUSTER")]
+    pub cluster: Option<String>,
     /// kubeconfig of the local apiserver; the in-cluster ServiceAccount when absent.
     #[arg(long, env = "TETHER_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,

@@ -10,6 +10,11 @@ pub enum Error {
     Upstream(String),
     #[error("QUIC client configuration: {0}")]
     Quic(String),
+    /// The hub refused to issue a certificate; retrying with the same token or request will not help.
+    #[error("bootstrap refused by the hub: {0}")]
+    Refused(String),
+    #[error("bootstrap: {0}")]
+    Bootstrap(String),
     #[error("writing {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
     #[error(transparent)]

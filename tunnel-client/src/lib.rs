@@ -1,5 +1,7 @@
 //! tether's spoke agent. Dials the hub over QUIC with its client certificate, keeps one tunnel per process,
-//! and serves the streams the hub opens by forwarding them to the local apiserver.
+//! and serves the streams the hub opens by forwarding them to the local apiserver. Without a certificate but
+//! with a bootstrap token it first obtains one from the hub ([`bootstrap`]).
+pub mod bootstrap;
 pub mod config;
 mod error;
 pub mod metrics;
@@ -34,8 +36,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let server_name = server_name(&config)?;
     let instance = config.instance.clone().unwrap_or_else(default_instance);
     let transport = TransportSettings { stream_window: config.stream_window, ..Default::default() };
-    // Check the identity files once up front so a typo fails at start with the flag's name.
-    quic_client_config(&config, &transport)?;
+    let bootstrap_token = config.bootstrap_token_file.clone().filter(|_| !config.cert.exists());
+    if bootstrap_token.is_none() {
+        // Check the identity files once up front so a typo fails at start with the flag's name.
+        quic_client_config(&config, &transport)?;
+    }
 
     let ops_listener = tokio::net::TcpListener::bind(config.ops_addr)
         .await
@@ -45,8 +50,26 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let ops_tls = tls::self_signed_server_config(&["localhost"])?;
     let ops_task = tokio::spawn(ops::serve(ops_listener, ops_tls, prometheus, readiness.clone(), shutdown.clone()));
 
-    let mut backoff = Backoff::new(config.backoff_base, config.backoff_cap);
     let mut endpoint: Option<quinn::Endpoint> = None;
+    if let Some(token_file) = &bootstrap_token {
+        tracing::info!(
+            cert = %config.cert.display(),
+            cluster = config.cluster.as_deref().unwrap_or_default(),
+            "no certificate yet: bootstrapping with the token"
+        );
+        let obtained =
+            bootstrap::obtain_certificate(&config, token_file, &transport, &server_name, &mut endpoint, &shutdown)
+                .await;
+        if !matches!(obtained, Ok(true)) {
+            // Refused, failed, or shut down while waiting.
+            close(endpoint).await;
+            ops_task.abort();
+            return obtained.map(drop);
+        }
+        quic_client_config(&config, &transport)?;
+    }
+
+    let mut backoff = Backoff::new(config.backoff_base, config.backoff_cap);
     let mut first = true;
     while !shutdown.is_cancelled() {
         if !first {
@@ -58,7 +81,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
             }
         }
         first = false;
-        let connection = match dial(&config, &transport, &server_name, &mut endpoint).await {
+        // Identity files are read at every dial so a renewed certificate is picked up by the next connection.
+        let dialed = match quic_client_config(&config, &transport) {
+            Ok(client_config) => dial(&config, &server_name, &mut endpoint, client_config).await,
+            Err(e) => Err(e.to_string()),
+        };
+        let connection = match dialed {
             Ok(c) => c,
             Err(reason) => {
                 counter!(m::HANDSHAKE_FAILURES).increment(1);
@@ -101,19 +129,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
             }
         }
     }
-    if let Some(endpoint) = endpoint {
-        endpoint.close(0u32.into(), b"bye");
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;
-    }
+    close(endpoint).await;
     ops_task.abort();
     Ok(())
 }
 
+async fn close(endpoint: Option<quinn::Endpoint>) {
+    if let Some(endpoint) = endpoint {
+        endpoint.close(0u32.into(), b"bye");
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;
+    }
+}
+
+/// Dials the hub with `client_config`, on `endpoint` (made, or remade for another address family, here).
 async fn dial(
     config: &Config,
-    transport: &TransportSettings,
     server_name: &str,
     endpoint: &mut Option<quinn::Endpoint>,
+    client_config: quinn::ClientConfig,
 ) -> std::result::Result<quinn::Connection, String> {
     let addr: SocketAddr = tokio::net::lookup_host(&config.hub)
         .await
@@ -126,8 +159,6 @@ async fn dial(
         *endpoint = Some(quinn::Endpoint::client(bind).map_err(|e| format!("UDP socket: {e}"))?);
     }
     let endpoint = endpoint.as_ref().expect("set above");
-    // Identity files are read at every dial so a renewed certificate is picked up by the next connection.
-    let client_config = quic_client_config(config, transport).map_err(|e| e.to_string())?;
     let connecting = endpoint.connect_with(client_config, addr, server_name).map_err(|e| e.to_string())?;
     tokio::time::timeout(std::time::Duration::from_secs(10), connecting)
         .await
@@ -145,6 +176,10 @@ fn quic_client_config(config: &Config, transport: &TransportSettings) -> Result<
         .with_client_auth_cert(chain, key)
         .map_err(|e| Error::Config { flag: "--key", reason: e.to_string() })?;
     crypto.alpn_protocols = vec![tether_proto::ALPN.to_vec()];
+    quinn_client_config(crypto, transport)
+}
+
+fn quinn_client_config(crypto: rustls::ClientConfig, transport: &TransportSettings) -> Result<quinn::ClientConfig> {
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).map_err(|e| Error::Quic(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
     client.transport_config(Arc::new(transport.to_quinn()));

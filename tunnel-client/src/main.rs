@@ -5,7 +5,11 @@ use clap::Parser;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    tether_runtime::report(run())
+}
+
+fn run() -> anyhow::Result<()> {
     let config = tunnel_client::Config::parse();
     tether_runtime::telemetry::init_tracing();
     let runtime = tether_runtime::build_runtime(config.worker_threads).context("starting the runtime")?;

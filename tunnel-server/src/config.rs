@@ -74,7 +74,8 @@ pub struct ServeConfig {
     /// absent. Made a DNS label: lowercase, [a-z0-9-], at most 63 characters.
     #[arg(long, env = "TETHER_REPLICA_ID")]
     pub replica_id: Option<String>,
-    /// Namespace on the hub of the per-cluster Leases this replica renews while it holds a tunnel; it must exist.
+    /// Namespace on the hub of the per-cluster Leases this replica renews while it holds a tunnel, of the
+    /// revocations and of the bootstrap token Secrets; it must exist.
     #[arg(long, env = "TETHER_LEASE_NAMESPACE", default_value = "tether-system")]
     pub lease_namespace: String,
     /// spec.leaseDurationSeconds of those Leases (whole seconds, rounded up).
@@ -83,4 +84,11 @@ pub struct ServeConfig {
     /// How often each Lease is renewed while its cluster has a tunnel here.
     #[arg(long, env = "TETHER_LEASE_RENEW_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub lease_renew_interval: Duration,
+    /// How long one bootstrap connection waits for its certificate request to be approved and signed; the
+    /// client then reconnects and resumes.
+    #[arg(long, env = "TETHER_BOOTSTRAP_WAIT", default_value = "15m", value_parser = humantime::parse_duration)]
+    pub bootstrap_wait: Duration,
+    /// Bootstrap attempts allowed per client address (IPv6: per /64) and minute; 0 for no limit.
+    #[arg(long, env = "TETHER_BOOTSTRAP_RATE", default_value_t = 10)]
+    pub bootstrap_rate: u32,
 }

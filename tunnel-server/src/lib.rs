@@ -1,5 +1,7 @@
-//! tether's hub. Spokes dial the QUIC endpoint with client certificates of the hub CA; API clients call
-//! `https://HUB/clusters/<cluster>/...`; each request becomes one stream on the cluster's tunnel.
+//! tether's hub. Spokes dial the QUIC endpoint with client certificates of the hub CA (or, holding only a
+//! bootstrap token, without one to get a certificate); API clients call `https://HUB/clusters/<cluster>/...`;
+//! each request becomes one stream on the cluster's tunnel.
+pub mod bootstrap;
 pub mod clusters;
 pub mod config;
 mod error;
@@ -25,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::{Cli, Command, ServeConfig};
 pub use error::{Error, Result};
 
+use crate::bootstrap::{Bootstrap, BootstrapSettings};
 use crate::clusters::KnownClusters;
 use crate::leases::LeaseSettings;
 use crate::proxy::{ForwardSettings, HubAuth, KubeReviews, Proxy, Reviews};
@@ -50,8 +53,8 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<()>
 }
 
 /// What the hub apiserver provides to the data path: identity and access answers, the known clusters, the
-/// revoked spoke certificates; and where this replica's Leases are written (none in benchmarks: no liveness
-/// is published then).
+/// revoked spoke certificates; and where this replica's Leases are written and bootstrap requests are
+/// served (none in benchmarks: no liveness is published and bootstrap is refused then).
 pub struct Hub {
     pub reviews: Arc<dyn Reviews>,
     pub clusters: KnownClusters,
@@ -96,6 +99,12 @@ pub async fn serve(config: ServeConfig, hub: Hub, shutdown: CancellationToken) -
     tasks.spawn(proxy.serve(proxy_listener, proxy_tls, stop_accepting.clone()));
     let ops_tls = tls::server_config_from_files(&config.tls_cert, &config.tls_key)?;
     tasks.spawn(ops::serve(ops_listener, ops_tls, prometheus, readiness.clone(), hard_stop.clone()));
+    let bootstrap_settings = BootstrapSettings {
+        namespace: config.lease_namespace.clone(),
+        wait: config.bootstrap_wait,
+        rate: config.bootstrap_rate,
+    };
+    let bootstrap = Arc::new(Bootstrap::new(hub.leases.clone(), bootstrap_settings));
     if let Some(client) = hub.leases {
         let settings = lease_settings(&config);
         tracing::info!(namespace = %settings.namespace, replica = %settings.replica, "renewing Leases");
@@ -109,6 +118,7 @@ pub async fn serve(config: ServeConfig, hub: Hub, shutdown: CancellationToken) -
         endpoint.clone(),
         registry.clone(),
         revocations.clone(),
+        bootstrap,
         tunnel_settings,
         stop_accepting.clone(),
     ));
@@ -169,12 +179,15 @@ async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener> {
 
 fn quic_server_config(config: &ServeConfig, transport: &TransportSettings) -> Result<quinn::ServerConfig> {
     let roots = Arc::new(tls::root_store(&config.tunnel_ca)?);
-    let verifier = WebPkiClientVerifier::builder(roots).build().map_err(tether_runtime::Error::from)?;
+    // Optional at the TLS layer so that bootstrap connections can come without one; tunnels::accept_loop
+    // closes a tether/1 connection without a verified certificate at once.
+    let verifier =
+        WebPkiClientVerifier::builder(roots).allow_unauthenticated().build().map_err(tether_runtime::Error::from)?;
     let mut crypto = rustls::ServerConfig::builder()
         .with_client_cert_verifier(verifier)
         .with_single_cert(tls::load_certs(&config.tls_cert)?, tls::load_key(&config.tls_key)?)
         .map_err(tether_runtime::Error::from)?;
-    crypto.alpn_protocols = vec![tether_proto::ALPN.to_vec()];
+    crypto.alpn_protocols = vec![tether_proto::ALPN.to_vec(), tether_proto::BOOTSTRAP_ALPN.to_vec()];
     crypto.max_early_data_size = 0;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(crypto).map_err(|e| Error::Quic(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));

@@ -6,7 +6,11 @@ use tunnel_server::{Cli, Command};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    tether_runtime::report(run())
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tether_runtime::telemetry::init_tracing();
     match cli.command {

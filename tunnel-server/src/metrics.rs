@@ -10,6 +10,7 @@ pub const TUNNEL_BYTES: &str = "tether_server_tunnel_bytes_total";
 pub const AUTH_LOOKUPS: &str = "tether_server_auth_lookups_total";
 pub const TUNNELS_REVOKED: &str = "tether_server_tunnels_revoked_total";
 pub const LEASE_RENEWALS: &str = "tether_server_lease_renewals_total";
+pub const BOOTSTRAPS: &str = "tether_server_bootstrap_total";
 
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
@@ -29,5 +30,9 @@ pub fn describe() {
         "TokenReview/SubjectAccessReview look-ups against the hub, by kind and cache outcome"
     );
     describe_counter!(TUNNELS_REVOKED, "Live tunnels closed because their certificate was revoked, by cluster");
+    describe_counter!(
+        BOOTSTRAPS,
+        "Bootstrap connections of spokes holding a token, by outcome (issued, a refusal, rate_limited, timeout, ...)"
+    );
     describe_counter!(LEASE_RENEWALS, "Writes of this replica's per-cluster Leases to the hub, by outcome (ok/error)");
 }

@@ -1,5 +1,7 @@
 //! The QUIC side of the hub: accept spoke connections, learn the cluster from the verified client
 //! certificate (never from anything the client says), run the control stream, keep the registry current.
+//! Connections that negotiated `tether-bootstrap/1` go to [`crate::bootstrap`] and do nothing else; a
+//! `tether/1` connection without a verified client certificate is closed at once.
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -10,6 +12,7 @@ use tether_runtime::transport::ByteCounter;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
+use crate::bootstrap::Bootstrap;
 use crate::metrics as m;
 use crate::registry::{Registry, Tunnel};
 use crate::revocations::{self, Revocations};
@@ -32,11 +35,12 @@ struct Identity {
 }
 
 /// Accepts spoke connections until `shutdown`, then tells every spoke to go away. Revoked certificates are
-/// refused.
+/// refused; bootstrap connections are served by `bootstrap`.
 pub async fn accept_loop(
     endpoint: quinn::Endpoint,
     registry: Arc<Registry>,
     revocations: Revocations,
+    bootstrap: Arc<Bootstrap>,
     settings: TunnelSettings,
     shutdown: CancellationToken,
 ) {
@@ -50,6 +54,7 @@ pub async fn accept_loop(
         };
         let registry = registry.clone();
         let revocations = revocations.clone();
+        let bootstrap = bootstrap.clone();
         let settings = settings.clone();
         let shutdown = shutdown.clone();
         let remote = incoming.remote_address();
@@ -61,6 +66,16 @@ pub async fn accept_loop(
                     return tracing::debug!(%remote, error = %e, "spoke handshake failed");
                 }
             };
+            if alpn_of(&connection).as_deref() == Some(tether_proto::BOOTSTRAP_ALPN) {
+                let span = tracing::info_span!("bootstrap", %remote);
+                return bootstrap.serve(connection, shutdown).instrument(span).await;
+            }
+            if connection.peer_identity().is_none() {
+                counter!(m::HANDSHAKE_FAILURES, "reason" => "no_certificate").increment(1);
+                warn!(%remote, "refusing spoke connection: no client certificate");
+                connection.close(1u32.into(), b"no client certificate");
+                return;
+            }
             let identity = match identity_of(&connection) {
                 Ok(i) => i,
                 Err(reason) => {
@@ -80,6 +95,12 @@ pub async fn accept_loop(
             serve_tunnel(connection, identity, registry, revocations, settings, shutdown).instrument(span).await;
         });
     }
+}
+
+/// The protocol negotiated by ALPN.
+fn alpn_of(connection: &quinn::Connection) -> Option<Vec<u8>> {
+    let data = connection.handshake_data()?;
+    data.downcast::<quinn::crypto::rustls::HandshakeData>().ok()?.protocol
 }
 
 fn identity_of(connection: &quinn::Connection) -> Result<Identity, String> {

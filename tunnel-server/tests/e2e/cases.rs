@@ -5,6 +5,7 @@ mod deploy;
 mod kubectl;
 mod leases;
 mod ops;
+mod register;
 mod revocation;
 mod tunnel;
 mod unregister;
@@ -22,6 +23,7 @@ pub fn all() -> Vec<(&'static str, Case)> {
     all.extend(controller::cases());
     all.extend(deploy::cases());
     all.extend(unregister::cases());
+    all.extend(register::cases());
     // Restarts last: every other case has run against the first processes.
     all.extend(revocation::cases());
     all.extend(tunnel::cases());

@@ -433,6 +433,12 @@ impl Env {
             .arg(self.hub.kubeconfig())
             .args(["--lease-renew-interval", "1s", "--missed-renewals", "3", "--ops-addr", "127.0.0.1:0"])
             .args(["--instance", "e2e-controller"])
+            // The e2e tunnel-server talks to the hub as its admin, so CSRs it creates are requested by `admin`.
+            .args(["--bootstrap-requester", "admin"])
+            .arg("--ca-cert")
+            .arg(self.dir.join("pki/ca.crt"))
+            .arg("--ca-key")
+            .arg(self.dir.join("pki/ca.key"))
             .env("TETHER_LOG", "info,controller=debug");
         *self.controller.lock().unwrap() = Some(Proc::spawn("controller", c, &self.logs)?);
         Ok(())
@@ -450,6 +456,35 @@ impl Env {
         std::fs::write(pki.join(format!("{cluster}.crt")), cert)?;
         std::fs::write(pki.join(format!("{cluster}.key")), key)?;
         Ok(())
+    }
+
+    /// A client that holds only a bootstrap token for `cluster` (no certificate yet), running beside spoke-b's
+    /// apiserver behind its firewall. The caller owns the process.
+    pub fn bootstrap_client(&self, cluster: &str, token: &str) -> Result<Proc> {
+        let spoke = self.spoke("spoke-b");
+        let pki = self.dir.join("pki");
+        let token_file = self.dir.join(format!("{cluster}-{}.token", rand_suffix()));
+        std::fs::write(&token_file, token)?;
+        for stale in ["crt", "key", "key.csr", "key.csr-name"] {
+            let _ = std::fs::remove_file(pki.join(format!("{cluster}.{stale}")));
+        }
+        let mut c = in_netns(spoke.cluster.netns.as_deref(), client_bin());
+        c.args(["--hub", &format!("{}:{}", spoke.hub_ip, self.addrs.quic_port)])
+            .arg("--hub-ca")
+            .arg(pki.join("ca.crt"))
+            .args(["--cluster", cluster])
+            .arg("--bootstrap-token-file")
+            .arg(&token_file)
+            .arg("--cert")
+            .arg(pki.join(format!("{cluster}.crt")))
+            .arg("--key")
+            .arg(pki.join(format!("{cluster}.key")))
+            .arg("--kubeconfig")
+            .arg(spoke.cluster.dir.join("tether-client.kubeconfig"))
+            .args(["--ops-addr", "127.0.0.1:0", "--backoff-base", "50ms", "--backoff-cap", "1s"])
+            .args(["--heartbeat-interval", "1s", "--instance", cluster])
+            .env("TETHER_LOG", "info,tunnel_client=debug");
+        Proc::spawn(&format!("tunnel-client-{cluster}-{}", rand_suffix()), c, &self.logs)
     }
 
     /// SIGKILL: a crash, with no go-away.
