@@ -57,16 +57,11 @@ pub async fn add_finalizer(cluster: &ManagedCluster, ctx: &Context) -> Result<()
 
 /// Runs one pass of the cleanup; `Ok(None)` once done and the finalizer is removed, `Ok(Some(action))`
 /// while waiting for the tunnels to close.
-pub async fn clean_up(cluster: &ManagedCluster, ctx: &Context, lease_namespace: &str) -> Result<Option<Action>, Error> {
+pub async fn clean_up(cluster: &ManagedCluster, ctx: &Context) -> Result<Option<Action>, Error> {
     let name = cluster.name_any();
+    let lease_namespace = ctx.lease_namespace.as_str();
     revoke(&name, ctx, lease_namespace).await?;
-    let leases: Vec<Lease> = ctx
-        .leases
-        .state()
-        .iter()
-        .filter(|l| l.labels().get(CLUSTER_LABEL) == Some(&name))
-        .map(|l| l.as_ref().clone())
-        .collect();
+    let leases = ctx.leases_of(&name);
     let view = conditions::view_leases(&leases, ctx.liveness, Timestamp::now());
     if !view.holders.is_empty() {
         tracing::info!(cluster = %name, holders = ?view.holders, "waiting for the tunnels to close");

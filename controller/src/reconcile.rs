@@ -30,6 +30,18 @@ pub struct Context {
     pub failures: Mutex<HashMap<String, u32>>,
 }
 
+impl Context {
+    /// The Leases tunnel-servers renew for `cluster`, from the local mirror (no API call).
+    pub fn leases_of(&self, cluster: &str) -> Vec<Lease> {
+        self.leases
+            .state()
+            .iter()
+            .filter(|l| l.labels().get(CLUSTER_LABEL).map(String::as_str) == Some(cluster))
+            .map(|l| l.as_ref().clone())
+            .collect()
+    }
+}
+
 pub async fn reconcile(cluster: Arc<ManagedCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let name = cluster.name_any();
@@ -45,7 +57,7 @@ pub async fn reconcile(cluster: Arc<ManagedCluster>, ctx: Arc<Context>) -> Resul
             return Ok(Action::await_change());
         }
         Step::CleanUp => {
-            if let Some(action) = cleanup::clean_up(&cluster, &ctx, &ctx.lease_namespace).await? {
+            if let Some(action) = cleanup::clean_up(&cluster, &ctx).await? {
                 return Ok(action);
             }
             let note = "certificates revoked, tunnels closed, leases deleted".to_string();
@@ -54,13 +66,7 @@ pub async fn reconcile(cluster: Arc<ManagedCluster>, ctx: Arc<Context>) -> Resul
         }
         Step::Gone => return Ok(Action::await_change()),
     }
-    let leases: Vec<Lease> = ctx
-        .leases
-        .state()
-        .iter()
-        .filter(|l| l.labels().get(CLUSTER_LABEL) == Some(&name))
-        .map(|l| l.as_ref().clone())
-        .collect();
+    let leases = ctx.leases_of(&name);
     let now = Timestamp::now();
     let view = conditions::view_leases(&leases, ctx.liveness, now);
     let desired = conditions::desired(&cluster, &view, now);
