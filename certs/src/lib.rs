@@ -6,7 +6,7 @@
 //! - [`spoke_key_and_csr`]: run on the spoke; its private key never leaves it. [`check_spoke_csr`]
 //!   checks a CSR as signing would, without signing (for approval decisions).
 //! - [`cluster_of`] and [`kube_user_of`]: identities of verified client certificates.
-//! - [`renewal_due`], [`renewal_time`], [`validity`], [`serial_hex`]: rotation decisions as pure
+//! - [`issued_at`], [`renewal_due`], [`renewal_time`], [`validity`], [`serial_hex`]: rotation decisions as pure
 //!   functions of (certificate, `now`).
 //!
 //! Nothing here reads a clock: every time-dependent function takes `now`.
@@ -26,7 +26,7 @@ pub use ca::{CertificateAuthority, BACKDATE};
 pub use error::{Error, Result};
 pub use identity::{cluster_of, kube_user_of};
 pub use pem::pem_to_der_certs;
-pub use rotation::{renewal_due, renewal_time, serial_hex, validity, RENEW_AT_PERCENT};
+pub use rotation::{issued_at, renewal_due, renewal_time, serial_hex, validity, RENEW_AT_PERCENT};
 pub use serving::validate_dns_name;
 pub use spoke::{check_spoke_csr, spoke_key_and_csr, validate_cluster_name};
 

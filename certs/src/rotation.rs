@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::{parse, Error, Result};
+use crate::{parse, Error, Result, BACKDATE};
 
 /// A certificate is due for renewal once this share (in percent) of its validity has elapsed.
 pub const RENEW_AT_PERCENT: u32 = 80;
@@ -14,13 +14,23 @@ pub fn validity(cert_der: &[u8]) -> Result<(SystemTime, SystemTime)> {
     Ok((parse::system_time(window.not_before), parse::system_time(window.not_after)))
 }
 
-/// When a certificate (DER) becomes due for renewal: `RENEW_AT_PERCENT` of the way from its
-/// not-before to its not-after.
-pub fn renewal_time(cert_der: &[u8]) -> Result<SystemTime> {
+/// When a certificate (DER) was issued: its not-before plus the [`BACKDATE`] this crate applies when
+/// signing (never past its not-after). A certificate made elsewhere comes out slightly later, which is
+/// harmless for both uses: revocation by issue time, and renewal.
+pub fn issued_at(cert_der: &[u8]) -> Result<SystemTime> {
     let (not_before, not_after) = validity(cert_der)?;
+    Ok((not_before + BACKDATE).min(not_after.max(not_before)))
+}
+
+/// When a certificate (DER) becomes due for renewal: `RENEW_AT_PERCENT` of the way from its issue time
+/// ([`issued_at`]) to its not-after. Counting from not-before instead would make the backdate part of the
+/// life: a 30-second certificate would be due before it was issued.
+pub fn renewal_time(cert_der: &[u8]) -> Result<SystemTime> {
+    let (_, not_after) = validity(cert_der)?;
+    let issued = issued_at(cert_der)?;
     let lifetime =
-        not_after.duration_since(not_before).map_err(|_| Error::Certificate("not-after precedes not-before".into()))?;
-    Ok(not_before + share(lifetime, RENEW_AT_PERCENT))
+        not_after.duration_since(issued).map_err(|_| Error::Certificate("not-after precedes not-before".into()))?;
+    Ok(issued + share(lifetime, RENEW_AT_PERCENT))
 }
 
 /// Whether a certificate (DER) should be renewed at `now`.
@@ -51,7 +61,7 @@ fn share(d: Duration, percent: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{pem, spoke_key_and_csr, CertificateAuthority, BACKDATE};
+    use crate::{pem, spoke_key_and_csr, CertificateAuthority};
     use std::time::UNIX_EPOCH;
 
     const DAY: Duration = Duration::from_secs(86_400);
@@ -78,8 +88,9 @@ mod tests {
     fn due_at_80_percent_not_at_79() {
         let der = spoke_cert(100 * DAY);
         let (not_before, not_after) = validity(&der).unwrap();
-        let lifetime = not_after.duration_since(not_before).unwrap();
-        let at = |percent| not_before + share(lifetime, percent);
+        let issued = issued_at(&der).unwrap();
+        let lifetime = not_after.duration_since(issued).unwrap();
+        let at = |percent| issued + share(lifetime, percent);
 
         assert!(!renewal_due(&der, not_before).unwrap());
         assert!(!renewal_due(&der, at(79)).unwrap());
@@ -92,10 +103,18 @@ mod tests {
 
     #[test]
     fn renewal_time_of_a_known_window() {
-        // 100 days plus the 5-minute backdate: 80% of (100 d + 300 s) after not-before.
+        // Issued at t0 for 100 days: due 80 days later, whatever the backdate.
         let der = spoke_cert(100 * DAY);
-        let expected = t0() - BACKDATE + 80 * DAY + Duration::from_secs(240);
-        assert_eq!(renewal_time(&der).unwrap(), expected);
+        assert_eq!(issued_at(&der).unwrap(), t0());
+        assert_eq!(renewal_time(&der).unwrap(), t0() + 80 * DAY);
+    }
+
+    #[test]
+    fn short_certificates_are_due_after_their_issue() {
+        // The backdate (5 min) is ten times this life: counted in, renewal would be due at once.
+        let der = spoke_cert(Duration::from_secs(30));
+        assert_eq!(renewal_time(&der).unwrap(), t0() + Duration::from_secs(24));
+        assert!(!renewal_due(&der, t0() + Duration::from_secs(23)).unwrap());
     }
 
     #[test]

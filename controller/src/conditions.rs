@@ -19,6 +19,9 @@ pub const OWNED: [&str; 4] = [HUB_ACCEPTED, JOINED, AVAILABLE, READY];
 pub const STATE_ANNOTATION: &str = "tether.io/state";
 pub const STATE_GOING_AWAY: &str = "going-away";
 pub const CLUSTER_LABEL: &str = "tether.io/cluster";
+pub const CLIENT_VERSION_ANNOTATION: &str = "tether.io/client-version";
+pub const APISERVER_VERSION_ANNOTATION: &str = "tether.io/apiserver-version";
+pub const CA_BUNDLE_ANNOTATION: &str = "tether.io/ca-bundle";
 
 #[derive(Debug, Clone, Copy)]
 pub struct Liveness {
@@ -38,16 +41,44 @@ pub struct LeaseView {
     pub ever_connected: bool,
     /// Every replica that last held it says the client went away.
     pub going_away: bool,
+    /// What the most recently renewed Lease reports about the spoke (client and apiserver version, CA bundle).
+    pub reported: Reported,
+}
+
+/// What a client reported at registration, through the Lease of the replica it connected to. `None` where
+/// no Lease says: the status keeps what it last knew.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reported {
+    pub client_version: Option<String>,
+    pub apiserver_version: Option<String>,
+    pub ca_bundle: Option<String>,
 }
 
 pub fn view_leases(leases: &[Lease], liveness: Liveness, now: Timestamp) -> LeaseView {
     let window = liveness.renew_interval * liveness.missed_renewals.max(1);
-    let mut view =
-        LeaseView { holders: Vec::new(), last_seen: None, ever_connected: !leases.is_empty(), going_away: false };
+    let mut view = LeaseView {
+        holders: Vec::new(),
+        last_seen: None,
+        ever_connected: !leases.is_empty(),
+        going_away: false,
+        reported: Reported::default(),
+    };
     let mut fresh_going_away = 0;
+    let mut newest_report: Option<Timestamp> = None;
     for lease in leases {
         let Some(spec) = &lease.spec else { continue };
         let renewed = spec.renew_time.as_ref().map(|t| t.0);
+        let annotation =
+            |key: &str| lease.metadata.annotations.as_ref().and_then(|a| a.get(key)).filter(|v| !v.is_empty()).cloned();
+        let reported = Reported {
+            client_version: annotation(CLIENT_VERSION_ANNOTATION),
+            apiserver_version: annotation(APISERVER_VERSION_ANNOTATION),
+            ca_bundle: annotation(CA_BUNDLE_ANNOTATION),
+        };
+        if reported != Reported::default() && renewed.is_some() && renewed >= newest_report {
+            newest_report = renewed;
+            view.reported = reported;
+        }
         if let Some(r) = renewed {
             view.last_seen = Some(view.last_seen.map_or(r, |l: Timestamp| l.max(r)));
         }

@@ -40,6 +40,21 @@ pub struct ManagedClusterSpec {
     /// Labels placement decisions select on (pushed resources choose clusters by these).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub placement_labels: BTreeMap<String, String>,
+    /// Lifetime of this cluster's client certificates, in seconds: shortens the controller's
+    /// `--certificate-validity` for this cluster, never lengthens it. Clients renew at 80 % of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10))]
+    pub certificate_validity_seconds: Option<u32>,
+}
+
+impl ManagedClusterSpec {
+    /// The lifetime of certificates signed for this cluster, given the controller's.
+    pub fn certificate_validity(&self, controller: std::time::Duration) -> std::time::Duration {
+        match self.certificate_validity_seconds {
+            Some(seconds) => controller.min(std::time::Duration::from_secs(u64::from(seconds.max(10)))),
+            None => controller,
+        }
+    }
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -112,5 +127,16 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(auto.auto_kubeconfig_secret.unwrap().key, "kubeconfig");
+    }
+
+    #[test]
+    fn a_cluster_may_shorten_its_certificates_life_but_not_lengthen_it() {
+        use std::time::Duration;
+        let day = Duration::from_secs(86_400);
+        let spec = |seconds| ManagedClusterSpec { certificate_validity_seconds: seconds, ..Default::default() };
+        assert_eq!(spec(None).certificate_validity(day), day);
+        assert_eq!(spec(Some(30)).certificate_validity(day), Duration::from_secs(30));
+        assert_eq!(spec(Some(2 * 86_400)).certificate_validity(day), day);
+        assert_eq!(spec(Some(1)).certificate_validity(day), Duration::from_secs(10), "the schema's minimum holds");
     }
 }

@@ -139,7 +139,7 @@ async fn consider(csr: &CertificateSigningRequest, ctx: &CsrContext) -> Result<A
             return Ok(Action::await_change());
         }
     }
-    if !accepts(ctx, cluster).await? {
+    if accepted(ctx, cluster).await?.is_none() {
         tracing::info!(csr = %name, %cluster, "waiting for the hub to accept the cluster before approving");
         return Ok(Action::requeue(WAIT));
     }
@@ -167,13 +167,13 @@ async fn sign(csr: &CertificateSigningRequest, ctx: &CsrContext) -> Result<Actio
     let Some(cluster) = csr.labels().get(CLUSTER_LABEL) else {
         return fail(csr, ctx, "no tether.io/cluster label: the request names no cluster".into()).await;
     };
-    if !accepts(ctx, cluster).await? {
+    let Some(managed) = accepted(ctx, cluster).await? else {
         tracing::info!(csr = %name, %cluster, "approved, waiting for the hub to accept the cluster before signing");
         return Ok(Action::requeue(WAIT));
-    }
-    let signed = request_pem(csr).and_then(|pem| {
-        ctx.ca.sign_spoke_csr(pem, cluster, SystemTime::now(), ctx.validity).map_err(|e| e.to_string())
-    });
+    };
+    let validity = managed.spec.certificate_validity(ctx.validity);
+    let signed = request_pem(csr)
+        .and_then(|pem| ctx.ca.sign_spoke_csr(pem, cluster, SystemTime::now(), validity).map_err(|e| e.to_string()));
     let certificate = match signed {
         Ok(certificate) => certificate,
         Err(why) => return fail(csr, ctx, why).await,
@@ -187,7 +187,7 @@ async fn sign(csr: &CertificateSigningRequest, ctx: &CsrContext) -> Result<Actio
         .await?;
     counter!(m::CSRS, "outcome" => "signed").increment(1);
     tracing::info!(csr = %name, %cluster, "certificate issued");
-    let note = format!("certificate issued for cluster {cluster}, valid {}", humantime::format_duration(ctx.validity));
+    let note = format!("certificate issued for cluster {cluster}, valid {}", humantime::format_duration(validity));
     publish(ctx, csr, EventType::Normal, "CertificateIssued", note).await;
     Ok(Action::await_change())
 }
@@ -210,11 +210,11 @@ async fn fail(csr: &CertificateSigningRequest, ctx: &CsrContext, why: String) ->
     Ok(Action::await_change())
 }
 
-/// Whether `cluster` exists, is not being deleted, and has `spec.hubAcceptsClient` true: read from the hub
+/// The cluster if it exists, is not being deleted, and has `spec.hubAcceptsClient` true: read from the hub
 /// each time, so that a cluster no longer accepted never gets a certificate from a stale view.
-async fn accepts(ctx: &CsrContext, cluster: &str) -> Result<bool, Error> {
+async fn accepted(ctx: &CsrContext, cluster: &str) -> Result<Option<ManagedCluster>, Error> {
     let found = Api::<ManagedCluster>::all(ctx.client.clone()).get_opt(cluster).await?;
-    Ok(found.is_some_and(|mc| mc.spec.hub_accepts_client && mc.metadata.deletion_timestamp.is_none()))
+    Ok(found.filter(|mc| mc.spec.hub_accepts_client && mc.metadata.deletion_timestamp.is_none()))
 }
 
 fn request_pem(csr: &CertificateSigningRequest) -> Result<&str, String> {

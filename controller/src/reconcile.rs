@@ -72,8 +72,18 @@ pub async fn reconcile(cluster: Arc<ManagedCluster>, ctx: Arc<Context>) -> Resul
     let desired = conditions::desired(&cluster, &view, now);
     let current = cluster.status.clone().unwrap_or_default();
     let last_seen = view.last_seen.map(Time);
+    let reported = &view.reported;
+    let client_version = reported.client_version.clone().or(current.client_version.clone());
+    let apiserver_version = reported.apiserver_version.clone().or(current.apiserver_version.clone());
+    let ca_bundle = reported.ca_bundle.clone().or(current.ca_bundle.clone());
 
-    if current.conditions != desired || current.tunnel_servers != view.holders || current.last_seen != last_seen {
+    if current.conditions != desired
+        || current.tunnel_servers != view.holders
+        || current.last_seen != last_seen
+        || current.client_version != client_version
+        || current.apiserver_version != apiserver_version
+        || current.ca_bundle != ca_bundle
+    {
         // Merge patch guarded by resourceVersion: conditions set concurrently by another actor (a readiness
         // gate) make this a conflict and a retry, never a lost write.
         let patch = serde_json::json!({
@@ -82,6 +92,9 @@ pub async fn reconcile(cluster: Arc<ManagedCluster>, ctx: Arc<Context>) -> Resul
                 "conditions": desired,
                 "tunnelServers": view.holders,
                 "lastSeen": last_seen,
+                "clientVersion": client_version,
+                "apiserverVersion": apiserver_version,
+                "caBundle": ca_bundle,
             }
         });
         Api::<ManagedCluster>::all(ctx.client.clone())

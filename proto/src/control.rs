@@ -7,9 +7,14 @@
 //! 0x03 Ping     u64 seq
 //! 0x04 Pong     u64 seq
 //! 0x05 GoAway   str reason
-//! 0x80..=0xff   extensions: skipped whole by a decoder that does not know them
+//! 0x80 SpokeInfo  str apiserver_version, pem ca_bundle        client to hub, optional
+//! 0x81..=0xff   extensions: skipped whole by a decoder that does not know them
 //! str     = u16 len, UTF-8 bytes           len <= MAX_STRING_LEN
+//! pem     = u16 len, UTF-8 bytes           len <= MAX_PEM_LEN
 //! ```
+//!
+//! Optional messages live in the extension range, so a hub older than the message skips it instead of
+//! closing the tunnel.
 //!
 //! Any other type, a field running past its frame, or bytes left over after the fields is an
 //! error. Hello and Welcome start with the version in every major version, so a peer whose
@@ -22,13 +27,15 @@ use crate::{Error, Result, PROTOCOL_VERSION};
 
 /// Longest string field in a control message, in bytes.
 pub const MAX_STRING_LEN: usize = 1024;
+/// Longest PEM field (a CA bundle) in a control message, in bytes.
+pub const MAX_PEM_LEN: usize = 32 * 1024;
 
 const HELLO: u8 = 0x01;
 const WELCOME: u8 = 0x02;
 const PING: u8 = 0x03;
 const PONG: u8 = 0x04;
 const GO_AWAY: u8 = 0x05;
-const FIRST_EXTENSION: u8 = 0x80;
+const SPOKE_INFO: u8 = 0x80;
 
 /// A message on the control stream (the first bidirectional stream, opened by the client).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +63,12 @@ pub enum ControlMessage {
     GoAway {
         reason: String,
     },
+    /// Client to hub, after Hello: what the hub reports in the ManagedCluster's status. Empty fields are
+    /// unknown.
+    SpokeInfo {
+        apiserver_version: String,
+        ca_bundle: String,
+    },
 }
 
 impl ControlMessage {
@@ -69,6 +82,7 @@ impl ControlMessage {
             Self::Welcome { cluster, .. } => 2 + 2 + cluster.len() + 4,
             Self::Ping { .. } | Self::Pong { .. } => 8,
             Self::GoAway { reason } => 2 + reason.len(),
+            Self::SpokeInfo { apiserver_version, ca_bundle } => 2 + apiserver_version.len() + 2 + ca_bundle.len(),
         };
         out.reserve(4 + 1 + payload);
         out.put_u32(u32::try_from(1 + payload).unwrap_or(u32::MAX));
@@ -97,6 +111,11 @@ impl ControlMessage {
                 out.put_u8(GO_AWAY);
                 put_string(out, reason);
             }
+            Self::SpokeInfo { apiserver_version, ca_bundle } => {
+                out.put_u8(SPOKE_INFO);
+                put_string(out, apiserver_version);
+                put_string(out, ca_bundle);
+            }
         }
     }
 
@@ -108,6 +127,7 @@ impl ControlMessage {
             Self::Ping { .. } => "Ping",
             Self::Pong { .. } => "Pong",
             Self::GoAway { .. } => "GoAway",
+            Self::SpokeInfo { .. } => "SpokeInfo",
         }
     }
 
@@ -127,7 +147,11 @@ impl ControlMessage {
             PING => Self::Ping { seq: r.u64("Ping seq")? },
             PONG => Self::Pong { seq: r.u64("Pong seq")? },
             GO_AWAY => Self::GoAway { reason: r.string("GoAway reason", MAX_STRING_LEN)? },
-            FIRST_EXTENSION..=u8::MAX => return Ok(None),
+            SPOKE_INFO => Self::SpokeInfo {
+                apiserver_version: r.string("SpokeInfo apiserver_version", MAX_STRING_LEN)?,
+                ca_bundle: r.string("SpokeInfo ca_bundle", MAX_PEM_LEN)?,
+            },
+            0x81..=u8::MAX => return Ok(None),
             other => return Err(Error::UnknownMessage(other)),
         };
         r.finish(message.name())?;
@@ -256,6 +280,11 @@ mod tests {
             ControlMessage::Ping { seq: 0 },
             ControlMessage::Pong { seq: u64::MAX },
             ControlMessage::GoAway { reason: "draining".into() },
+            ControlMessage::SpokeInfo {
+                apiserver_version: "v1.20.2".into(),
+                ca_bundle: "-----BEGIN CERTIFICATE-----\n".repeat(MAX_PEM_LEN / 28),
+            },
+            ControlMessage::SpokeInfo { apiserver_version: String::new(), ca_bundle: String::new() },
         ]
     }
 
@@ -347,7 +376,7 @@ mod tests {
     #[test]
     fn extension_frames_are_skipped() {
         let mut bytes = BytesMut::new();
-        bytes.extend_from_slice(&[0, 0, 0, 3, 0x80, 1, 2]);
+        bytes.extend_from_slice(&[0, 0, 0, 3, 0x81, 1, 2]);
         bytes.extend_from_slice(&[0, 0, 0, 1, 0xff]);
         ControlMessage::Ping { seq: 3 }.encode(&mut bytes);
         assert_eq!(decode_one(&bytes), Ok(Some(ControlMessage::Ping { seq: 3 })));

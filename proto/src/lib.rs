@@ -36,9 +36,14 @@
 //! | 0x03 | Ping    | `u64 seq` |
 //! | 0x04 | Pong    | `u64 seq` (echoes the Ping) |
 //! | 0x05 | GoAway  | `str reason` |
-//! | 0x80–0xff | extensions | skipped by a peer that does not know them |
+//! | 0x80 | SpokeInfo | `str apiserver_version, pem ca_bundle` (client to hub, optional) |
+//! | 0x81–0xff | extensions | skipped by a peer that does not know them |
 //!
-//! Control strings are at most [`MAX_STRING_LEN`] bytes.
+//! Control strings are at most [`MAX_STRING_LEN`] bytes, PEM fields [`MAX_PEM_LEN`].
+//!
+//! **Certificate renewal** runs over the tunnel itself: the client opens a bidirectional stream on
+//! its mTLS connection (every client-opened stream after the control stream is one) and runs the
+//! bootstrap exchange below on it, without a token: its certificate proves the cluster.
 //!
 //! **Bootstrap** (see [`bootstrap`]): a spoke without a certificate dials with ALPN
 //! [`BOOTSTRAP_ALPN`] (`tether-bootstrap/1`) and no client certificate, sends one
@@ -71,7 +76,7 @@ pub use backoff::Backoff;
 pub use bootstrap::{
     BootstrapRequest, BootstrapResponse, ResponseDecoder, BOOTSTRAP_ALPN, BOOTSTRAP_VERSION, MAX_BOOTSTRAP_FRAME,
 };
-pub use control::{ControlMessage, FrameDecoder, MAX_STRING_LEN};
+pub use control::{ControlMessage, FrameDecoder, MAX_PEM_LEN, MAX_STRING_LEN};
 pub use error::{Error, Result};
 pub use header::{StreamHeader, Target, MAX_HEADER_LEN, MAX_NAME_LEN};
 pub use session::{Event, Role, Session, SessionConfig, MIN_HEARTBEAT_INTERVAL};

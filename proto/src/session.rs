@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::control::{ControlMessage, FrameDecoder, MAX_STRING_LEN};
+use crate::control::{ControlMessage, FrameDecoder, MAX_PEM_LEN, MAX_STRING_LEN};
 use crate::{Error, Result, MAX_CONTROL_FRAME, PROTOCOL_VERSION};
 
 /// Shortest heartbeat interval a session uses, whatever it is configured or told.
@@ -58,6 +58,8 @@ pub enum Event {
     GoAway { reason: String },
     /// Nothing received within `dead_after`: close the tunnel.
     Dead,
+    /// The client described its cluster (hub side only).
+    SpokeInfo { apiserver_version: String, ca_bundle: String },
 }
 
 /// One end of a control stream.
@@ -198,6 +200,20 @@ impl Session {
         }
     }
 
+    /// Queues the spoke's description for the hub (client side; ignored on the hub). It may be sent at any
+    /// time, also before Welcome: the hub reads it after Hello. A version over [`MAX_STRING_LEN`] is cut; a
+    /// CA bundle over [`MAX_PEM_LEN`] is sent empty (unknown), since a cut PEM would be wrong.
+    pub fn send_spoke_info(&mut self, apiserver_version: &str, ca_bundle: &str) {
+        if matches!(self.role, Role::Server { .. }) {
+            return;
+        }
+        let ca_bundle = if ca_bundle.len() > MAX_PEM_LEN { "" } else { ca_bundle };
+        self.queue(&ControlMessage::SpokeInfo {
+            apiserver_version: truncate(apiserver_version, MAX_STRING_LEN).to_owned(),
+            ca_bundle: ca_bundle.to_owned(),
+        });
+    }
+
     /// Whether the handshake has finished.
     pub fn is_established(&self) -> bool {
         self.established
@@ -253,6 +269,9 @@ impl Session {
             (_, ControlMessage::Pong { .. }) if self.established => {}
             (_, ControlMessage::GoAway { reason }) if self.established => {
                 self.events.push_back(Event::GoAway { reason });
+            }
+            (Role::Server { .. }, ControlMessage::SpokeInfo { apiserver_version, ca_bundle }) if self.established => {
+                self.events.push_back(Event::SpokeInfo { apiserver_version, ca_bundle });
             }
             (role, other) => {
                 let state = match (role, &other) {

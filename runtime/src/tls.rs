@@ -25,6 +25,11 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
         .map_err(|_| Error::Pem { path: path.into(), what: "no PEM private key found".into() })
 }
 
+/// A private key from PEM; the error never echoes the input.
+pub fn key_from_pem(pem: &[u8]) -> std::result::Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|_| "no PEM private key found".to_string())
+}
+
 pub fn certs_from_pem(pem: &[u8]) -> std::result::Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<std::result::Result<Vec<_>, _>>()

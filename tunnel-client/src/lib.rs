@@ -1,15 +1,20 @@
 //! tether's spoke agent. Dials the hub over QUIC with its client certificate, keeps one tunnel per process,
 //! and serves the streams the hub opens by forwarding them to the local apiserver. Without a certificate but
-//! with a bootstrap token it first obtains one from the hub ([`bootstrap`]).
+//! with a bootstrap token it first obtains one from the hub ([`bootstrap`]); at 80 % of the certificate's life
+//! it renews it over the tunnel ([`renewal`]) and moves to a tunnel with the new identity.
 pub mod bootstrap;
 pub mod config;
 mod error;
+pub mod identity;
 pub mod metrics;
+pub mod renewal;
+pub mod request;
 pub mod tunnel;
 pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use ::metrics::counter;
 use tether_proto::Backoff;
@@ -22,12 +27,14 @@ use tracing::Instrument;
 pub use config::Config;
 pub use error::{Error, Result};
 
+use crate::identity::{FileStore, Identity, Store};
 use crate::metrics as m;
-use crate::tunnel::Ended;
+use crate::tunnel::{Ended, Report};
 use crate::upstream::Upstream;
 
 /// Runs until `shutdown`: dial, serve, and on loss dial again with jittered exponential backoff (at once
-/// after a go-away).
+/// after a go-away). A tunnel whose identity was renewed keeps serving until the tunnel with the new
+/// identity is up, then drains.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     tls::install_crypto_provider();
     metrics::describe();
@@ -36,10 +43,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let server_name = server_name(&config)?;
     let instance = config.instance.clone().unwrap_or_else(default_instance);
     let transport = TransportSettings { stream_window: config.stream_window, ..Default::default() };
-    let bootstrap_token = config.bootstrap_token_file.clone().filter(|_| !config.cert.exists());
-    if bootstrap_token.is_none() {
-        // Check the identity files once up front so a typo fails at start with the flag's name.
-        quic_client_config(&config, &transport)?;
+    let store = Arc::new(Store::Files(FileStore::new(&config.key, &config.cert)));
+    let mut identity = store.load().await?;
+    let bootstrap_token = config.bootstrap_token_file.clone().filter(|_| identity.is_none());
+    match &identity {
+        // Checked once up front so a typo fails at start with the flag's name.
+        Some(identity) => drop(quic_client_config(&config, identity, &transport)?),
+        None if bootstrap_token.is_none() => {
+            return Err(Error::Config {
+                flag: "--cert",
+                reason: format!("no identity in {} and no --bootstrap-token-file to get one", store.describe()),
+            })
+        }
+        None => {}
     }
 
     let ops_listener = tokio::net::TcpListener::bind(config.ops_addr)
@@ -53,24 +69,42 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let mut endpoint: Option<quinn::Endpoint> = None;
     if let Some(token_file) = &bootstrap_token {
         tracing::info!(
-            cert = %config.cert.display(),
+            store = %store.describe(),
             cluster = config.cluster.as_deref().unwrap_or_default(),
             "no certificate yet: bootstrapping with the token"
         );
-        let obtained =
-            bootstrap::obtain_certificate(&config, token_file, &transport, &server_name, &mut endpoint, &shutdown)
-                .await;
-        if !matches!(obtained, Ok(true)) {
+        let obtained = bootstrap::obtain_certificate(
+            &config,
+            &store,
+            token_file,
+            &transport,
+            &server_name,
+            &mut endpoint,
+            &shutdown,
+        )
+        .await;
+        match obtained {
+            Ok(Some(obtained)) => identity = Some(obtained),
             // Refused, failed, or shut down while waiting.
-            close(endpoint).await;
-            ops_task.abort();
-            return obtained.map(drop);
+            other => {
+                close(endpoint).await;
+                ops_task.abort();
+                return other.map(drop);
+            }
         }
-        quic_client_config(&config, &transport)?;
     }
+    let mut identity = identity.expect("loaded or bootstrapped");
 
+    let params = Arc::new(tunnel::Params {
+        instance,
+        heartbeat_interval: config.heartbeat_interval,
+        upstream: upstream.clone(),
+        spoke_info: Some(upstream.describe().await),
+    });
     let mut backoff = Backoff::new(config.backoff_base, config.backoff_cap);
     let mut first = true;
+    // The tunnel that renewed its identity, still serving until its successor is up.
+    let mut retiring: Option<CancellationToken> = None;
     while !shutdown.is_cancelled() {
         if !first {
             let delay = backoff.next_delay(rand::random::<f64>());
@@ -81,8 +115,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
             }
         }
         first = false;
-        // Identity files are read at every dial so a renewed certificate is picked up by the next connection.
-        let dialed = match quic_client_config(&config, &transport) {
+        let dialed = match quic_client_config(&config, &identity, &transport) {
             Ok(client_config) => dial(&config, &server_name, &mut endpoint, client_config).await,
             Err(e) => Err(e.to_string()),
         };
@@ -95,28 +128,75 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
                 continue;
             }
         };
-        let span = tracing::info_span!("tunnel", hub = %config.hub);
-        let mut established = false;
-        let ready_file = config.ready_file.clone();
-        let ended =
-            tunnel::serve(connection, &instance, config.heartbeat_interval, upstream.clone(), &shutdown, |up| {
-                established = true;
-                readiness.set(true);
-                if let Some(path) = &ready_file {
-                    let json = serde_json::json!({ "cluster": up.cluster, "ops": ops_addr.to_string() });
-                    if let Err(e) = std::fs::write(path, json.to_string()) {
-                        tracing::warn!(path = %path.display(), error = %e, "cannot write the ready file");
-                    }
-                }
+        let cluster = request::cluster_of(&identity)?;
+        let expires = renewal::expiry(&identity)?;
+        let renewal = {
+            let (connection, store, current) = (connection.clone(), store.clone(), identity.clone());
+            let backoff = Backoff::new(config.backoff_base, config.backoff_cap);
+            let shutdown = shutdown.clone();
+            Box::pin(async move {
+                renewal::renew(connection, &store, &current, &cluster, backoff, &shutdown).await;
             })
-            .instrument(span)
-            .await;
+        };
+        let retire = CancellationToken::new();
+        let (reports_tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
+        let span = tracing::info_span!("tunnel", hub = %config.hub);
+        let mut task = tokio::spawn(
+            tunnel::serve(
+                connection,
+                params.clone(),
+                Some(renewal),
+                retire.clone(),
+                instant_of(expires),
+                shutdown.clone(),
+                reports_tx,
+            )
+            .instrument(span),
+        );
+        let mut established = false;
+        let mut renewed = false;
+        let ended = loop {
+            tokio::select! {
+                report = reports.recv() => match report {
+                    Some(Report::Up { cluster }) => {
+                        established = true;
+                        readiness.set(true);
+                        if let Some(old) = retiring.take() {
+                            // The successor is up: the renewed-away tunnel says GoAway and drains.
+                            old.cancel();
+                        }
+                        if let Some(path) = &config.ready_file {
+                            let json = serde_json::json!({ "cluster": cluster, "ops": ops_addr.to_string() });
+                            if let Err(e) = std::fs::write(path, json.to_string()) {
+                                tracing::warn!(path = %path.display(), error = %e, "cannot write the ready file");
+                            }
+                        }
+                    }
+                    Some(Report::Renewed) => {
+                        renewed = true;
+                        break None;
+                    }
+                    None => {}
+                },
+                ended = &mut task => break Some(ended.unwrap_or_else(|e| Ended::Lost(format!("tunnel task: {e}")))),
+            }
+        };
+        if renewed {
+            // Serve on with the old identity until the new tunnel is up; dial at once.
+            match store.load().await? {
+                Some(new) => identity = new,
+                None => tracing::warn!("the renewed identity vanished from the store; keeping the old one"),
+            }
+            retiring = Some(retire);
+            first = true;
+            continue;
+        }
         readiness.set(false);
         if established {
             backoff.reset();
         }
-        match ended {
-            Ended::Shutdown => break,
+        match ended.expect("not renewed") {
+            Ended::Shutdown | Ended::Retired => break,
             Ended::GoAway => {
                 counter!(m::RECONNECTS, "cause" => "go_away").increment(1);
                 // A new endpoint gets a new UDP port: the hub (or its load balancer) sees a new flow.
@@ -132,6 +212,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     close(endpoint).await;
     ops_task.abort();
     Ok(())
+}
+
+/// `time` on the monotonic clock (now, if it has passed).
+fn instant_of(time: SystemTime) -> Instant {
+    let now = Instant::now();
+    match time.duration_since(SystemTime::now()) {
+        Ok(ahead) => now.checked_add(ahead).unwrap_or(now + Duration::from_secs(365 * 86_400)),
+        Err(_) => now,
+    }
 }
 
 async fn close(endpoint: Option<quinn::Endpoint>) {
@@ -166,11 +255,17 @@ async fn dial(
         .map_err(|e| e.to_string())
 }
 
-fn quic_client_config(config: &Config, transport: &TransportSettings) -> Result<quinn::ClientConfig> {
+fn quic_client_config(
+    config: &Config,
+    identity: &Identity,
+    transport: &TransportSettings,
+) -> Result<quinn::ClientConfig> {
     let roots =
         tls::root_store(&config.hub_ca).map_err(|e| Error::Config { flag: "--hub-ca", reason: e.to_string() })?;
-    let chain = tls::load_certs(&config.cert).map_err(|e| Error::Config { flag: "--cert", reason: e.to_string() })?;
-    let key = tls::load_key(&config.key).map_err(|e| Error::Config { flag: "--key", reason: e.to_string() })?;
+    let chain =
+        tls::certs_from_pem(identity.cert_pem.as_bytes()).map_err(|reason| Error::Config { flag: "--cert", reason })?;
+    let key =
+        tls::key_from_pem(identity.key_pem.as_bytes()).map_err(|reason| Error::Config { flag: "--key", reason })?;
     let mut crypto = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)

@@ -7,6 +7,8 @@ pub const HANDSHAKE_FAILURES: &str = "tether_client_handshake_failures_total";
 pub const STREAMS_OPEN: &str = "tether_client_streams_open";
 pub const REQUEST_DURATION: &str = "tether_client_request_duration_seconds";
 pub const TUNNEL_BYTES: &str = "tether_client_tunnel_bytes_total";
+pub const RENEWALS: &str = "tether_client_renewals_total";
+pub const CERTIFICATE_EXPIRY: &str = "tether_client_certificate_expiry_seconds";
 
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
@@ -16,5 +18,11 @@ pub fn describe() {
     describe_counter!(HANDSHAKE_FAILURES, "Dials that failed before the tunnel was established, by reason");
     describe_gauge!(STREAMS_OPEN, "Streams from the hub currently being served");
     describe_histogram!(REQUEST_DURATION, Unit::Seconds, "Time to response headers from the local apiserver, by code");
+    describe_counter!(RENEWALS, "Certificate renewals, by outcome (issued, shared, refused, lost, error)");
+    describe_gauge!(
+        CERTIFICATE_EXPIRY,
+        Unit::Seconds,
+        "Not-after of the client certificate in use, in seconds since the Unix epoch"
+    );
     describe_counter!(TUNNEL_BYTES, Unit::Bytes, "UDP payload bytes of the tunnel, by direction (rx/tx)");
 }

@@ -1,4 +1,8 @@
-//! One tunnel: dial the hub, run the control stream, serve every stream the hub opens.
+//! One tunnel: run the control stream, serve every stream the hub opens, renew the identity alongside, and
+//! drain when retired.
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -7,7 +11,9 @@ use metrics::{counter, gauge, histogram};
 use tether_proto::{Event, Role, Session, SessionConfig, StreamHeader};
 use tether_runtime::io::{quic_io, Prefixed};
 use tether_runtime::transport::ByteCounter;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::metrics as m;
@@ -22,31 +28,56 @@ pub enum Ended {
     Lost(String),
     /// We are shutting down.
     Shutdown,
+    /// A tunnel with a renewed identity took over; this one drained.
+    Retired,
 }
 
-pub struct Established {
-    pub cluster: String,
+/// What a running tunnel tells the dial loop.
+#[derive(Debug)]
+pub enum Report {
+    /// The hub's Welcome arrived.
+    Up { cluster: String },
+    /// A renewed identity is committed: dial with it, then retire this tunnel.
+    Renewed,
 }
 
-/// Serves the connection until it ends. `on_up` runs once the hub's Welcome arrived.
+/// What every tunnel of this process is served with.
+pub struct Params {
+    pub instance: String,
+    pub heartbeat_interval: Duration,
+    pub upstream: Upstream,
+    /// The spoke apiserver's version and CA bundle, sent to the hub after Hello.
+    pub spoke_info: Option<(String, String)>,
+}
+
+/// Serves the connection until it ends. Reports go to `reports`; `renewal`, when given, runs alongside and
+/// its completion is reported as [`Report::Renewed`]. Cancelling `retire` says GoAway to the hub and drains:
+/// the streams in flight finish (until `drain_until` at the latest) before the connection is closed.
 pub async fn serve(
     connection: quinn::Connection,
-    instance: &str,
-    heartbeat_interval: Duration,
-    upstream: Upstream,
-    shutdown: &CancellationToken,
-    mut on_up: impl FnMut(Established),
+    params: Arc<Params>,
+    renewal: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    retire: CancellationToken,
+    drain_until: Instant,
+    shutdown: CancellationToken,
+    reports: mpsc::UnboundedSender<Report>,
 ) -> Ended {
     let (mut send, mut recv) = match connection.open_bi().await {
         Ok(s) => s,
         Err(e) => return Ended::Lost(format!("opening the control stream: {e}")),
     };
-    let role = Role::Client { client_version: env!("CARGO_PKG_VERSION").into(), instance: instance.into() };
-    let config = SessionConfig { heartbeat_interval, dead_after: heartbeat_interval * 3 };
+    let role = Role::Client { client_version: env!("CARGO_PKG_VERSION").into(), instance: params.instance.clone() };
+    let config =
+        SessionConfig { heartbeat_interval: params.heartbeat_interval, dead_after: params.heartbeat_interval * 3 };
     let mut session = Session::new(role, config, Instant::now());
+    if let Some((version, ca_bundle)) = &params.spoke_info {
+        session.send_spoke_info(version, ca_bundle);
+    }
     let streams = CancellationToken::new();
+    let tracker = TaskTracker::new();
     let mut buf = vec![0u8; 16 * 1024];
     let mut stats = ByteCounter::new(m::TUNNEL_BYTES);
+    let mut renewal = renewal;
 
     let ended = loop {
         while let Some(bytes) = session.poll_transmit() {
@@ -61,13 +92,15 @@ pub async fn serve(
                     gauge!(m::CONNECTED).set(1.0);
                     counter!(m::CONNECTS).increment(1);
                     tracing::info!(%cluster, "tunnel up");
-                    on_up(Established { cluster });
+                    let _ = reports.send(Report::Up { cluster });
                 }
                 Event::GoAway { reason } => {
                     tracing::info!(%reason, "hub asked us to go away");
                     ended = Some(Ended::GoAway);
                 }
                 Event::Dead => ended = Some(Ended::Lost("heartbeat lost".into())),
+                // Sent by clients only; a hub's is refused by the session.
+                Event::SpokeInfo { .. } => {}
             }
         }
         if let Some(ended) = ended {
@@ -76,16 +109,7 @@ pub async fn serve(
         let wake = session.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             accepted = connection.accept_bi() => match accepted {
-                Ok((send, recv)) => {
-                    let upstream = upstream.clone();
-                    let streams = streams.clone();
-                    tokio::spawn(async move {
-                        tokio::select! {
-                            _ = serve_stream(send, recv, upstream) => {}
-                            _ = streams.cancelled() => {}
-                        }
-                    });
-                }
+                Ok((send, recv)) => spawn_stream(&tracker, &streams, send, recv, &params.upstream),
                 Err(e) => break Ended::Lost(format!("connection: {e}")),
             },
             read = recv.read(&mut buf) => match read {
@@ -102,15 +126,17 @@ pub async fn serve(
                 session.handle_timeout(Instant::now());
                 stats.sample(&connection);
             }
+            () = async { renewal.as_mut().expect("guarded").await }, if renewal.is_some() => {
+                renewal = None;
+                let _ = reports.send(Report::Renewed);
+            }
+            _ = retire.cancelled() => {
+                say_go_away(&mut session, &mut send, "moving to a renewed certificate").await;
+                break Ended::Retired;
+            }
             _ = shutdown.cancelled() => {
                 // Tell the hub first so it stops routing here before the connection goes.
-                session.go_away("client shutting down");
-                while let Some(bytes) = session.poll_transmit() {
-                    let _ = send.write_all(&bytes).await;
-                }
-                // write_all only queued the GoAway: closing now would discard it. The hub closes the connection
-                // once it has read it; wait for that, briefly.
-                let _ = tokio::time::timeout(Duration::from_secs(1), connection.closed()).await;
+                say_go_away(&mut session, &mut send, "client shutting down").await;
                 break Ended::Shutdown;
             }
         }
@@ -125,12 +151,70 @@ pub async fn serve(
                 streams.cancel();
             });
         }
+        Ended::Retired => {
+            drain(&connection, &tracker, &streams, &params.upstream, drain_until, &shutdown).await;
+            connection.close(0u32.into(), b"retired");
+            streams.cancel();
+        }
         _ => {
             connection.close(0u32.into(), b"bye");
             streams.cancel();
         }
     }
     ended
+}
+
+/// Queues GoAway, finishes the control stream and waits (briefly) until the hub has received it: closing
+/// before that would discard it.
+async fn say_go_away(session: &mut Session, send: &mut quinn::SendStream, reason: &str) {
+    session.go_away(reason);
+    while let Some(bytes) = session.poll_transmit() {
+        let _ = send.write_all(&bytes).await;
+    }
+    let _ = send.finish();
+    let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+}
+
+/// After GoAway: serves what is in flight, and any stream the hub opened before it read the GoAway, until
+/// all are done, `until`, or shutdown.
+async fn drain(
+    connection: &quinn::Connection,
+    tracker: &TaskTracker,
+    streams: &CancellationToken,
+    upstream: &Upstream,
+    until: Instant,
+    shutdown: &CancellationToken,
+) {
+    tracker.close();
+    tracing::info!(in_flight = tracker.len(), "draining the retired tunnel");
+    loop {
+        tokio::select! {
+            accepted = connection.accept_bi() => match accepted {
+                Ok((send, recv)) => spawn_stream(tracker, streams, send, recv, upstream),
+                Err(_) => return,
+            },
+            _ = tracker.wait() => return,
+            _ = tokio::time::sleep_until(until.into()) => return,
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+fn spawn_stream(
+    tracker: &TaskTracker,
+    streams: &CancellationToken,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    upstream: &Upstream,
+) {
+    let upstream = upstream.clone();
+    let streams = streams.clone();
+    tracker.spawn(async move {
+        tokio::select! {
+            _ = serve_stream(send, recv, upstream) => {}
+            _ = streams.cancelled() => {}
+        }
+    });
 }
 
 async fn serve_stream(send: quinn::SendStream, mut recv: quinn::RecvStream, upstream: Upstream) {

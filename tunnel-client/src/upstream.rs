@@ -27,6 +27,10 @@ pub struct Upstream {
     /// Upgrades (exec, attach, port-forward) need HTTP/1.1.
     upgrades: Client<HttpsConnector<HttpConnector>, Incoming>,
     token: Arc<Token>,
+    /// The same apiserver through kube, for the client's own calls (its version).
+    kube: kube::Client,
+    /// The apiserver's CA bundle (PEM), as configured; empty when the system roots are used.
+    ca_bundle: Arc<str>,
 }
 
 impl Upstream {
@@ -46,6 +50,8 @@ impl Upstream {
 
     fn from_config(config: kube::Config) -> Result<Self> {
         use secrecy::ExposeSecret;
+        let ca_bundle: String = config.root_cert.iter().flatten().map(|der| pem_certificate(der)).collect();
+        let kube = kube::Client::try_from(config.clone()).map_err(|e| Error::Upstream(e.to_string()))?;
         let auth = &config.auth_info;
         let token = match (&auth.token, &auth.token_file) {
             (Some(token), _) => Token::fixed(token.expose_secret())?,
@@ -79,7 +85,31 @@ impl Upstream {
         let pooled =
             Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(90)).build(connector(true));
         let upgrades = Client::builder(TokioExecutor::new()).build(connector(false));
-        Ok(Self { base: config.cluster_url, pooled, upgrades, token: Arc::new(token) })
+        Ok(Self {
+            base: config.cluster_url,
+            pooled,
+            upgrades,
+            token: Arc::new(token),
+            kube,
+            ca_bundle: ca_bundle.into(),
+        })
+    }
+
+    /// What the hub reports about this cluster: the apiserver's version (empty when it does not answer in
+    /// time) and its CA bundle.
+    pub async fn describe(&self) -> (String, String) {
+        let version = match tokio::time::timeout(Duration::from_secs(5), self.kube.apiserver_version()).await {
+            Ok(Ok(info)) => info.git_version,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read the spoke apiserver's version");
+                String::new()
+            }
+            Err(_) => {
+                tracing::warn!("the spoke apiserver did not tell its version in time");
+                String::new()
+            }
+        };
+        (version, self.ca_bundle.to_string())
     }
 
     /// Forwards one request from the hub. Failures reaching the apiserver become a 502 `Status`.
@@ -203,6 +233,19 @@ fn client_identity(
     Ok(Some((chain, key)))
 }
 
+/// One DER certificate as PEM.
+fn pem_certificate(der: &[u8]) -> String {
+    use base64::Engine;
+    let base64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in base64.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    pem
+}
+
 pub fn status(code: StatusCode, message: &str) -> Response<Body> {
     let body = serde_json::json!({
         "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
@@ -212,4 +255,18 @@ pub fn status(code: StatusCode, message: &str) -> Response<Body> {
     *response.status_mut() = code;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificates_become_pem_that_parses_back() {
+        let now = std::time::SystemTime::now();
+        let ca = tether_certs::CertificateAuthority::generate("ca", now, Duration::from_secs(60)).unwrap();
+        let pem = pem_certificate(ca.cert_der());
+        assert!(pem.lines().all(|l| l.len() <= 64), "{pem}");
+        assert_eq!(tether_certs::pem_to_der_certs(&pem).unwrap(), [ca.cert_der().to_vec()]);
+    }
 }

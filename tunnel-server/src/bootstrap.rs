@@ -54,6 +54,7 @@ pub const TOKEN_SECRET_TYPE: &str = "tether.io/bootstrap-token";
 pub const TOKEN_SECRET_PREFIX: &str = "tether-bootstrap-";
 pub const REQUESTED_VIA_ANNOTATION: &str = "tether.io/requested-via";
 pub const REQUESTED_VIA_TOKEN: &str = "bootstrap-token";
+pub const REQUESTED_VIA_RENEWAL: &str = "renewal";
 pub const CSR_USAGES: [&str; 3] = ["digital signature", "key encipherment", "client auth"];
 
 /// QUIC application error code of a bootstrap connection closed without an answer (the client tries again).
@@ -267,12 +268,13 @@ pub fn csr_state(csr: &CertificateSigningRequest) -> CsrState {
     }
 }
 
-/// The certificate request the hub creates for a checked bootstrap request.
-pub fn csr_object(name: &str, cluster: &str, csr_pem: &str) -> CertificateSigningRequest {
+/// The certificate request the hub creates for a checked bootstrap or renewal request; `via` is
+/// [`REQUESTED_VIA_TOKEN`] or [`REQUESTED_VIA_RENEWAL`].
+pub fn csr_object(name: &str, cluster: &str, csr_pem: &str, via: &str) -> CertificateSigningRequest {
     let labels = BTreeMap::from([(CLUSTER_LABEL.to_string(), cluster.to_string())]);
     let annotations = BTreeMap::from([
         (CLUSTER_LABEL.to_string(), cluster.to_string()),
-        (REQUESTED_VIA_ANNOTATION.to_string(), REQUESTED_VIA_TOKEN.to_string()),
+        (REQUESTED_VIA_ANNOTATION.to_string(), via.to_string()),
     ]);
     CertificateSigningRequest {
         metadata: ObjectMeta {
@@ -419,13 +421,26 @@ impl Bootstrap {
             Ok(prepared) => prepared,
             Err(outcome) => return outcome,
         };
-        info!(cluster = %request.cluster, csr = %name,
-            "waiting for the certificate request to be approved and signed");
+        self.wait_and_answer(&csrs, &name, &request.cluster, connection, send, shutdown).await
+    }
+
+    /// Tells the client the request's name, then waits for its certificate.
+    async fn wait_and_answer(
+        &self,
+        csrs: &Api<CertificateSigningRequest>,
+        name: &str,
+        cluster: &str,
+        connection: &quinn::Connection,
+        send: &mut quinn::SendStream,
+        shutdown: &CancellationToken,
+    ) -> Outcome {
+        let name = name.to_string();
+        info!(%cluster, csr = %name, "waiting for the certificate request to be approved and signed");
         if write(send, &BootstrapResponse::Pending { csr_name: name.clone() }).await.is_err() {
             return Outcome::Abandoned { outcome: "closed", reason: "client went away".into() };
         }
         tokio::select! {
-            waited = tokio::time::timeout(self.settings.wait, wait_for_certificate(&csrs, &name)) => {
+            waited = tokio::time::timeout(self.settings.wait, wait_for_certificate(csrs, &name)) => {
                 waited.unwrap_or_else(|_| Outcome::Abandoned {
                     outcome: "timeout",
                     reason: format!("certificate request {name} not signed yet"),
@@ -482,24 +497,117 @@ impl Bootstrap {
         info!(%cluster, token_id = token.id, "bootstrap token spent");
 
         // The token is gone: retry the create a few times rather than lose the client's only chance.
-        let mut delay = Duration::from_millis(200);
-        let mut attempt = 0;
-        loop {
-            let name = csr_name(cluster, rand::random());
-            match csrs.create(&PostParams::default(), &csr_object(&name, cluster, &request.csr_pem)).await {
-                Ok(_) => return Ok(name),
-                Err(e) if attempt < 3 => {
-                    warn!(%cluster, error = %e, "creating the certificate request failed; retrying");
+        create_csr(csrs, cluster, &request.csr_pem, REQUESTED_VIA_TOKEN).await.map_err(|e| {
+            let reason = format!("creating the certificate request failed ({e}); the token is spent");
+            Outcome::Refused(Refusal::new("error", reason))
+        })
+    }
+
+    /// Serves one renewal stream of a tunnel whose certificate names `cluster`: the same exchange as a
+    /// bootstrap, without a token (the certificate is the proof), on a stream of the tunnel's connection.
+    /// Only the stream ends; the tunnel goes on. The certificate request is annotated
+    /// `tether.io/requested-via: renewal`, which the controller's policy approves for an accepted cluster.
+    pub async fn renew(
+        self: Arc<Self>,
+        cluster: String,
+        connection: quinn::Connection,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+        shutdown: CancellationToken,
+    ) {
+        let outcome = match tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut recv)).await {
+            Err(_) => Outcome::Abandoned { outcome: "no_request", reason: "no renewal request".into() },
+            Ok(Err(refusal)) => Outcome::Refused(refusal),
+            Ok(Ok(request)) => match self.prepare_renewal(&cluster, &request).await {
+                Ok((csrs, name)) => {
+                    self.wait_and_answer(&csrs, &name, &cluster, &connection, &mut send, &shutdown).await
                 }
-                Err(e) => {
-                    let reason = format!("creating the certificate request failed ({e}); the token is spent");
-                    return Err(Outcome::Refused(Refusal::new("error", reason)));
-                }
+                Err(outcome) => outcome,
+            },
+        };
+        let answer = match outcome.logged(Some(&cluster)) {
+            Outcome::Issued(certificate_pem) => {
+                counter!(m::RENEWALS, "outcome" => "issued").increment(1);
+                BootstrapResponse::Issued { certificate_pem }
             }
-            attempt += 1;
-            tokio::time::sleep(delay).await;
-            delay *= 2;
+            Outcome::Refused(refusal) => {
+                counter!(m::RENEWALS, "outcome" => refusal.outcome).increment(1);
+                BootstrapResponse::Refused { reason: refusal.reason }
+            }
+            Outcome::Abandoned { outcome, .. } => {
+                counter!(m::RENEWALS, "outcome" => outcome).increment(1);
+                let _ = send.reset(ABANDONED_CODE.into());
+                return;
+            }
+        };
+        if write(&mut send, &answer).await.is_ok() {
+            let _ = send.finish();
         }
+    }
+
+    /// The renewal checks: well-formed, for the certificate's own cluster, no token, a good CSR; then the
+    /// certificate request is created (or, with `resume`, found).
+    async fn prepare_renewal(
+        &self,
+        cluster: &str,
+        request: &BootstrapRequest,
+    ) -> Result<(Api<CertificateSigningRequest>, String), Outcome> {
+        check_renewal(request, cluster).map_err(Outcome::Refused)?;
+        let Some(client) = &self.client else {
+            return Err(Outcome::Refused(Refusal::new("unavailable", "renewal not available")));
+        };
+        let csrs: Api<CertificateSigningRequest> = Api::all(client.clone());
+        let name = match &request.resume {
+            Some(name) => resume(&csrs, name, request).await.map(|()| name.clone())?,
+            None => create_csr(&csrs, cluster, &request.csr_pem, REQUESTED_VIA_RENEWAL)
+                .await
+                .map_err(|e| hub_error("creating the certificate request", &e))?,
+        };
+        Ok((csrs, name))
+    }
+}
+
+/// Checks a renewal request against the cluster of the tunnel it came on.
+pub fn check_renewal(request: &BootstrapRequest, cluster: &str) -> Result<(), Refusal> {
+    if request.version != BOOTSTRAP_VERSION {
+        return Err(Refusal::new(
+            "malformed",
+            format!("renewal protocol version {} is not supported", request.version),
+        ));
+    }
+    if request.cluster != cluster {
+        return Err(Refusal::new(
+            "wrong_cluster",
+            format!("a tunnel of cluster {cluster} cannot renew a certificate for {}", request.cluster),
+        ));
+    }
+    if request.token.is_some() {
+        return Err(Refusal::new("malformed", "a renewal carries no token: the tunnel's certificate is the proof"));
+    }
+    check_csr(&request.csr_pem, cluster)
+}
+
+/// Creates a certificate request under a fresh name, retrying a few times.
+async fn create_csr(
+    csrs: &Api<CertificateSigningRequest>,
+    cluster: &str,
+    csr_pem: &str,
+    via: &str,
+) -> Result<String, kube::Error> {
+    let mut delay = Duration::from_millis(200);
+    let mut attempt = 0;
+    loop {
+        let name = csr_name(cluster, rand::random());
+        match csrs.create(&PostParams::default(), &csr_object(&name, cluster, csr_pem, via)).await {
+            Ok(_) => return Ok(name),
+            Err(e) if attempt < 3 => {
+                warn!(%cluster, error = %e, "creating the certificate request failed; retrying");
+            }
+            Err(e) => return Err(e),
+        }
+        attempt += 1;
+        tokio::time::sleep(delay).await;
+        delay *= 2;
     }
 }
 

@@ -19,6 +19,9 @@
 //! - **Annotation `tether.io/client-instances`**: the instance names (from each client's Hello) of the
 //!   cluster's connected clients on this replica, sorted, comma-separated (a `,` inside a name becomes `_`);
 //!   empty when going away.
+//! - **Annotations `tether.io/client-version`, `tether.io/apiserver-version`, `tether.io/ca-bundle`**: the
+//!   newest connected client's version (from its Hello) and what it reported about its cluster (`SpokeInfo`:
+//!   the spoke apiserver's version and CA bundle, PEM); absent while unknown and when going away.
 //! - **When.** Every `--lease-renew-interval` (`TETHER_LEASE_RENEW_INTERVAL`, default 10s) per cluster with a
 //!   tunnel here, and at once when a cluster's first tunnel registers, when its set of client instances
 //!   changes, and when its last tunnel ends with GoAway. Failed writes are retried after 0.5 s, doubling, at
@@ -43,13 +46,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, trace, warn};
 
 use crate::metrics as m;
-use crate::registry::{Holdings, Registry};
+use crate::registry::{Held, Holdings, Registry};
 
 pub const FIELD_MANAGER: &str = "tether-tunnel-server";
 pub const CLUSTER_LABEL: &str = "tether.io/cluster";
 pub const REPLICA_LABEL: &str = "tether.io/replica";
 pub const STATE_ANNOTATION: &str = "tether.io/state";
 pub const CLIENT_INSTANCES_ANNOTATION: &str = "tether.io/client-instances";
+pub const CLIENT_VERSION_ANNOTATION: &str = "tether.io/client-version";
+pub const APISERVER_VERSION_ANNOTATION: &str = "tether.io/apiserver-version";
+pub const CA_BUNDLE_ANNOTATION: &str = "tether.io/ca-bundle";
 
 /// Longest DNS label (RFC 1123), and so the longest Lease name and label value written here.
 const MAX_LABEL: usize = 63;
@@ -89,7 +95,7 @@ impl State {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Holding {
     pub state: State,
-    pub instances: Vec<String>,
+    pub held: Held,
     pub acquired: Timestamp,
 }
 
@@ -148,11 +154,22 @@ pub fn lease(settings: &LeaseSettings, cluster: &str, holding: &Holding, now: Ti
         (CLUSTER_LABEL.to_string(), cluster.to_string()),
         (REPLICA_LABEL.to_string(), settings.replica.clone()),
     ]);
-    let instances: Vec<String> = holding.instances.iter().map(|i| i.replace(',', "_")).collect();
-    let annotations = BTreeMap::from([
+    let held = &holding.held;
+    let instances: Vec<String> = held.instances.iter().map(|i| i.replace(',', "_")).collect();
+    let mut annotations = BTreeMap::from([
         (STATE_ANNOTATION.to_string(), holding.state.as_str().to_string()),
         (CLIENT_INSTANCES_ANNOTATION.to_string(), instances.join(",")),
     ]);
+    let reported = [
+        (CLIENT_VERSION_ANNOTATION, &held.client_version),
+        (APISERVER_VERSION_ANNOTATION, &held.described.apiserver_version),
+        (CA_BUNDLE_ANNOTATION, &held.described.ca_bundle),
+    ];
+    for (key, value) in reported {
+        if !value.is_empty() {
+            annotations.insert(key.to_string(), value.clone());
+        }
+    }
     Lease {
         metadata: ObjectMeta {
             name: Some(lease_name(cluster, &settings.replica)),
@@ -267,7 +284,7 @@ struct Tracked {
 }
 
 impl Tracker {
-    /// New clusters and changed instance lists are due at once; a cluster whose last tunnel said GoAway is
+    /// New clusters and changed instance lists or descriptions are due at once; a cluster whose last tunnel said GoAway is
     /// due at once as going-away; a cluster lost any other way is forgotten, so its Lease goes stale.
     fn observe(&mut self, holdings: Holdings, now: Instant, stamp: Timestamp) {
         let Holdings { connected, went_away } = holdings;
@@ -277,7 +294,7 @@ impl Tracker {
         });
         for cluster in went_away {
             let going_away = Tracked {
-                holding: Holding { state: State::GoingAway, instances: Vec::new(), acquired: stamp },
+                holding: Holding { state: State::GoingAway, held: Held::default(), acquired: stamp },
                 due: now,
                 failures: 0,
             };
@@ -289,15 +306,15 @@ impl Tracker {
                     let tracked = entry.get_mut();
                     if tracked.holding.state == State::Connected {
                         tracked.holding.state = State::GoingAway;
-                        tracked.holding.instances.clear();
+                        tracked.holding.held = Held::default();
                         tracked.due = now;
                     }
                 }
             }
         }
-        for (cluster, instances) in connected {
+        for (cluster, held) in connected {
             let connected = Tracked {
-                holding: Holding { state: State::Connected, instances: instances.clone(), acquired: stamp },
+                holding: Holding { state: State::Connected, held: held.clone(), acquired: stamp },
                 due: now,
                 failures: 0,
             };
@@ -309,8 +326,8 @@ impl Tracker {
                     let tracked = entry.get_mut();
                     if tracked.holding.state == State::GoingAway {
                         *tracked = connected;
-                    } else if tracked.holding.instances != instances {
-                        tracked.holding.instances = instances;
+                    } else if tracked.holding.held != held {
+                        tracked.holding.held = held;
                         tracked.due = now;
                     }
                 }
@@ -348,6 +365,7 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::Described;
 
     fn is_dns_label(s: &str) -> bool {
         !s.is_empty()
@@ -412,7 +430,11 @@ mod tests {
     fn the_lease_written_while_connected() {
         let holding = Holding {
             state: State::Connected,
-            instances: vec!["spoke-a-0".into(), "spoke-a-1".into()],
+            held: Held {
+                instances: vec!["spoke-a-0".into(), "spoke-a-1".into()],
+                client_version: "0.1.0".into(),
+                described: Described { apiserver_version: "v1.20.2".into(), ca_bundle: "PEM".into() },
+            },
             acquired: at("2026-11-25T10:00:00.5Z"),
         };
         let lease = lease(&settings(), "spoke-a", &holding, at("2026-11-25T10:05:30.123456Z"));
@@ -429,6 +451,9 @@ mod tests {
                     "annotations": {
                         "tether.io/state": "connected",
                         "tether.io/client-instances": "spoke-a-0,spoke-a-1",
+                        "tether.io/client-version": "0.1.0",
+                        "tether.io/apiserver-version": "v1.20.2",
+                        "tether.io/ca-bundle": "PEM",
                     },
                 },
                 "spec": {
@@ -443,12 +468,13 @@ mod tests {
 
     #[test]
     fn the_lease_written_when_the_client_goes_away() {
-        let holding = Holding { state: State::GoingAway, instances: vec![], acquired: at("2026-11-25T10:00:00Z") };
+        let holding = Holding { state: State::GoingAway, held: Held::default(), acquired: at("2026-11-25T10:00:00Z") };
         let settings = LeaseSettings { duration: Duration::from_millis(1500), ..settings() };
         let lease = lease(&settings, "spoke-b", &holding, at("2026-11-25T11:00:00Z"));
         let annotations = lease.metadata.annotations.expect("annotations");
         assert_eq!(annotations[STATE_ANNOTATION], "going-away");
         assert_eq!(annotations[CLIENT_INSTANCES_ANNOTATION], "");
+        assert!(!annotations.contains_key(CLIENT_VERSION_ANNOTATION), "unknown fields are left out");
         let spec = lease.spec.expect("spec");
         assert_eq!(spec.lease_duration_seconds, Some(2), "rounded up to whole seconds");
         assert_eq!(spec.renew_time, Some(MicroTime(at("2026-11-25T11:00:00Z"))));
@@ -459,7 +485,7 @@ mod tests {
     fn instance_names_cannot_break_the_list() {
         let holding = Holding {
             state: State::Connected,
-            instances: vec!["a,b".into(), "c".into()],
+            held: Held { instances: vec!["a,b".into(), "c".into()], ..Default::default() },
             acquired: at("2026-11-25T10:00:00Z"),
         };
         let lease = lease(&settings(), "spoke-a", &holding, at("2026-11-25T10:00:00Z"));
@@ -476,14 +502,17 @@ mod tests {
         Holdings {
             connected: connected
                 .iter()
-                .map(|(c, i)| (c.to_string(), i.iter().map(|s| s.to_string()).collect()))
+                .map(|(c, i)| {
+                    let held = Held { instances: i.iter().map(|s| s.to_string()).collect(), ..Default::default() };
+                    (c.to_string(), held)
+                })
                 .collect(),
             went_away: went_away.iter().map(|s| s.to_string()).collect(),
         }
     }
 
     fn due(tracker: &Tracker, now: Instant) -> Vec<(String, State, Vec<String>)> {
-        tracker.due(now).into_iter().map(|(c, h)| (c, h.state, h.instances)).collect()
+        tracker.due(now).into_iter().map(|(c, h)| (c, h.state, h.held.instances)).collect()
     }
 
     fn connected(cluster: &str, instances: &[&str]) -> (String, State, Vec<String>) {
@@ -568,5 +597,20 @@ mod tests {
         assert_eq!(waits, [ms(500), ms(1000), ms(2000), ms(4000), ms(8000), renew, renew]);
         assert_eq!(tracker.written("a", true, t0, renew), 0);
         assert_eq!(tracker.next_due(), Some(t0 + renew));
+    }
+
+    #[test]
+    fn a_new_description_is_written_at_once() {
+        let renew = Duration::from_secs(10);
+        let (t0, stamp) = (Instant::now(), at("2026-11-25T10:00:00Z"));
+        let mut tracker = Tracker::default();
+        tracker.observe(holdings(&[("a", &["a-0"])], &[]), t0, stamp);
+        tracker.written("a", true, t0, renew);
+        let mut described = holdings(&[("a", &["a-0"])], &[]);
+        described.connected.get_mut("a").unwrap().described.apiserver_version = "v1.20.2".into();
+        tracker.observe(described, t0 + Duration::from_secs(1), stamp);
+        let due = tracker.due(t0 + Duration::from_secs(1));
+        assert_eq!(due.len(), 1, "{due:?}");
+        assert_eq!(due[0].1.held.described.apiserver_version, "v1.20.2");
     }
 }

@@ -11,6 +11,8 @@ pub const AUTH_LOOKUPS: &str = "tether_server_auth_lookups_total";
 pub const TUNNELS_REVOKED: &str = "tether_server_tunnels_revoked_total";
 pub const LEASE_RENEWALS: &str = "tether_server_lease_renewals_total";
 pub const BOOTSTRAPS: &str = "tether_server_bootstrap_total";
+pub const RENEWALS: &str = "tether_server_renewals_total";
+pub const TUNNELS_EXPIRED: &str = "tether_server_tunnels_expired_total";
 
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
@@ -34,5 +36,7 @@ pub fn describe() {
         BOOTSTRAPS,
         "Bootstrap connections of spokes holding a token, by outcome (issued, a refusal, rate_limited, timeout, ...)"
     );
+    describe_counter!(RENEWALS, "Certificate renewals asked for over tunnels, by outcome (issued, a refusal, ...)");
+    describe_counter!(TUNNELS_EXPIRED, "Tunnels closed because their client certificate expired, by cluster");
     describe_counter!(LEASE_RENEWALS, "Writes of this replica's per-cluster Leases to the hub, by outcome (ok/error)");
 }

@@ -3,7 +3,7 @@
 //! what this replica holds with `holdings`.
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use tokio::sync::Notify;
@@ -16,6 +16,27 @@ pub struct Tunnel {
     pub connection: quinn::Connection,
     /// When the spoke's certificate was issued (`revocations::issued_at`), kept for revocation checks.
     pub issued: SystemTime,
+    /// The software version the client named in its Hello.
+    pub client_version: String,
+    /// What the client said about its cluster (`SpokeInfo`), once it did.
+    pub described: Mutex<Option<Described>>,
+}
+
+/// A spoke's description of its cluster, as its client sent it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Described {
+    pub apiserver_version: String,
+    pub ca_bundle: String,
+}
+
+/// What the Lease of one held cluster reports about it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Held {
+    /// The instance names the clients gave (sorted, unique, empty names left out).
+    pub instances: Vec<String>,
+    /// From the newest tunnel: its client's version, and its description of the cluster (empty until sent).
+    pub client_version: String,
+    pub described: Described,
 }
 
 #[derive(Debug, Default)]
@@ -38,9 +59,8 @@ struct Tunnels {
 /// What this replica holds, taken at one instant (for the Leases).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Holdings {
-    /// Clusters with at least one tunnel here, with the instance names their clients gave (sorted, unique,
-    /// empty names left out).
-    pub connected: BTreeMap<String, Vec<String>>,
+    /// Clusters with at least one tunnel here.
+    pub connected: BTreeMap<String, Held>,
     /// Clusters whose last tunnel here ended because the client said GoAway, since the previous `holdings`.
     pub went_away: Vec<String>,
 }
@@ -112,12 +132,29 @@ impl Registry {
                     list.iter().map(|t| t.instance.clone()).filter(|i| !i.is_empty()).collect();
                 instances.sort();
                 instances.dedup();
-                (cluster.clone(), instances)
+                let newest = list.last();
+                let described = list
+                    .iter()
+                    .rev()
+                    .find_map(|t| t.described.lock().unwrap_or_else(|e| e.into_inner()).clone())
+                    .unwrap_or_default();
+                let client_version = newest.map(|t| t.client_version.clone()).unwrap_or_default();
+                (cluster.clone(), Held { instances, client_version, described })
             })
             .collect();
         let mut went_away: Vec<String> = tunnels.went_away.drain().collect();
         went_away.sort();
         Holdings { connected, went_away }
+    }
+
+    /// Records what a tunnel's client said about its cluster (the Lease task reports it).
+    pub fn describe(&self, tunnel: &Tunnel, described: Described) {
+        let mut slot = tunnel.described.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.as_ref() != Some(&described) {
+            *slot = Some(described);
+            drop(slot);
+            self.changed.notify_one();
+        }
     }
 
     /// Resolves after the next insert or remove (at once if one happened since the last call returned).

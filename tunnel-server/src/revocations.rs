@@ -46,10 +46,7 @@ pub const CLOSE_CODE: u32 = 4;
 pub const CLOSE_REASON: &str = "certificate revoked";
 
 /// When a certificate (DER) was issued: its notBefore plus the backdating tether_certs applies.
-pub fn issued_at(cert_der: &[u8]) -> tether_certs::Result<SystemTime> {
-    let (not_before, _) = tether_certs::validity(cert_der)?;
-    Ok(not_before + tether_certs::BACKDATE)
-}
+pub use tether_certs::issued_at;
 
 /// The revocations in force: per cluster, the time up to which its certificates are revoked.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -2,7 +2,13 @@
 //! certificate (never from anything the client says), run the control stream, keep the registry current.
 //! Connections that negotiated `tether-bootstrap/1` go to [`crate::bootstrap`] and do nothing else; a
 //! `tether/1` connection without a verified client certificate is closed at once.
-use std::sync::Arc;
+//!
+//! On a tunnel, every stream the client opens after its control stream is a certificate renewal
+//! ([`Bootstrap::renew`], one at a time). A tunnel ends when its client certificate expires: a client that
+//! renewed has moved to a new connection by then. When a client says GoAway (it shuts down, or it moves to
+//! a renewed identity) its tunnel leaves the registry at once, so no new request is routed to it, but the
+//! connection stays until the client closes it, so that requests in flight on it (a watch) finish.
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use metrics::{counter, gauge};
@@ -10,11 +16,11 @@ use rustls::pki_types::CertificateDer;
 use tether_proto::{Event, Role, Session, SessionConfig};
 use tether_runtime::transport::ByteCounter;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::bootstrap::Bootstrap;
 use crate::metrics as m;
-use crate::registry::{Registry, Tunnel};
+use crate::registry::{Described, Registry, Tunnel};
 use crate::revocations::{self, Revocations};
 
 #[derive(Debug, Clone)]
@@ -32,7 +38,14 @@ struct Identity {
     cluster: String,
     /// When the certificate was issued, for revocation checks.
     issued: SystemTime,
+    /// Its not-after: the tunnel is closed then.
+    expires: SystemTime,
 }
+
+/// QUIC application error code of a tunnel closed because its client certificate expired.
+pub const EXPIRED_CODE: u32 = 5;
+/// QUIC stream error code of a renewal stream refused because another one is running.
+pub const BUSY_CODE: u32 = 8;
 
 /// Accepts spoke connections until `shutdown`, then tells every spoke to go away. Revoked certificates are
 /// refused; bootstrap connections are served by `bootstrap`.
@@ -92,7 +105,9 @@ pub async fn accept_loop(
                 return;
             }
             let span = tracing::info_span!("tunnel", cluster = %identity.cluster, %remote);
-            serve_tunnel(connection, identity, registry, revocations, settings, shutdown).instrument(span).await;
+            serve_tunnel(connection, identity, registry, revocations, bootstrap, settings, shutdown)
+                .instrument(span)
+                .await;
         });
     }
 }
@@ -109,7 +124,8 @@ fn identity_of(connection: &quinn::Connection) -> Result<Identity, String> {
     let leaf = certs.first().ok_or("empty client certificate chain")?;
     let cluster = tether_certs::cluster_of(leaf.as_ref()).map_err(|e| e.to_string())?;
     let issued = revocations::issued_at(leaf.as_ref()).map_err(|e| e.to_string())?;
-    Ok(Identity { cluster, issued })
+    let (_, expires) = tether_certs::validity(leaf.as_ref()).map_err(|e| e.to_string())?;
+    Ok(Identity { cluster, issued, expires })
 }
 
 async fn serve_tunnel(
@@ -117,10 +133,13 @@ async fn serve_tunnel(
     identity: Identity,
     registry: Arc<Registry>,
     revocations: Revocations,
+    bootstrap: Arc<Bootstrap>,
     settings: TunnelSettings,
     shutdown: CancellationToken,
 ) {
-    let Identity { cluster, issued } = identity;
+    let Identity { cluster, issued, expires } = identity;
+    let expiry = instant_of(expires);
+    let renewing = Arc::new(tokio::sync::Semaphore::new(1));
     let (mut send, mut recv) = match tokio::time::timeout(settings.hello_timeout, connection.accept_bi()).await {
         Ok(Ok(streams)) => streams,
         Ok(Err(e)) => return tracing::debug!(error = %e, "connection closed before its control stream"),
@@ -156,6 +175,8 @@ async fn serve_tunnel(
                         instance: peer_instance.unwrap_or_default(),
                         connection: connection.clone(),
                         issued,
+                        client_version: session.peer_client_version().unwrap_or_default().to_string(),
+                        described: Mutex::new(None),
                     });
                     let count = registry.insert(tunnel.clone());
                     gauge!(m::TUNNELS, "cluster" => cluster.clone()).set(count as f64);
@@ -172,6 +193,12 @@ async fn serve_tunnel(
                     stop = Some("spoke went away");
                 }
                 Event::Dead => stop = Some("heartbeat lost"),
+                Event::SpokeInfo { apiserver_version, ca_bundle } => {
+                    if let Some(tunnel) = &registered {
+                        debug!(%apiserver_version, "spoke described its cluster");
+                        registry.describe(tunnel, Described { apiserver_version, ca_bundle });
+                    }
+                }
             }
         }
         if let Some(outcome) = stop {
@@ -211,8 +238,29 @@ async fn serve_tunnel(
                 session.go_away("hub shutting down");
                 going_away = true;
             }
+            accepted = connection.accept_bi(), if registered.is_some() => match accepted {
+                Ok((mut send, recv)) => match renewing.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let task = bootstrap.clone().renew(cluster.clone(), connection.clone(), send, recv, shutdown.clone());
+                        tokio::spawn(async move {
+                            task.await;
+                            drop(permit);
+                        }.in_current_span());
+                    }
+                    Err(_) => {
+                        let _ = send.reset(BUSY_CODE.into());
+                    }
+                },
+                Err(_) => break "connection closed",
+            },
+            _ = tokio::time::sleep_until(expiry.into()) => {
+                counter!(m::TUNNELS_EXPIRED, "cluster" => cluster.clone()).increment(1);
+                info!("client certificate expired: closing the tunnel");
+                connection.close(EXPIRED_CODE.into(), b"certificate expired");
+                break "certificate expired";
+            }
             reason = connection.closed() => {
-                tracing::debug!(%reason, "connection closed");
+                debug!(%reason, "connection closed");
                 break "connection closed";
             }
         }
@@ -224,7 +272,25 @@ async fn serve_tunnel(
         gauge!(m::TUNNELS, "cluster" => cluster.clone()).set(left as f64);
         info!(%outcome, replicas_left = left, "tunnel down");
     }
-    if outcome != "connection closed" && !going_away {
+    if spoke_went_away {
+        // Out of the registry, so nothing new comes here; what is in flight finishes before the client closes.
+        tokio::select! {
+            _ = connection.closed() => {}
+            _ = tokio::time::sleep_until(expiry.into()) => {
+                connection.close(EXPIRED_CODE.into(), b"certificate expired");
+            }
+            _ = shutdown.cancelled() => {}
+        }
+    } else if !matches!(outcome, "connection closed" | "certificate expired") && !going_away {
         connection.close(0u32.into(), outcome.as_bytes());
+    }
+}
+
+/// `time` on the monotonic clock (now, if it has passed; far ahead if out of range).
+fn instant_of(time: SystemTime) -> Instant {
+    let now = Instant::now();
+    match time.duration_since(SystemTime::now()) {
+        Ok(ahead) => now.checked_add(ahead).unwrap_or_else(|| now + Duration::from_secs(365 * 86_400)),
+        Err(_) => now,
     }
 }

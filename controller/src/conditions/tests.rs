@@ -115,3 +115,27 @@ fn transition_time_moves_only_with_status() {
     let moved = transitions(&first, &down);
     assert!(moved.contains(&(AVAILABLE.to_string(), "True".to_string(), "False".to_string())));
 }
+
+#[test]
+fn the_newest_lease_tells_what_the_client_reported() {
+    let reporting = |holder: &str, renewed: i64, version: &str| {
+        let mut l = lease(holder, renewed, "connected");
+        let annotations = l.metadata.annotations.as_mut().unwrap();
+        annotations.insert(CLIENT_VERSION_ANNOTATION.into(), "0.1.0".into());
+        annotations.insert(APISERVER_VERSION_ANNOTATION.into(), version.into());
+        annotations.insert(CA_BUNDLE_ANNOTATION.into(), "PEM".into());
+        l
+    };
+    let leases = [reporting("r1", 100, "v1.20.1"), reporting("r2", 105, "v1.20.2"), lease("r3", 110, "connected")];
+    let view = view_leases(&leases, LIVENESS, at(110));
+    assert_eq!(
+        view.reported,
+        Reported {
+            client_version: Some("0.1.0".into()),
+            apiserver_version: Some("v1.20.2".into()),
+            ca_bundle: Some("PEM".into())
+        }
+    );
+    // Leases that say nothing leave it unknown (the status keeps what it had).
+    assert_eq!(view_leases(&[lease("r3", 110, "connected")], LIVENESS, at(110)).reported, Reported::default());
+}

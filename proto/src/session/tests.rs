@@ -291,3 +291,44 @@ fn a_client_queues_hello_at_creation() {
     // Before the handshake only the liveness deadline is pending.
     assert_eq!(c.poll_timeout(), Some(now + SessionConfig::default().dead_after));
 }
+
+#[test]
+fn spoke_info_sent_before_welcome_reaches_the_hub_after_hello() {
+    let mut pair = Pair::new(5 * MS);
+    pair.client.session.send_spoke_info("v1.20.2", "-----BEGIN CERTIFICATE-----\n");
+    pair.advance(SEC);
+    let info =
+        Event::SpokeInfo { apiserver_version: "v1.20.2".into(), ca_bundle: "-----BEGIN CERTIFICATE-----\n".into() };
+    assert_eq!(pair.server.error, None);
+    assert_eq!(pair.server.event_kinds(), [established(Some(INSTANCE)), info]);
+    // Clients never see it, and a hub never sends it.
+    pair.server.session.send_spoke_info("v9", "");
+    pair.advance(SEC);
+    assert_eq!(pair.client.error, None);
+    assert_eq!(pair.client.event_kinds(), [established(None)]);
+}
+
+#[test]
+fn an_oversized_ca_bundle_is_sent_as_unknown() {
+    let mut pair = Pair::new(MS);
+    pair.advance(SEC);
+    pair.client.session.send_spoke_info(&"v".repeat(MAX_STRING_LEN + 5), &"x".repeat(MAX_PEM_LEN + 1));
+    pair.advance(SEC);
+    assert_eq!(pair.server.error, None);
+    let Some((_, Event::SpokeInfo { apiserver_version, ca_bundle })) = pair.server.events.last() else {
+        panic!("no SpokeInfo: {:?}", pair.server.events);
+    };
+    assert_eq!(apiserver_version.len(), MAX_STRING_LEN);
+    assert!(ca_bundle.is_empty());
+}
+
+#[test]
+fn spoke_info_to_a_client_or_before_hello_is_a_protocol_error() {
+    let now = Instant::now();
+    let info = frame(ControlMessage::SpokeInfo { apiserver_version: "v1".into(), ca_bundle: String::new() });
+    let unexpected = |state| Err(Error::UnexpectedMessage { message: "SpokeInfo", state });
+    assert_eq!(server(now).handle_input(now, &info), unexpected("before Hello"));
+    let mut c = client(now);
+    c.handle_input(now, &welcome(PROTOCOL_VERSION, 1000)).expect("welcome");
+    assert_eq!(c.handle_input(now, &info), unexpected("after the handshake"));
+}

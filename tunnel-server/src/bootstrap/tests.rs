@@ -159,7 +159,7 @@ fn csrs_must_verify_and_name_the_cluster() {
 fn the_certificate_request_follows_the_contract() {
     assert_eq!(csr_name("spoke-a", 0xdead_beef), "tether-spoke-a-deadbeef");
     assert_eq!(csr_name("spoke-a", 1), "tether-spoke-a-00000001");
-    let csr = csr_object("tether-spoke-a-00000001", "spoke-a", "PEM");
+    let csr = csr_object("tether-spoke-a-00000001", "spoke-a", "PEM", REQUESTED_VIA_TOKEN);
     assert_eq!(csr.spec.signer_name, "tether.io/spoke-client");
     assert_eq!(csr.spec.usages.as_deref().unwrap(), ["digital signature", "key encipherment", "client auth"]);
     assert_eq!(csr.spec.request.0, b"PEM");
@@ -177,7 +177,7 @@ fn the_certificate_request_follows_the_contract() {
 }
 
 fn with_status(certificate: Option<&str>, conditions: &[(&str, &str, &str)]) -> CertificateSigningRequest {
-    let mut csr = csr_object("tether-spoke-a-00000001", "spoke-a", "PEM");
+    let mut csr = csr_object("tether-spoke-a-00000001", "spoke-a", "PEM", REQUESTED_VIA_TOKEN);
     csr.status = Some(CertificateSigningRequestStatus {
         certificate: certificate.map(|c| ByteString(c.as_bytes().to_vec())),
         conditions: Some(
@@ -197,7 +197,7 @@ fn with_status(certificate: Option<&str>, conditions: &[(&str, &str, &str)]) -> 
 
 #[test]
 fn csr_states() {
-    assert_eq!(csr_state(&csr_object("n", "spoke-a", "PEM")), CsrState::Waiting);
+    assert_eq!(csr_state(&csr_object("n", "spoke-a", "PEM", REQUESTED_VIA_TOKEN)), CsrState::Waiting);
     assert_eq!(csr_state(&with_status(None, &[("Approved", "True", "ok")])), CsrState::Waiting);
     assert_eq!(csr_state(&with_status(Some(""), &[("Approved", "True", "ok")])), CsrState::Waiting);
     assert_eq!(csr_state(&with_status(Some("CERT"), &[("Approved", "True", "ok")])), CsrState::Issued("CERT".into()));
@@ -252,4 +252,28 @@ fn full_buckets_are_pruned() {
     }
     limiter.allow("192.0.2.1".parse().unwrap(), t0 + Duration::from_secs(61));
     assert_eq!(limiter.buckets.len(), 1);
+}
+
+#[test]
+fn renewals_are_for_the_tunnels_own_cluster_without_a_token() {
+    let (_key, csr_pem) = tether_certs::spoke_key_and_csr("spoke-a").unwrap();
+    let request = BootstrapRequest {
+        version: BOOTSTRAP_VERSION,
+        cluster: "spoke-a".into(),
+        token: None,
+        csr_pem: csr_pem.clone(),
+        resume: None,
+    };
+    check_renewal(&request, "spoke-a").unwrap();
+    assert_eq!(outcome(check_renewal(&request, "spoke-b")), Err("wrong_cluster"));
+    let with_token = BootstrapRequest { token: Some("abcdef.0123456789abcdef".into()), ..request.clone() };
+    assert_eq!(outcome(check_renewal(&with_token, "spoke-a")), Err("malformed"));
+    let old = BootstrapRequest { version: BOOTSTRAP_VERSION + 1, ..request.clone() };
+    assert_eq!(outcome(check_renewal(&old, "spoke-a")), Err("malformed"));
+    // A CSR for another cluster's name is refused even on that cluster's tunnel.
+    let (_key, other) = tether_certs::spoke_key_and_csr("spoke-b").unwrap();
+    let foreign = BootstrapRequest { csr_pem: other, ..request.clone() };
+    assert_eq!(outcome(check_renewal(&foreign, "spoke-a")), Err("bad_csr"));
+    let csr = csr_object("tether-spoke-a-00000002", "spoke-a", &csr_pem, REQUESTED_VIA_RENEWAL);
+    assert_eq!(csr.metadata.annotations.as_ref().unwrap()["tether.io/requested-via"], "renewal");
 }

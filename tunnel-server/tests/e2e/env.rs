@@ -465,7 +465,7 @@ impl Env {
         let pki = self.dir.join("pki");
         let token_file = self.dir.join(format!("{cluster}-{}.token", rand_suffix()));
         std::fs::write(&token_file, token)?;
-        for stale in ["crt", "key", "key.csr", "key.csr-name"] {
+        for stale in ["crt", "key", "key.pending", "key.pending.csr", "key.pending.csr-name", "key.pending.crt"] {
             let _ = std::fs::remove_file(pki.join(format!("{cluster}.{stale}")));
         }
         let mut c = in_netns(spoke.cluster.netns.as_deref(), client_bin());
