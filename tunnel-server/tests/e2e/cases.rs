@@ -7,6 +7,7 @@ mod leases;
 mod ops;
 mod register;
 mod revocation;
+mod rotation;
 mod tunnel;
 mod unregister;
 mod upgrade;
@@ -24,6 +25,7 @@ pub fn all() -> Vec<(&'static str, Case)> {
     all.extend(deploy::cases());
     all.extend(unregister::cases());
     all.extend(register::cases());
+    all.extend(rotation::cases());
     // Restarts last: every other case has run against the first processes.
     all.extend(revocation::cases());
     all.extend(tunnel::cases());

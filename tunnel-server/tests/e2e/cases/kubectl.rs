@@ -119,7 +119,7 @@ fn watch_sees_spoke_change(env: &Env) -> Result<()> {
     result
 }
 
-fn wait_line(lines: &mpsc::Receiver<String>, want: &str, timeout: Duration) -> Result<()> {
+pub(crate) fn wait_line(lines: &mpsc::Receiver<String>, want: &str, timeout: Duration) -> Result<()> {
     let deadline = std::time::Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());

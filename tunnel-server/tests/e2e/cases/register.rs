@@ -19,7 +19,7 @@ pub fn cases() -> Vec<(&'static str, Case)> {
 }
 
 /// Runs `controller join` and returns (manifest, token).
-fn join(env: &Env, cluster: &str, extra: &[&str]) -> Result<(String, String)> {
+pub(crate) fn join(env: &Env, cluster: &str, extra: &[&str]) -> Result<(String, String)> {
     let mut c = Command::new(controller_bin());
     c.arg("join")
         .arg(cluster)
@@ -46,7 +46,7 @@ fn csr_names(env: &Env, cluster: &str) -> Result<Vec<String>> {
         .collect())
 }
 
-fn reachable(env: &Env, cluster: &str) -> Result<bool> {
+pub(crate) fn reachable(env: &Env, cluster: &str) -> Result<bool> {
     let answer = env.rt.block_on(env.http.get(&format!("/clusters/{cluster}/version"), Some(&env.admin_token), &[]))?;
     Ok(answer.status == StatusCode::OK)
 }
