@@ -18,12 +18,17 @@ pub struct Config {
     #[arg(long, env = "TETHER_HUB_CA")]
     pub hub_ca: PathBuf,
     /// This spoke's client certificate, signed by the hub CA (its subject names the cluster). Written here
-    /// when it is missing and --bootstrap-token-file is given.
-    #[arg(long, env = "TETHER_CERT")]
-    pub cert: PathBuf,
+    /// when it is missing and --bootstrap-token-file is given, and replaced when it is renewed.
+    #[arg(long, env = "TETHER_CERT", required_unless_present = "identity_secret", conflicts_with = "identity_secret")]
+    pub cert: Option<PathBuf>,
     /// Private key of --cert. Generated on the spoke; never sent anywhere.
-    #[arg(long, env = "TETHER_KEY")]
-    pub key: PathBuf,
+    #[arg(long, env = "TETHER_KEY", required_unless_present = "identity_secret", conflicts_with = "identity_secret")]
+    pub key: Option<PathBuf>,
+    /// Keep key and certificate in this Secret of the spoke (NAMESPACE/NAME) instead of --cert/--key: what a
+    /// DaemonSet uses, so that the identity outlives Pods and all of them share it. The client's
+    /// ServiceAccount needs get, create and update on it.
+    #[arg(long, env = "TETHER_IDENTITY_SECRET")]
+    pub identity_secret: Option<String>,
     /// A file holding a bootstrap token from the hub (`<id>.<secret>`). Used only while --cert is missing:
     /// the client generates --key, asks the hub for a certificate with the token, waits for it to be
     /// approved and signed (the request's state is kept next to --key), writes --cert, then connects.

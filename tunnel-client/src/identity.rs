@@ -1,7 +1,8 @@
 //! Where the spoke keeps its identity: the private key and certificate it dials the hub with, and the one
 //! certificate request in progress (a bootstrap or a renewal) with the key it was made for.
 //!
-//! Outside a cluster the store is files ([`FileStore`]): `--key` and `--cert`, and next to the key
+//! In a cluster the store is a Secret of the spoke ([`SecretStore`], `--identity-secret`), shared by every
+//! Pod of the DaemonSet. Outside a cluster it is files ([`FileStore`]): `--key` and `--cert`, and next to the key
 //! `<key>.pending` (the new key, mode 0600), `<key>.pending.csr`, `<key>.pending.csr-name` (the hub's name
 //! for the request, once it answered `Pending`) and, for an instant during [`Store::commit`],
 //! `<key>.pending.crt`. A commit writes the certificate there first, then renames the key, then the
@@ -14,6 +15,9 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::{Error, Result};
+
+mod secret;
+pub use secret::SecretStore;
 
 /// A key and the certificate chain issued for it, both PEM. `Debug` never shows the key.
 #[derive(Clone, PartialEq, Eq)]
@@ -51,6 +55,7 @@ impl fmt::Debug for Pending {
 #[derive(Debug)]
 pub enum Store {
     Files(FileStore),
+    Secret(SecretStore),
 }
 
 impl Store {
@@ -58,6 +63,7 @@ impl Store {
     pub async fn load(&self) -> Result<Option<Identity>> {
         match self {
             Self::Files(files) => files.load(),
+            Self::Secret(secret) => secret.load().await,
         }
     }
 
@@ -65,6 +71,7 @@ impl Store {
     pub async fn pending(&self) -> Result<Option<Pending>> {
         match self {
             Self::Files(files) => files.pending(),
+            Self::Secret(secret) => secret.pending().await,
         }
     }
 
@@ -72,6 +79,7 @@ impl Store {
     pub async fn save_pending(&self, pending: &Pending) -> Result<()> {
         match self {
             Self::Files(files) => files.save_pending(pending),
+            Self::Secret(secret) => secret.save_pending(pending).await,
         }
     }
 
@@ -80,6 +88,7 @@ impl Store {
     pub async fn commit(&self, pending: &Pending, cert_pem: &str) -> Result<Identity> {
         match self {
             Self::Files(files) => files.commit(pending, cert_pem),
+            Self::Secret(secret) => secret.commit(pending, cert_pem).await,
         }
     }
 
@@ -87,6 +96,7 @@ impl Store {
     pub fn describe(&self) -> String {
         match self {
             Self::Files(files) => files.cert.display().to_string(),
+            Self::Secret(secret) => format!("Secret {}/{}", secret.namespace, secret.name),
         }
     }
 }

@@ -27,7 +27,7 @@ use tracing::Instrument;
 pub use config::Config;
 pub use error::{Error, Result};
 
-use crate::identity::{FileStore, Identity, Store};
+use crate::identity::{FileStore, Identity, SecretStore, Store};
 use crate::metrics as m;
 use crate::tunnel::{Ended, Report};
 use crate::upstream::Upstream;
@@ -43,7 +43,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let server_name = server_name(&config)?;
     let instance = config.instance.clone().unwrap_or_else(default_instance);
     let transport = TransportSettings { stream_window: config.stream_window, ..Default::default() };
-    let store = Arc::new(Store::Files(FileStore::new(&config.key, &config.cert)));
+    let store = Arc::new(match (&config.identity_secret, &config.cert, &config.key) {
+        (Some(reference), _, _) => Store::Secret(SecretStore::new(upstream.kube_client(), reference)?),
+        (None, Some(cert), Some(key)) => Store::Files(FileStore::new(key, cert)),
+        _ => return Err(Error::Config { flag: "--cert", reason: "--cert and --key, or --identity-secret".into() }),
+    });
     let mut identity = store.load().await?;
     let bootstrap_token = config.bootstrap_token_file.clone().filter(|_| identity.is_none());
     match &identity {

@@ -95,6 +95,11 @@ impl Upstream {
         })
     }
 
+    /// A kube client of the same apiserver and credentials.
+    pub fn kube_client(&self) -> kube::Client {
+        self.kube.clone()
+    }
+
     /// What the hub reports about this cluster: the apiserver's version (empty when it does not answer in
     /// time) and its CA bundle.
     pub async fn describe(&self) -> (String, String) {

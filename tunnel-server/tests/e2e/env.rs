@@ -459,32 +459,44 @@ impl Env {
     }
 
     /// A client that holds only a bootstrap token for `cluster` (no certificate yet), running beside spoke-b's
-    /// apiserver behind its firewall. The caller owns the process.
+    /// apiserver behind its firewall, keeping its identity in files. The caller owns the process.
     pub fn bootstrap_client(&self, cluster: &str, token: &str) -> Result<Proc> {
-        let spoke = self.spoke("spoke-b");
         let pki = self.dir.join("pki");
-        let token_file = self.dir.join(format!("{cluster}-{}.token", rand_suffix()));
-        std::fs::write(&token_file, token)?;
         for stale in ["crt", "key", "key.pending", "key.pending.csr", "key.pending.csr-name", "key.pending.crt"] {
             let _ = std::fs::remove_file(pki.join(format!("{cluster}.{stale}")));
         }
+        let mut c = self.spoke_b_client(cluster, Some(token))?;
+        c.arg("--cert").arg(pki.join(format!("{cluster}.crt"))).arg("--key").arg(pki.join(format!("{cluster}.key")));
+        Proc::spawn(&format!("tunnel-client-{cluster}-{}", rand_suffix()), c, &self.logs)
+    }
+
+    /// A client beside spoke-b's apiserver keeping its identity in the spoke's Secret
+    /// `tether-system/tether-identity`, as the DaemonSet does; with a bootstrap token or without (then the
+    /// Secret must hold an identity). The caller owns the process.
+    pub fn in_cluster_client(&self, cluster: &str, token: Option<&str>) -> Result<Proc> {
+        let mut c = self.spoke_b_client(cluster, token)?;
+        c.args(["--identity-secret", "tether-system/tether-identity"]);
+        Proc::spawn(&format!("tunnel-client-{cluster}-{}", rand_suffix()), c, &self.logs)
+    }
+
+    fn spoke_b_client(&self, cluster: &str, token: Option<&str>) -> Result<Command> {
+        let spoke = self.spoke("spoke-b");
         let mut c = in_netns(spoke.cluster.netns.as_deref(), client_bin());
         c.args(["--hub", &format!("{}:{}", spoke.hub_ip, self.addrs.quic_port)])
             .arg("--hub-ca")
-            .arg(pki.join("ca.crt"))
+            .arg(self.dir.join("pki/ca.crt"))
             .args(["--cluster", cluster])
-            .arg("--bootstrap-token-file")
-            .arg(&token_file)
-            .arg("--cert")
-            .arg(pki.join(format!("{cluster}.crt")))
-            .arg("--key")
-            .arg(pki.join(format!("{cluster}.key")))
             .arg("--kubeconfig")
             .arg(spoke.cluster.dir.join("tether-client.kubeconfig"))
             .args(["--ops-addr", "127.0.0.1:0", "--backoff-base", "50ms", "--backoff-cap", "1s"])
             .args(["--heartbeat-interval", "1s", "--instance", cluster])
             .env("TETHER_LOG", "info,tunnel_client=debug");
-        Proc::spawn(&format!("tunnel-client-{cluster}-{}", rand_suffix()), c, &self.logs)
+        if let Some(token) = token {
+            let token_file = self.dir.join(format!("{cluster}-{}.token", rand_suffix()));
+            std::fs::write(&token_file, token)?;
+            c.arg("--bootstrap-token-file").arg(&token_file);
+        }
+        Ok(c)
     }
 
     /// SIGKILL: a crash, with no go-away.

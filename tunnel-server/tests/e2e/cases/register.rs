@@ -15,6 +15,7 @@ pub fn cases() -> Vec<(&'static str, Case)> {
         ("register::manual_join_with_a_person_approving", manual_join),
         ("register::auto_approval_needs_no_person", auto_join),
         ("register::bad_tokens_and_csrs_are_refused_and_create_nothing", bad_input),
+        ("register::in_cluster_identity_lives_in_a_spoke_secret", in_cluster_identity),
     ]
 }
 
@@ -148,4 +149,40 @@ fn bad_input(env: &Env) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// With `--identity-secret` the key and certificate go to a Secret of the spoke, never to a file, and a
+/// client started later without any token connects with what the Secret holds.
+fn in_cluster_identity(env: &Env) -> Result<()> {
+    let cluster = "spoke-i";
+    let spoke = &env.spoke("spoke-b").cluster;
+    let (_, token) = join(env, cluster, &["--accept"])?;
+    let secret = ["-n", "tether-system", "get", "secret", "tether-identity"];
+    let result = (|| {
+        let mut client = env.in_cluster_client(cluster, Some(&token))?;
+        let joined = wait_for("joined with a Secret identity", Duration::from_secs(30), || {
+            Ok(reachable(env, cluster)?.then_some(()))
+        });
+        client.stop();
+        joined?;
+        let keys = spoke.kubectl_ok(&[&secret[..], &["-o", "jsonpath={.data}"]].concat())?;
+        if !keys.contains("tls.crt") || !keys.contains("tls.key") || keys.contains("pending.key") {
+            bail!("the Secret holds {keys}");
+        }
+        if env.dir.join(format!("pki/{cluster}.crt")).exists() {
+            bail!("a certificate file was written");
+        }
+        // No token this time: the identity comes from the Secret.
+        let mut again = env.in_cluster_client(cluster, None)?;
+        let back = wait_for("back with the stored identity", Duration::from_secs(30), || {
+            if let Some(status) = again.exited() {
+                bail!("the client exited ({status}):\n{}", again.log_text());
+            }
+            Ok(reachable(env, cluster)?.then_some(()))
+        });
+        again.stop();
+        back
+    })();
+    let _ = spoke.kubectl(&["-n", "tether-system", "delete", "secret", "tether-identity"]);
+    result
 }
