@@ -17,7 +17,9 @@
 //! - **Order**: request well-formed, cluster name valid; then either `resume` (the CSR exists, carries the
 //!   cluster's label and the byte-identical request: no token needed, a certificate is useless without the
 //!   key) or the token (format, Secret, hash compared in constant time, expiration, cluster) and the CSR
-//!   (verifies, names the cluster, key strong enough). Nothing is written before all of it passed.
+//!   (verifies, names the cluster, key strong enough). Nothing is written before all of it passed. A token
+//!   whose Secret is gone but which paid for a request with this byte-identical CSR resumes that request:
+//!   the client lost the connection before it learned the request's name.
 //! - **Bounds**: at most `--bootstrap-rate` attempts per client address (IPv6: per /64) and minute; the wait
 //!   for approval ends after `--bootstrap-wait`, when the connection closes, or when the hub shuts down. A
 //!   wait that ends without an answer closes the connection with [`ABANDONED_CODE`] (the client resumes
@@ -478,7 +480,17 @@ impl Bootstrap {
         let secret_name = token.secret_name();
         let secret = match secrets.get_opt(&secret_name).await {
             Ok(Some(secret)) => secret,
-            Ok(None) => return Err(Outcome::Refused(Refusal::new("unknown_token", UNKNOWN_TOKEN))),
+            Ok(None) => {
+                // Spent already: by this very client, if it lost the connection between the spending and our
+                // `Pending`. Its request is then on the hub, byte for byte, and it resumes that one.
+                return match paid_request(csrs, cluster, &request.csr_pem).await {
+                    Some(name) => {
+                        info!(%cluster, csr = %name, "token already spent for this request: resuming it");
+                        Ok(name)
+                    }
+                    None => Err(Outcome::Refused(Refusal::new("unknown_token", UNKNOWN_TOKEN))),
+                };
+            }
             Err(e) => return Err(hub_error("reading the bootstrap token", &e)),
         };
         check_token(&secret, &token, cluster, SystemTime::now()).map_err(Outcome::Refused)?;
@@ -618,6 +630,18 @@ async fn resume(csrs: &Api<CertificateSigningRequest>, name: &str, request: &Boo
         Ok(None) => Err(Outcome::Refused(Refusal::new("unknown_csr", format!("no certificate request {name}")))),
         Err(e) => Err(hub_error("reading the certificate request", &e)),
     }
+}
+
+/// The certificate request a token already paid for with exactly this CSR, if there is one. A CSR is not
+/// a secret, but the certificate is useless without the key, which never left the client.
+async fn paid_request(csrs: &Api<CertificateSigningRequest>, cluster: &str, csr_pem: &str) -> Option<String> {
+    let params = kube::api::ListParams::default().labels(&format!("{CLUSTER_LABEL}={cluster}"));
+    let list = csrs.list(&params).await.ok()?;
+    list.items.into_iter().find_map(|csr| {
+        let via = csr.metadata.annotations.as_ref().and_then(|a| a.get(REQUESTED_VIA_ANNOTATION));
+        let paid = via.map(String::as_str) == Some(REQUESTED_VIA_TOKEN) && check_resume(&csr, cluster, csr_pem).is_ok();
+        paid.then(|| csr.metadata.name.clone()).flatten()
+    })
 }
 
 /// Watches the CSR until it is issued, refused or deleted.

@@ -465,6 +465,12 @@ impl Env {
         for stale in ["crt", "key", "key.pending", "key.pending.csr", "key.pending.csr-name", "key.pending.crt"] {
             let _ = std::fs::remove_file(pki.join(format!("{cluster}.{stale}")));
         }
+        self.restart_bootstrap_client(cluster, token)
+    }
+
+    /// A bootstrap client for `cluster` that keeps what an earlier one left in its files (key, CSR, ...).
+    pub fn restart_bootstrap_client(&self, cluster: &str, token: &str) -> Result<Proc> {
+        let pki = self.dir.join("pki");
         let mut c = self.spoke_b_client(cluster, Some(token))?;
         c.arg("--cert").arg(pki.join(format!("{cluster}.crt"))).arg("--key").arg(pki.join(format!("{cluster}.key")));
         Proc::spawn(&format!("tunnel-client-{cluster}-{}", rand_suffix()), c, &self.logs)

@@ -16,6 +16,7 @@ pub fn cases() -> Vec<(&'static str, Case)> {
         ("register::auto_approval_needs_no_person", auto_join),
         ("register::bad_tokens_and_csrs_are_refused_and_create_nothing", bad_input),
         ("register::in_cluster_identity_lives_in_a_spoke_secret", in_cluster_identity),
+        ("register::a_client_that_lost_its_request_name_resumes_with_its_spent_token", lost_request_name),
     ]
 }
 
@@ -184,5 +185,49 @@ fn in_cluster_identity(env: &Env) -> Result<()> {
         back
     })();
     let _ = spoke.kubectl(&["-n", "tether-system", "delete", "secret", "tether-identity"]);
+    result
+}
+
+/// The gap between spending the token and learning the request's name: a client that lost the name (a
+/// crash right after the hub filed its request) comes back with the same key, CSR and spent token, and
+/// gets its request back instead of a refusal; no second request is filed.
+fn lost_request_name(env: &Env) -> Result<()> {
+    let cluster = "spoke-g";
+    let (_, token) = join(env, cluster, &[])?;
+    let mut client = env.bootstrap_client(cluster, &token)?;
+    let filed =
+        wait_for("the CSR on the hub", Duration::from_secs(20), || Ok(csr_names(env, cluster)?.into_iter().next()));
+    let name_file = env.dir.join(format!("pki/{cluster}.key.pending.csr-name"));
+    let named = wait_for("the request's name stored", Duration::from_secs(10), || Ok(name_file.exists().then_some(())));
+    client.stop();
+    let csr = filed?;
+    named?;
+    std::fs::remove_file(&name_file)?;
+    let mut again = env.restart_bootstrap_client(cluster, &token)?;
+    let result = (|| {
+        let resumed = wait_for("the same request resumed", Duration::from_secs(20), || {
+            if let Some(status) = again.exited() {
+                bail!("the client gave up ({status}):\n{}", again.log_text());
+            }
+            Ok(std::fs::read_to_string(&name_file).ok().filter(|n| n.trim() == csr).map(|_| ()))
+        });
+        resumed?;
+        env.hub.kubectl_ok(&[
+            "patch",
+            "managedcluster",
+            cluster,
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"hubAcceptsClient":true}}"#,
+        ])?;
+        wait_for("connected", Duration::from_secs(30), || Ok(reachable(env, cluster)?.then_some(())))?;
+        let all = csr_names(env, cluster)?;
+        if all != [csr.clone()] {
+            bail!("expected only {csr}, the hub has {all:?}");
+        }
+        Ok(())
+    })();
+    again.stop();
     result
 }
