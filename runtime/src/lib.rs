@@ -23,6 +23,16 @@ pub fn build_runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::R
     }
 }
 
+/// A wall-clock time (a certificate's not-after) on the monotonic clock that timers use: now if it has
+/// passed, a year ahead if it is out of range.
+pub fn instant_of(time: std::time::SystemTime) -> std::time::Instant {
+    let now = std::time::Instant::now();
+    match time.duration_since(std::time::SystemTime::now()) {
+        Ok(ahead) => now.checked_add(ahead).unwrap_or(now + std::time::Duration::from_secs(365 * 86_400)),
+        Err(_) => now,
+    }
+}
+
 /// The end of every binary's `main`: an error is one line on stderr (causes joined with `: `), never a
 /// backtrace, and the exit status says it failed.
 pub fn report(result: anyhow::Result<()>) -> std::process::ExitCode {

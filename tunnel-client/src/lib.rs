@@ -14,7 +14,6 @@ pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
 
 use ::metrics::counter;
 use tether_proto::Backoff;
@@ -151,7 +150,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
                 params.clone(),
                 Some(renewal),
                 retire.clone(),
-                instant_of(expires),
+                tether_runtime::instant_of(expires),
                 shutdown.clone(),
                 reports_tx,
             )
@@ -216,15 +215,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     close(endpoint).await;
     ops_task.abort();
     Ok(())
-}
-
-/// `time` on the monotonic clock (now, if it has passed).
-fn instant_of(time: SystemTime) -> Instant {
-    let now = Instant::now();
-    match time.duration_since(SystemTime::now()) {
-        Ok(ahead) => now.checked_add(ahead).unwrap_or(now + Duration::from_secs(365 * 86_400)),
-        Err(_) => now,
-    }
 }
 
 async fn close(endpoint: Option<quinn::Endpoint>) {

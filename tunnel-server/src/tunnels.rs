@@ -138,7 +138,7 @@ async fn serve_tunnel(
     shutdown: CancellationToken,
 ) {
     let Identity { cluster, issued, expires } = identity;
-    let expiry = instant_of(expires);
+    let expiry = tether_runtime::instant_of(expires);
     let renewing = Arc::new(tokio::sync::Semaphore::new(1));
     let (mut send, mut recv) = match tokio::time::timeout(settings.hello_timeout, connection.accept_bi()).await {
         Ok(Ok(streams)) => streams,
@@ -283,14 +283,5 @@ async fn serve_tunnel(
         }
     } else if !matches!(outcome, "connection closed" | "certificate expired") && !going_away {
         connection.close(0u32.into(), outcome.as_bytes());
-    }
-}
-
-/// `time` on the monotonic clock (now, if it has passed; far ahead if out of range).
-fn instant_of(time: SystemTime) -> Instant {
-    let now = Instant::now();
-    match time.duration_since(SystemTime::now()) {
-        Ok(ahead) => now.checked_add(ahead).unwrap_or_else(|| now + Duration::from_secs(365 * 86_400)),
-        Err(_) => now,
     }
 }

@@ -1,6 +1,6 @@
 //! kubectl through the hub: reads, writes and watches land on the right spoke and nowhere else.
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -92,12 +92,29 @@ fn apply_and_delete(env: &Env) -> Result<()> {
 
 fn watch_sees_spoke_change(env: &Env) -> Result<()> {
     let name = format!("watched-{}", rand_suffix());
+    let (mut watch, seen) = watch_configmaps(env, &[])?;
+    // The initial list proves the watch is established before the change is made.
+    let result = (|| {
+        wait_line(&seen, "configmap/marker", Duration::from_secs(20))?;
+        env.spoke("spoke-a").cluster.kubectl_ok(&["create", "configmap", &name, "-n", "default"])?;
+        wait_line(&seen, &format!("configmap/{name}"), Duration::from_secs(20))
+    })();
+    let _ = watch.kill();
+    let _ = watch.wait();
+    result
+}
+
+/// `kubectl get configmaps -n default --watch -o name` through the hub as its admin (context spoke-a, and
+/// `extra` flags), with its output lines on a channel. The caller kills the process.
+pub(crate) fn watch_configmaps(env: &Env, extra: &[&str]) -> Result<(Child, mpsc::Receiver<String>)> {
     let mut watch = Command::new(kubectl_bin())
         .arg("--kubeconfig")
         .arg(&env.kubeconfig)
-        .args(["--context", "spoke-a", "get", "configmaps", "-n", "default", "--watch", "-o", "name"])
+        .args(["--context", "spoke-a"])
+        .args(extra)
+        .args(["get", "configmaps", "-n", "default", "--watch", "-o", "name"])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()?;
     let (lines, seen) = mpsc::channel();
     let stdout = watch.stdout.take().context("stdout")?;
@@ -108,15 +125,7 @@ fn watch_sees_spoke_change(env: &Env) -> Result<()> {
             }
         }
     });
-    // The initial list proves the watch is established before the change is made.
-    let result = (|| {
-        wait_line(&seen, "configmap/marker", Duration::from_secs(20))?;
-        env.spoke("spoke-a").cluster.kubectl_ok(&["create", "configmap", &name, "-n", "default"])?;
-        wait_line(&seen, &format!("configmap/{name}"), Duration::from_secs(20))
-    })();
-    let _ = watch.kill();
-    let _ = watch.wait();
-    result
+    Ok((watch, seen))
 }
 
 pub(crate) fn wait_line(lines: &mpsc::Receiver<String>, want: &str, timeout: Duration) -> Result<()> {

@@ -48,6 +48,12 @@ fn csr_names(env: &Env, cluster: &str) -> Result<Vec<String>> {
         .collect())
 }
 
+fn accept(env: &Env, cluster: &str) -> Result<()> {
+    let patch = r#"{"spec":{"hubAcceptsClient":true}}"#;
+    env.hub.kubectl_ok(&["patch", "managedcluster", cluster, "--type", "merge", "-p", patch])?;
+    Ok(())
+}
+
 pub(crate) fn reachable(env: &Env, cluster: &str) -> Result<bool> {
     let answer = env.rt.block_on(env.http.get(&format!("/clusters/{cluster}/version"), Some(&env.admin_token), &[]))?;
     Ok(answer.status == StatusCode::OK)
@@ -71,15 +77,7 @@ fn manual_join(env: &Env) -> Result<()> {
         if issued()? {
             bail!("signed while hubAcceptsClient is false");
         }
-        env.hub.kubectl_ok(&[
-            "patch",
-            "managedcluster",
-            cluster,
-            "--type",
-            "merge",
-            "-p",
-            r#"{"spec":{"hubAcceptsClient":true}}"#,
-        ])?;
+        accept(env, cluster)?;
         wait_for("the CSR signed", Duration::from_secs(20), || Ok(issued()?.then_some(())))?;
         wait_for("the client through the hub", Duration::from_secs(30), || Ok(reachable(env, cluster)?.then_some(())))?;
         let joined = env.hub.kubectl_ok(&[
@@ -212,15 +210,7 @@ fn lost_request_name(env: &Env) -> Result<()> {
             Ok(std::fs::read_to_string(&name_file).ok().filter(|n| n.trim() == csr).map(|_| ()))
         });
         resumed?;
-        env.hub.kubectl_ok(&[
-            "patch",
-            "managedcluster",
-            cluster,
-            "--type",
-            "merge",
-            "-p",
-            r#"{"spec":{"hubAcceptsClient":true}}"#,
-        ])?;
+        accept(env, cluster)?;
         wait_for("connected", Duration::from_secs(30), || Ok(reachable(env, cluster)?.then_some(())))?;
         let all = csr_names(env, cluster)?;
         if all != [csr.clone()] {

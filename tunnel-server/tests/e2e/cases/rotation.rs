@@ -2,18 +2,15 @@
 //! life, moves to a tunnel with the new identity, and nothing a user does notices. A watch opened before
 //! the rotation still delivers events after it (it drains on the old tunnel); requests made all along
 //! never fail; the status reports what the client said about its cluster.
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use http::StatusCode;
 
-use crate::cases::kubectl::wait_line;
+use crate::cases::kubectl::{wait_line, watch_configmaps};
 use crate::cases::register::{join, reachable};
-use crate::env::{kubectl_bin, rand_suffix, Env};
+use crate::env::{rand_suffix, Env};
 use crate::procs::wait_for;
 use crate::Case;
 
@@ -90,23 +87,7 @@ fn across_rotations(env: &Env, connects: u64) -> Result<()> {
     env.spoke("spoke-b").cluster.kubectl_ok(&["create", "configmap", &marker, "-n", "default"])?;
     // A watch through the hub, opened on the first identity's tunnel.
     let server = format!("https://localhost:{}/clusters/{CLUSTER}", env.addrs.proxy.port());
-    let mut watch = Command::new(kubectl_bin())
-        .arg("--kubeconfig")
-        .arg(&env.kubeconfig)
-        .args(["--context", "spoke-a", "--server", &server])
-        .args(["get", "configmaps", "-n", "default", "--watch", "-o", "name"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let (lines, seen) = mpsc::channel();
-    let stdout = watch.stdout.take().context("stdout")?;
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut watch, seen) = watch_configmaps(env, &["--server", &server])?;
     let stop = AtomicBool::new(false);
     let (made, failed) = (AtomicUsize::new(0), AtomicUsize::new(0));
     let failures = std::sync::Mutex::new(Vec::new());
