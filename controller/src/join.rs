@@ -19,9 +19,10 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::ByteString;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Api, Resource, ResourceExt};
 use rand::Rng;
+use serde::Deserialize;
 
 use crate::conditions::CLUSTER_LABEL;
 use crate::config::JoinConfig;
@@ -164,6 +165,22 @@ impl SpokeManifest<'_> {
             out.push_str(&document);
         }
         Ok(out)
+    }
+
+    /// The same objects as [`Self::render`], in the same order, for the controller to apply in auto mode:
+    /// the Secret's `stringData` is moved into `data`, as the apiserver stores it, so that applying again
+    /// compares like with like.
+    pub fn objects(&self) -> Result<Vec<DynamicObject>, serde_yaml::Error> {
+        let mut objects = Vec::new();
+        for document in serde_yaml::Deserializer::from_str(SPOKE_RBAC) {
+            objects.push(DynamicObject::deserialize(document)?);
+        }
+        let mut secret = self.secret();
+        let string_data = secret.string_data.take().unwrap_or_default();
+        secret.data = Some(string_data.into_iter().map(|(k, v)| (k, ByteString(v.into_bytes()))).collect());
+        objects.push(serde_yaml::from_value(serde_yaml::to_value(&secret)?)?);
+        objects.push(serde_yaml::from_value(serde_yaml::to_value(self.daemon_set())?)?);
+        Ok(objects)
     }
 
     fn secret(&self) -> Secret {
@@ -314,7 +331,10 @@ pub async fn join(config: JoinConfig) -> Result<()> {
     })?;
     tether_certs::pem_to_der_certs(&hub_ca_pem)
         .map_err(|e| Error::Config { flag: "--hub-ca", reason: format!("{}: {e}", config.hub_ca.display()) })?;
-    let expiration = expiration(Timestamp::now(), config.ttl)?;
+    let expiration = expiration(Timestamp::now(), config.ttl).ok_or_else(|| Error::Config {
+        flag: "--ttl",
+        reason: format!("{} is too long", humantime::format_duration(config.ttl)),
+    })?;
     let client = crate::hub_client(config.hub_kubeconfig.as_deref()).await?;
 
     // Checked first, so that a wrong --namespace leaves nothing behind.
@@ -326,28 +346,16 @@ pub async fn join(config: JoinConfig) -> Result<()> {
         });
     }
     let cluster = ensure_cluster(&client, &config.cluster, config.accept).await?;
-    let owner = cluster.controller_owner_ref(&()).map(|mut o| {
-        o.controller = None;
-        o.block_owner_deletion = None;
-        o
-    });
     let secrets: Api<Secret> = Api::namespaced(client, &config.namespace);
-    // 36^6 ids: a collision is unlikely, but a second token must never replace the first.
-    let mut attempts = 0;
-    let token = loop {
-        let token = BootstrapToken::generate();
-        let secret = token_secret(&token, &config.cluster, expiration, &config.namespace, owner.clone());
-        match secrets.create(&post_params(), &secret).await {
-            Ok(_) => break token,
-            Err(kube::Error::Api(e)) if e.code == 409 && attempts < 3 => attempts += 1,
-            Err(kube::Error::Api(e)) if e.code == 404 => {
-                return Err(Error::Config {
-                    flag: "--namespace",
-                    reason: format!("namespace {} not found on the hub", config.namespace),
-                })
-            }
-            Err(e) => return Err(e.into()),
+    let token = match issue_token(&secrets, &cluster, expiration, FIELD_MANAGER).await {
+        Ok(token) => token,
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            return Err(Error::Config {
+                flag: "--namespace",
+                reason: format!("namespace {} not found on the hub", config.namespace),
+            })
         }
+        Err(e) => return Err(e.into()),
     };
     let manifest = SpokeManifest {
         cluster: &config.cluster,
@@ -369,14 +377,43 @@ pub async fn join(config: JoinConfig) -> Result<()> {
     Ok(())
 }
 
+/// Creates a new bootstrap token for `cluster`: its hub Secret (the hash only) in the namespace of
+/// `secrets`, owned by the ManagedCluster so that unregistering the cluster removes an unused token. `join`
+/// and auto mode both mint tokens here.
+pub async fn issue_token(
+    secrets: &Api<Secret>,
+    cluster: &ManagedCluster,
+    expiration: Timestamp,
+    field_manager: &str,
+) -> Result<BootstrapToken, kube::Error> {
+    let owner = cluster.controller_owner_ref(&()).map(|mut o| {
+        o.controller = None;
+        o.block_owner_deletion = None;
+        o
+    });
+    let params = PostParams { field_manager: Some(field_manager.into()), ..Default::default() };
+    let namespace = secrets.namespace().unwrap_or_default().to_string();
+    // 36^6 ids: a collision is unlikely, but a second token must never replace the first.
+    let mut attempts = 0;
+    loop {
+        let token = BootstrapToken::generate();
+        let secret = token_secret(&token, &cluster.name_any(), expiration, &namespace, owner.clone());
+        match secrets.create(&params, &secret).await {
+            Ok(_) => return Ok(token),
+            Err(kube::Error::Api(e)) if e.code == 409 && attempts < 3 => attempts += 1,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 fn post_params() -> PostParams {
     PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }
 }
 
-fn expiration(now: Timestamp, ttl: Duration) -> Result<Timestamp> {
-    let bad = || Error::Config { flag: "--ttl", reason: format!("{} is too long", humantime::format_duration(ttl)) };
-    let seconds = i64::try_from(ttl.as_secs()).map_err(|_| bad())?;
-    now.as_second().checked_add(seconds).and_then(|s| Timestamp::from_second(s).ok()).ok_or_else(bad)
+/// `now + ttl` in whole seconds; `None` when that is beyond what a timestamp holds.
+pub fn expiration(now: Timestamp, ttl: Duration) -> Option<Timestamp> {
+    let seconds = i64::try_from(ttl.as_secs()).ok()?;
+    now.as_second().checked_add(seconds).and_then(|s| Timestamp::from_second(s).ok())
 }
 
 /// The cluster's ManagedCluster, created (not accepted unless `accept`) when missing; `accept` also accepts
@@ -413,8 +450,6 @@ async fn ensure_cluster(client: &kube::Client, name: &str, accept: bool) -> Resu
 
 #[cfg(test)]
 mod tests {
-    use serde::Deserialize;
-
     use super::*;
 
     fn documents(yaml: &str) -> Vec<serde_yaml::Value> {
@@ -518,9 +553,42 @@ mod tests {
     }
 
     #[test]
+    fn the_objects_to_apply_are_the_printed_manifest() {
+        let token = BootstrapToken::generate();
+        let objects = SpokeManifest {
+            cluster: "spoke-a",
+            token: &token,
+            expiration: Timestamp::from_second(1_800_000_000).unwrap(),
+            hub_address: "hub.example:8443",
+            hub_ca_pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+            image: "ghcr.io/tether-io/tunnel-client:0.1.0",
+        }
+        .objects()
+        .unwrap();
+        let mut printed = documents(&manifest(&token));
+        // What the apiserver makes of stringData.
+        let secret = printed[4].as_mapping_mut().unwrap();
+        let string_data = secret.remove("stringData").unwrap();
+        let data: serde_yaml::Mapping = string_data
+            .as_mapping()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_yaml::to_value(ByteString(v.as_str().unwrap().into())).unwrap()))
+            .collect();
+        secret.insert("data".into(), data.into());
+        let applied: Vec<serde_yaml::Value> = objects.iter().map(|o| serde_yaml::to_value(o).unwrap()).collect();
+        assert_eq!(applied, printed);
+        for object in &objects[1..] {
+            let kind = &object.types.as_ref().unwrap().kind;
+            let cluster_scoped = ["ClusterRole", "ClusterRoleBinding"].contains(&kind.as_str());
+            assert_eq!(object.metadata.namespace.is_none(), cluster_scoped, "{kind}");
+        }
+    }
+
+    #[test]
     fn expiration_is_now_plus_ttl_in_whole_seconds() {
         let now = Timestamp::from_second(1_800_000_000).unwrap();
         assert_eq!(rfc3339_seconds(expiration(now, Duration::from_secs(3600)).unwrap()), "2027-01-15T09:00:00Z");
-        assert!(matches!(expiration(now, Duration::from_secs(u64::MAX)), Err(Error::Config { flag: "--ttl", .. })));
+        assert_eq!(expiration(now, Duration::from_secs(u64::MAX)), None);
     }
 }
