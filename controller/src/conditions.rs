@@ -12,7 +12,10 @@ pub const HUB_ACCEPTED: &str = "HubAccepted";
 pub const JOINED: &str = "Joined";
 pub const AVAILABLE: &str = "Available";
 pub const READY: &str = "Ready";
-/// The conditions this controller owns; every other type belongs to someone else and is kept as it is.
+/// Set by [`crate::auto`] for `Auto` clusters: whether the controller could apply the spoke manifest.
+pub const MANIFEST_APPLIED: &str = "ManifestApplied";
+/// The conditions [`desired`] computes; every other type belongs to someone else and is kept as it is,
+/// except [`MANIFEST_APPLIED`], which the reconciler sets from what auto mode did.
 pub const OWNED: [&str; 4] = [HUB_ACCEPTED, JOINED, AVAILABLE, READY];
 
 /// Lease annotations written by tunnel-server (see tunnel-server/src/leases.rs).
@@ -103,22 +106,9 @@ pub fn view_leases(leases: &[Lease], liveness: Liveness, now: Timestamp) -> Leas
 /// The desired conditions: this controller's four, recomputed, and everyone else's, untouched.
 /// `lastTransitionTime` moves only when a condition's status changes.
 pub fn desired(cluster: &ManagedCluster, leases: &LeaseView, now: Timestamp) -> Vec<Condition> {
-    let generation = cluster.metadata.generation;
-    let current = cluster.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let current = current(cluster);
     let make = |type_: &str, status: &str, reason: &str, message: String| {
-        let since = current
-            .iter()
-            .find(|c| c.type_ == type_ && c.status == status)
-            .map(|c| c.last_transition_time.clone())
-            .unwrap_or(Time(now));
-        Condition {
-            type_: type_.into(),
-            status: status.into(),
-            reason: reason.into(),
-            message,
-            observed_generation: generation,
-            last_transition_time: since,
-        }
+        condition(cluster, type_, status, reason, message, now)
     };
 
     let accepted = if cluster.spec.hub_accepts_client {
@@ -141,7 +131,8 @@ pub fn desired(cluster: &ManagedCluster, leases: &LeaseView, now: Timestamp) -> 
         make(AVAILABLE, "Unknown", "NeverConnected", "the cluster has not connected yet".into())
     };
 
-    let others: Vec<&Condition> = current.iter().filter(|c| !OWNED.contains(&c.type_.as_str())).collect();
+    let others: Vec<&Condition> =
+        current.iter().filter(|c| !OWNED.contains(&c.type_.as_str()) && c.type_ != MANIFEST_APPLIED).collect();
     let unmet: Vec<&str> = cluster
         .spec
         .readiness_gates
@@ -158,6 +149,40 @@ pub fn desired(cluster: &ManagedCluster, leases: &LeaseView, now: Timestamp) -> 
     let mut conditions = vec![accepted, joined, available, ready];
     conditions.extend(others.into_iter().cloned());
     conditions
+}
+
+fn current(cluster: &ManagedCluster) -> &[Condition] {
+    cluster.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default()
+}
+
+/// A condition of `cluster` as of its current generation; `lastTransitionTime` is kept from the current
+/// condition of that type when the status is the same, `now` otherwise.
+pub fn condition(
+    cluster: &ManagedCluster,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    now: Timestamp,
+) -> Condition {
+    let since = current(cluster)
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: cluster.metadata.generation,
+        last_transition_time: since,
+    }
+}
+
+/// The current condition of `type_`, if any.
+pub fn find<'a>(cluster: &'a ManagedCluster, type_: &str) -> Option<&'a Condition> {
+    current(cluster).iter().find(|c| c.type_ == type_)
 }
 
 /// Changes worth an Event: (type, old status, new status) for every owned condition whose status moved.

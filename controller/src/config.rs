@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+/// The tunnel-client image of the spoke DaemonSet, for `join --image` and `run --client-image`.
+pub const DEFAULT_CLIENT_IMAGE: &str = "ghcr.io/tether-io/tunnel-client:0.1.0";
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "controller",
@@ -81,6 +84,21 @@ pub struct Config {
         default_value = "system:serviceaccount:tether-system:tunnel-server"
     )]
     pub bootstrap_requester: String,
+    /// Auto mode: where spokes dial the hub's tunnel-server (QUIC), HOST:PORT, written into the manifest the
+    /// controller applies to Auto clusters. Without it and --hub-ca, Auto clusters are not registered.
+    #[arg(long, env = "TETHER_HUB_ADDRESS", value_parser = host_port)]
+    pub hub_address: Option<String>,
+    /// Auto mode: the CA (PEM) that signed the tunnel-server's serving certificate; spokes verify the hub
+    /// with it.
+    #[arg(long, env = "TETHER_HUB_CA")]
+    pub hub_ca: Option<PathBuf>,
+    /// Auto mode: tunnel-client image of the spoke's DaemonSet.
+    #[arg(long, env = "TETHER_CLIENT_IMAGE", default_value = DEFAULT_CLIENT_IMAGE)]
+    pub client_image: String,
+    /// Auto mode: how long the bootstrap token of an applied manifest may be used (once). A cluster that has
+    /// not joined when it expires gets a new one.
+    #[arg(long, env = "TETHER_BOOTSTRAP_TOKEN_TTL", default_value = "1h", value_parser = positive_duration)]
+    pub bootstrap_token_ttl: Duration,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -101,7 +119,7 @@ pub struct JoinConfig {
     #[arg(long, env = "TETHER_TOKEN_TTL", default_value = "1h", value_parser = positive_duration)]
     pub ttl: Duration,
     /// tunnel-client image of the spoke's DaemonSet.
-    #[arg(long, env = "TETHER_CLIENT_IMAGE", default_value = "ghcr.io/tether-io/tunnel-client:0.1.0")]
+    #[arg(long, env = "TETHER_CLIENT_IMAGE", default_value = DEFAULT_CLIENT_IMAGE)]
     pub image: String,
     /// Hub namespace of the bootstrap token Secrets (where tunnel-servers look them up).
     #[arg(long, env = "TETHER_NAMESPACE", default_value = "tether-system")]
@@ -160,6 +178,33 @@ mod tests {
         assert!(!explicit.auto_approve);
         assert_eq!(explicit.bootstrap_requester, "admin");
         assert!(parse(&["--ca-cert", "ca.crt"]).is_err(), "--ca-cert needs --ca-key");
+    }
+
+    #[test]
+    fn auto_mode_flags_have_defaults_and_are_checked() {
+        let Command::Run(bare) = parse(&[]).unwrap() else { panic!("not run") };
+        assert_eq!((bare.hub_address, bare.hub_ca), (None, None), "auto mode is off unless configured");
+        assert_eq!(bare.client_image, DEFAULT_CLIENT_IMAGE);
+        assert_eq!(bare.bootstrap_token_ttl, Duration::from_secs(3600));
+        let Command::Run(auto) = parse(&[
+            "--hub-address",
+            "hub.example:8443",
+            "--hub-ca",
+            "ca.crt",
+            "--client-image",
+            "example/client:1",
+            "--bootstrap-token-ttl",
+            "10m",
+        ])
+        .unwrap() else {
+            panic!("not run")
+        };
+        assert_eq!(auto.hub_address.as_deref(), Some("hub.example:8443"));
+        assert_eq!(auto.hub_ca, Some("ca.crt".into()));
+        assert_eq!(auto.client_image, "example/client:1");
+        assert_eq!(auto.bootstrap_token_ttl, Duration::from_secs(600));
+        assert!(parse(&["--hub-address", "hub.example"]).unwrap_err().to_string().contains("--hub-address"));
+        assert!(parse(&["--bootstrap-token-ttl", "0s"]).unwrap_err().to_string().contains("--bootstrap-token-ttl"));
     }
 
     #[test]

@@ -81,7 +81,8 @@ fn default_kubeconfig_key() -> String {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ManagedClusterStatus {
-    /// `HubAccepted`, `Joined`, `Available`, `Ready`, and any readiness-gate conditions set by others.
+    /// `HubAccepted`, `Joined`, `Available`, `Ready`, `ManifestApplied` (`Auto` mode), and any
+    /// readiness-gate conditions set by others.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// The spoke apiserver's version, reported by the client at registration.
@@ -98,6 +99,24 @@ pub struct ManagedClusterStatus {
     /// tunnel-server replicas holding a tunnel of this cluster.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tunnel_servers: Vec<String>,
+    /// `Auto` mode: the controller's last application of the spoke manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_registration: Option<AutoRegistrationStatus>,
+}
+
+/// What the controller last applied to an `Auto` cluster. The manifest is applied again only when the
+/// cluster has not joined and this token has expired or the spec's generation changed.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoRegistrationStatus {
+    /// When the manifest was applied.
+    pub applied_at: Time,
+    /// `metadata.generation` of the ManagedCluster it was applied for.
+    pub observed_generation: i64,
+    /// The hub Secret holding the hash of the bootstrap token the manifest carries.
+    pub token_secret: String,
+    /// When that token expires.
+    pub token_expiration: Time,
 }
 
 #[cfg(test)]

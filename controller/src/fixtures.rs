@@ -12,6 +12,7 @@ use serde_json::Value;
 use tether_certs::CertificateAuthority;
 use tower_test::mock;
 
+use crate::auto::AutoConfig;
 use crate::conditions::Liveness;
 use crate::csr::{CsrContext, Policy};
 use crate::reconcile::Context;
@@ -20,6 +21,7 @@ pub struct Call {
     pub method: Method,
     /// The request's path (and query), up to the length given here.
     pub path: &'static str,
+    /// The answer's status; 0 fails the request without an answer, as a connection that was refused.
     pub status: u16,
     pub answer: Value,
 }
@@ -55,8 +57,35 @@ pub fn context(
         liveness: LIVENESS,
         recorder: Recorder::new(client, reporter()),
         failures: Default::default(),
+        auto: None,
     };
     (ctx, api)
+}
+
+/// The hub CA spokes are told to trust in auto-mode tests.
+pub const HUB_CA_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+
+/// A Context with auto mode on (token TTL one hour) whose spoke clients all talk to a second scripted API;
+/// the second task returns what the spoke saw.
+pub fn auto_context(
+    leases: Vec<k8s_openapi::api::coordination::v1::Lease>,
+    hub_script: Vec<Call>,
+    spoke_script: Vec<Call>,
+) -> (Context, tokio::task::JoinHandle<Seen>, tokio::task::JoinHandle<Seen>) {
+    let (mut ctx, hub) = context(leases, hub_script);
+    let (spoke, spoke_api) = scripted(spoke_script);
+    ctx.auto = Some(AutoConfig {
+        hub_address: "hub.example:8443".into(),
+        hub_ca_pem: HUB_CA_PEM.into(),
+        image: "example/tunnel-client:1".into(),
+        token_ttl: Duration::from_secs(3600),
+        token_namespace: "tether-system".into(),
+        connect: std::sync::Arc::new(move |config: kube::Config| {
+            assert_eq!(config.cluster_url.to_string(), "https://spoke.example:6443/");
+            Ok(spoke.clone())
+        }),
+    });
+    (ctx, hub, spoke_api)
 }
 
 /// A CSR Context over the scripted API, with a new CA, auto-approval on, and `admin` as the requester.
@@ -104,6 +133,10 @@ fn scripted(script: Vec<Call>) -> (kube::Client, tokio::task::JoinHandle<Seen>) 
                 seen.calls.len()
             );
             seen.calls.push((method, path, body));
+            if expected.status == 0 {
+                respond.send_error(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused"));
+                continue;
+            }
             respond
                 .send_response(json_response(StatusCode::from_u16(expected.status).expect("status"), &expected.answer));
         }

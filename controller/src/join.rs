@@ -11,17 +11,18 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, Namespace, ObjectFieldSelector,
-    PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, Secret, SecretKeySelector, SecretVolumeSource,
-    SecurityContext, Volume, VolumeMount,
+    Capabilities, Container, EnvVar, EnvVarSource, Namespace, ObjectFieldSelector, PodSecurityContext, PodSpec,
+    PodTemplateSpec, ResourceRequirements, Secret, SecretKeySelector, SecretVolumeSource, SecurityContext, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::ByteString;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Api, Resource, ResourceExt};
 use rand::Rng;
+use serde::Deserialize;
 
 use crate::conditions::CLUSTER_LABEL;
 use crate::config::JoinConfig;
@@ -44,7 +45,8 @@ const ID_LEN: usize = 6;
 const SECRET_LEN: usize = 16;
 const ALPHABET: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 const BOOTSTRAP_DIR: &str = "/etc/tether/bootstrap";
-const IDENTITY_DIR: &str = "/var/lib/tether/identity";
+/// The spoke Secret the client keeps its key and certificate in (deploy/spoke/rbac.yaml lets it).
+pub const IDENTITY_SECRET: &str = "tether-identity";
 
 /// A bootstrap token `<id>.<secret>`: the id names the hub Secret, the whole token is hashed into it.
 ///
@@ -150,8 +152,11 @@ impl SpokeManifest<'_> {
         let mut out = format!(
             "# tether spoke manifest for cluster {cluster}, from `controller join`: `kubectl apply -f` it on the spoke.\n\
              # It holds a single-use bootstrap token (expires {expires}): keep it secret. The tunnel-client trades the\n\
-             # token for a certificate, generating its key locally; key and certificate live in an emptyDir, so they\n\
-             # survive container restarts but not the Pod: a new Pod needs a new token (`controller join` again).\n",
+             # token for a certificate, generating its key locally; key and certificate live in the Secret\n\
+             # {namespace}/{identity}, so they outlive Pods, every Pod of the DaemonSet shares them, and the client\n\
+             # renews them over its tunnel before they expire.\n",
+            namespace = SPOKE_NAMESPACE,
+            identity = IDENTITY_SECRET,
             cluster = self.cluster,
             expires = rfc3339_seconds(self.expiration),
         );
@@ -164,6 +169,22 @@ impl SpokeManifest<'_> {
             out.push_str(&document);
         }
         Ok(out)
+    }
+
+    /// The same objects as [`Self::render`], in the same order, for the controller to apply in auto mode:
+    /// the Secret's `stringData` is moved into `data`, as the apiserver stores it, so that applying again
+    /// compares like with like.
+    pub fn objects(&self) -> Result<Vec<DynamicObject>, serde_yaml::Error> {
+        let mut objects = Vec::new();
+        for document in serde_yaml::Deserializer::from_str(SPOKE_RBAC) {
+            objects.push(DynamicObject::deserialize(document)?);
+        }
+        let mut secret = self.secret();
+        let string_data = secret.string_data.take().unwrap_or_default();
+        secret.data = Some(string_data.into_iter().map(|(k, v)| (k, ByteString(v.into_bytes()))).collect());
+        objects.push(serde_yaml::from_value(serde_yaml::to_value(&secret)?)?);
+        objects.push(serde_yaml::from_value(serde_yaml::to_value(self.daemon_set())?)?);
+        Ok(objects)
     }
 
     fn secret(&self) -> Secret {
@@ -191,8 +212,7 @@ impl SpokeManifest<'_> {
             ("--cluster", self.cluster.to_string()),
             ("--bootstrap-token-file", file(BOOTSTRAP_DIR, "token")),
             ("--hub-ca", file(BOOTSTRAP_DIR, "hub-ca.crt")),
-            ("--cert", file(IDENTITY_DIR, "tls.crt")),
-            ("--key", file(IDENTITY_DIR, "tls.key")),
+            ("--identity-secret", format!("{SPOKE_NAMESPACE}/{IDENTITY_SECRET}")),
         ];
         let env = vec![
             EnvVar {
@@ -221,15 +241,12 @@ impl SpokeManifest<'_> {
             image: Some(self.image.into()),
             args: Some(args.into_iter().flat_map(|(flag, value)| [flag.to_string(), value]).collect()),
             env: Some(env),
-            volume_mounts: Some(vec![
-                VolumeMount {
-                    name: "bootstrap".into(),
-                    mount_path: BOOTSTRAP_DIR.into(),
-                    read_only: Some(true),
-                    ..Default::default()
-                },
-                VolumeMount { name: "identity".into(), mount_path: IDENTITY_DIR.into(), ..Default::default() },
-            ]),
+            volume_mounts: Some(vec![VolumeMount {
+                name: "bootstrap".into(),
+                mount_path: BOOTSTRAP_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            }]),
             resources: Some(ResourceRequirements {
                 requests: Some(BTreeMap::from([
                     ("cpu".to_string(), Quantity("50m".into())),
@@ -255,22 +272,15 @@ impl SpokeManifest<'_> {
                 fs_group: Some(65532),
                 ..Default::default()
             }),
-            volumes: Some(vec![
-                Volume {
-                    name: "bootstrap".into(),
-                    secret: Some(SecretVolumeSource {
-                        secret_name: Some(SPOKE_SECRET.into()),
-                        default_mode: Some(0o440),
-                        ..Default::default()
-                    }),
+            volumes: Some(vec![Volume {
+                name: "bootstrap".into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(SPOKE_SECRET.into()),
+                    default_mode: Some(0o440),
                     ..Default::default()
-                },
-                Volume {
-                    name: "identity".into(),
-                    empty_dir: Some(EmptyDirVolumeSource::default()),
-                    ..Default::default()
-                },
-            ]),
+                }),
+                ..Default::default()
+            }]),
             ..Default::default()
         };
         DaemonSet {
@@ -314,7 +324,10 @@ pub async fn join(config: JoinConfig) -> Result<()> {
     })?;
     tether_certs::pem_to_der_certs(&hub_ca_pem)
         .map_err(|e| Error::Config { flag: "--hub-ca", reason: format!("{}: {e}", config.hub_ca.display()) })?;
-    let expiration = expiration(Timestamp::now(), config.ttl)?;
+    let expiration = expiration(Timestamp::now(), config.ttl).ok_or_else(|| Error::Config {
+        flag: "--ttl",
+        reason: format!("{} is too long", humantime::format_duration(config.ttl)),
+    })?;
     let client = crate::hub_client(config.hub_kubeconfig.as_deref()).await?;
 
     // Checked first, so that a wrong --namespace leaves nothing behind.
@@ -326,28 +339,16 @@ pub async fn join(config: JoinConfig) -> Result<()> {
         });
     }
     let cluster = ensure_cluster(&client, &config.cluster, config.accept).await?;
-    let owner = cluster.controller_owner_ref(&()).map(|mut o| {
-        o.controller = None;
-        o.block_owner_deletion = None;
-        o
-    });
     let secrets: Api<Secret> = Api::namespaced(client, &config.namespace);
-    // 36^6 ids: a collision is unlikely, but a second token must never replace the first.
-    let mut attempts = 0;
-    let token = loop {
-        let token = BootstrapToken::generate();
-        let secret = token_secret(&token, &config.cluster, expiration, &config.namespace, owner.clone());
-        match secrets.create(&post_params(), &secret).await {
-            Ok(_) => break token,
-            Err(kube::Error::Api(e)) if e.code == 409 && attempts < 3 => attempts += 1,
-            Err(kube::Error::Api(e)) if e.code == 404 => {
-                return Err(Error::Config {
-                    flag: "--namespace",
-                    reason: format!("namespace {} not found on the hub", config.namespace),
-                })
-            }
-            Err(e) => return Err(e.into()),
+    let token = match issue_token(&secrets, &cluster, expiration, FIELD_MANAGER).await {
+        Ok(token) => token,
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            return Err(Error::Config {
+                flag: "--namespace",
+                reason: format!("namespace {} not found on the hub", config.namespace),
+            })
         }
+        Err(e) => return Err(e.into()),
     };
     let manifest = SpokeManifest {
         cluster: &config.cluster,
@@ -369,14 +370,43 @@ pub async fn join(config: JoinConfig) -> Result<()> {
     Ok(())
 }
 
+/// Creates a new bootstrap token for `cluster`: its hub Secret (the hash only) in the namespace of
+/// `secrets`, owned by the ManagedCluster so that unregistering the cluster removes an unused token. `join`
+/// and auto mode both mint tokens here.
+pub async fn issue_token(
+    secrets: &Api<Secret>,
+    cluster: &ManagedCluster,
+    expiration: Timestamp,
+    field_manager: &str,
+) -> Result<BootstrapToken, kube::Error> {
+    let owner = cluster.controller_owner_ref(&()).map(|mut o| {
+        o.controller = None;
+        o.block_owner_deletion = None;
+        o
+    });
+    let params = PostParams { field_manager: Some(field_manager.into()), ..Default::default() };
+    let namespace = secrets.namespace().unwrap_or_default().to_string();
+    // 36^6 ids: a collision is unlikely, but a second token must never replace the first.
+    let mut attempts = 0;
+    loop {
+        let token = BootstrapToken::generate();
+        let secret = token_secret(&token, &cluster.name_any(), expiration, &namespace, owner.clone());
+        match secrets.create(&params, &secret).await {
+            Ok(_) => return Ok(token),
+            Err(kube::Error::Api(e)) if e.code == 409 && attempts < 3 => attempts += 1,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 fn post_params() -> PostParams {
     PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }
 }
 
-fn expiration(now: Timestamp, ttl: Duration) -> Result<Timestamp> {
-    let bad = || Error::Config { flag: "--ttl", reason: format!("{} is too long", humantime::format_duration(ttl)) };
-    let seconds = i64::try_from(ttl.as_secs()).map_err(|_| bad())?;
-    now.as_second().checked_add(seconds).and_then(|s| Timestamp::from_second(s).ok()).ok_or_else(bad)
+/// `now + ttl` in whole seconds; `None` when that is beyond what a timestamp holds.
+pub fn expiration(now: Timestamp, ttl: Duration) -> Option<Timestamp> {
+    let seconds = i64::try_from(ttl.as_secs()).ok()?;
+    now.as_second().checked_add(seconds).and_then(|s| Timestamp::from_second(s).ok())
 }
 
 /// The cluster's ManagedCluster, created (not accepted unless `accept`) when missing; `accept` also accepts
@@ -413,8 +443,6 @@ async fn ensure_cluster(client: &kube::Client, name: &str, accept: bool) -> Resu
 
 #[cfg(test)]
 mod tests {
-    use serde::Deserialize;
-
     use super::*;
 
     fn documents(yaml: &str) -> Vec<serde_yaml::Value> {
@@ -490,18 +518,30 @@ mod tests {
         let yaml = manifest(&token);
         let docs = documents(&yaml);
         let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
-        assert_eq!(kinds, ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Secret", "DaemonSet"]);
+        assert_eq!(
+            kinds,
+            [
+                "Namespace",
+                "ServiceAccount",
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "Role",
+                "RoleBinding",
+                "Secret",
+                "DaemonSet"
+            ]
+        );
         assert!(yaml.contains(SPOKE_RBAC), "deploy/spoke/rbac.yaml is included as it is");
 
         assert_eq!(yaml.matches(&token.secret).count(), 1, "the token appears once");
-        let secret = &docs[4];
+        let secret = &docs[6];
         assert_eq!(secret["metadata"]["namespace"], "tether-system");
         assert_eq!(secret["stringData"]["token"].as_str(), Some(token.reveal().as_str()));
         assert_eq!(secret["stringData"]["cluster"], "spoke-a");
         assert_eq!(secret["stringData"]["hub-address"], "hub.example:8443");
         assert!(secret["stringData"]["hub-ca.crt"].as_str().unwrap().starts_with("-----BEGIN CERTIFICATE-----\n"));
 
-        let daemon_set = &docs[5];
+        let daemon_set = &docs[7];
         assert!(!serde_yaml::to_string(daemon_set).unwrap().contains(&token.secret));
         let pod = &daemon_set["spec"]["template"]["spec"];
         assert_eq!(pod["serviceAccountName"], "tether-client");
@@ -511,16 +551,50 @@ mod tests {
         assert_eq!(flag("--cluster"), "spoke-a");
         assert_eq!(flag("--bootstrap-token-file"), "/etc/tether/bootstrap/token");
         assert_eq!(flag("--hub-ca"), "/etc/tether/bootstrap/hub-ca.crt");
-        assert!(flag("--cert").starts_with(IDENTITY_DIR) && flag("--key").starts_with(IDENTITY_DIR));
+        assert_eq!(flag("--identity-secret"), "tether-system/tether-identity");
+        assert!(!args.contains(&"--cert") && !args.contains(&"--key"));
         assert_eq!(container["env"][0]["name"], "TETHER_HUB");
         assert_eq!(container["env"][0]["valueFrom"]["secretKeyRef"]["key"], "hub-address");
         assert_eq!(daemon_set["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"], "tunnel-client");
     }
 
     #[test]
+    fn the_objects_to_apply_are_the_printed_manifest() {
+        let token = BootstrapToken::generate();
+        let objects = SpokeManifest {
+            cluster: "spoke-a",
+            token: &token,
+            expiration: Timestamp::from_second(1_800_000_000).unwrap(),
+            hub_address: "hub.example:8443",
+            hub_ca_pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+            image: "ghcr.io/tether-io/tunnel-client:0.1.0",
+        }
+        .objects()
+        .unwrap();
+        let mut printed = documents(&manifest(&token));
+        // What the apiserver makes of stringData.
+        let secret = printed[6].as_mapping_mut().unwrap();
+        let string_data = secret.remove("stringData").unwrap();
+        let data: serde_yaml::Mapping = string_data
+            .as_mapping()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_yaml::to_value(ByteString(v.as_str().unwrap().into())).unwrap()))
+            .collect();
+        secret.insert("data".into(), data.into());
+        let applied: Vec<serde_yaml::Value> = objects.iter().map(|o| serde_yaml::to_value(o).unwrap()).collect();
+        assert_eq!(applied, printed);
+        for object in &objects[1..] {
+            let kind = &object.types.as_ref().unwrap().kind;
+            let cluster_scoped = ["ClusterRole", "ClusterRoleBinding"].contains(&kind.as_str());
+            assert_eq!(object.metadata.namespace.is_none(), cluster_scoped, "{kind}");
+        }
+    }
+
+    #[test]
     fn expiration_is_now_plus_ttl_in_whole_seconds() {
         let now = Timestamp::from_second(1_800_000_000).unwrap();
         assert_eq!(rfc3339_seconds(expiration(now, Duration::from_secs(3600)).unwrap()), "2027-01-15T09:00:00Z");
-        assert!(matches!(expiration(now, Duration::from_secs(u64::MAX)), Err(Error::Config { flag: "--ttl", .. })));
+        assert_eq!(expiration(now, Duration::from_secs(u64::MAX)), None);
     }
 }

@@ -1,6 +1,8 @@
 //! tether's hub controller: `ManagedCluster` registration and acceptance, liveness from the tunnel-servers'
-//! Leases, readiness gates, cleanup, and spoke certificates (CSR approval and signing); and `join`, which
-//! registers a spoke and prints its manifest.
+//! Leases, readiness gates, cleanup, spoke certificates (CSR approval and signing), and auto mode (the
+//! controller applies a spoke's manifest itself); and `join`, which registers a spoke and prints its
+//! manifest.
+pub mod auto;
 pub mod cleanup;
 pub mod conditions;
 pub mod config;
@@ -51,6 +53,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let prometheus = tether_runtime::telemetry::install_metrics()?;
     let client = hub_client(config.hub_kubeconfig.as_deref()).await?;
     let ca = load_ca(&config)?;
+    let auto = auto_config(&config)?;
 
     let ops_listener = tokio::net::TcpListener::bind(config.ops_addr)
         .await
@@ -81,6 +84,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         liveness: Liveness { renew_interval: config.lease_renew_interval, missed_renewals: config.missed_renewals },
         recorder: Recorder::new(client.clone(), reporter.clone()),
         failures: Default::default(),
+        auto,
     });
     let clusters: Api<ManagedCluster> = Api::all(client.clone());
     let cluster_controller = Controller::new(clusters.clone(), watcher::Config::default())
@@ -136,6 +140,35 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     };
     tokio::join!(cluster_controller, csr_controller);
     Ok(())
+}
+
+/// Auto mode's settings, when --hub-address and --hub-ca are both given (a missing one is logged: Auto
+/// clusters then get a condition saying so).
+fn auto_config(config: &Config) -> Result<Option<auto::AutoConfig>> {
+    let (Some(hub_address), Some(hub_ca)) = (&config.hub_address, &config.hub_ca) else {
+        match (&config.hub_address, &config.hub_ca) {
+            (None, None) => tracing::info!("no --hub-address and --hub-ca: Auto clusters are not registered"),
+            (Some(_), None) => tracing::warn!("--hub-address without --hub-ca: Auto clusters are not registered"),
+            _ => tracing::warn!("--hub-ca without --hub-address: Auto clusters are not registered"),
+        }
+        return Ok(None);
+    };
+    let bad = |reason: String| Error::Config { flag: "--hub-ca", reason };
+    let hub_ca_pem =
+        std::fs::read_to_string(hub_ca).map_err(|e| bad(format!("cannot read {}: {e}", hub_ca.display())))?;
+    tether_certs::pem_to_der_certs(&hub_ca_pem).map_err(|e| bad(format!("{}: {e}", hub_ca.display())))?;
+    if join::expiration(k8s_openapi::jiff::Timestamp::now(), config.bootstrap_token_ttl).is_none() {
+        return Err(Error::Config { flag: "--bootstrap-token-ttl", reason: "too long".into() });
+    }
+    tracing::info!(hub_address = %hub_address, image = %config.client_image, "Auto clusters are registered");
+    Ok(Some(auto::AutoConfig {
+        hub_address: hub_address.clone(),
+        hub_ca_pem,
+        image: config.client_image.clone(),
+        token_ttl: config.bootstrap_token_ttl,
+        token_namespace: config.lease_namespace.clone(),
+        connect: auto::AutoConfig::connector(),
+    }))
 }
 
 /// The hub CA from --ca-cert and --ca-key, when both are given.

@@ -1,5 +1,5 @@
-//! The ManagedCluster reconciler: conditions and liveness status from the tunnel-servers' Leases, Events
-//! on every condition change, backoff on errors.
+//! The ManagedCluster reconciler: conditions and liveness status from the tunnel-servers' Leases, the spoke
+//! manifest of `Auto` clusters ([`crate::auto`]), Events on every condition change, backoff on errors.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,8 +14,9 @@ use kube::runtime::reflector::Store;
 use kube::{Api, Resource, ResourceExt};
 use metrics::{counter, histogram};
 
+use crate::auto::{self, AutoConfig, Outcome};
 use crate::cleanup::{self, Step};
-use crate::conditions::{self, Liveness, CLUSTER_LABEL};
+use crate::conditions::{self, Liveness, CLUSTER_LABEL, MANIFEST_APPLIED};
 use crate::crd::ManagedCluster;
 use crate::metrics as m;
 use crate::Error;
@@ -28,6 +29,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Consecutive failures per cluster, for backoff.
     pub failures: Mutex<HashMap<String, u32>>,
+    /// Auto mode, when the controller has --hub-address and --hub-ca.
+    pub auto: Option<AutoConfig>,
 }
 
 impl Context {
@@ -69,13 +72,35 @@ pub async fn reconcile(cluster: Arc<ManagedCluster>, ctx: Arc<Context>) -> Resul
     let leases = ctx.leases_of(&name);
     let now = Timestamp::now();
     let view = conditions::view_leases(&leases, ctx.liveness, now);
-    let desired = conditions::desired(&cluster, &view, now);
+    let outcome = auto::reconcile(&cluster, view.ever_connected, &ctx, now).await?;
+    if let Outcome::Stale = outcome {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    let mut desired = conditions::desired(&cluster, &view, now);
     let current = cluster.status.clone().unwrap_or_default();
     let last_seen = view.last_seen.map(Time);
     let reported = &view.reported;
     let client_version = reported.client_version.clone().or(current.client_version.clone());
     let apiserver_version = reported.apiserver_version.clone().or(current.apiserver_version.clone());
     let ca_bundle = reported.ca_bundle.clone().or(current.ca_bundle.clone());
+    let manifest_applied = match &outcome {
+        Outcome::NotAuto => None,
+        Outcome::Unchanged | Outcome::Stale => conditions::find(&cluster, MANIFEST_APPLIED).cloned(),
+        Outcome::Applied { message, .. } => {
+            Some(conditions::condition(&cluster, MANIFEST_APPLIED, "True", auto::reason::APPLIED, message.clone(), now))
+        }
+        Outcome::Failed { reason, message, .. } => {
+            Some(conditions::condition(&cluster, MANIFEST_APPLIED, "False", reason, message.clone(), now))
+        }
+    };
+    if let Some(condition) = &manifest_applied {
+        desired.insert(conditions::OWNED.len().min(desired.len()), condition.clone());
+    }
+    let auto_registration = match &outcome {
+        Outcome::NotAuto => None,
+        Outcome::Applied { record, .. } => Some(record.clone()),
+        _ => current.auto_registration.clone(),
+    };
 
     if current.conditions != desired
         || current.tunnel_servers != view.holders
@@ -83,6 +108,7 @@ pub async fn reconcile(cluster: Arc<ManagedCluster>, ctx: Arc<Context>) -> Resul
         || current.client_version != client_version
         || current.apiserver_version != apiserver_version
         || current.ca_bundle != ca_bundle
+        || current.auto_registration != auto_registration
     {
         // Merge patch guarded by resourceVersion: conditions set concurrently by another actor (a readiness
         // gate) make this a conflict and a retry, never a lost write.
@@ -95,6 +121,7 @@ pub async fn reconcile(cluster: Arc<ManagedCluster>, ctx: Arc<Context>) -> Resul
                 "clientVersion": client_version,
                 "apiserverVersion": apiserver_version,
                 "caBundle": ca_bundle,
+                "autoRegistration": auto_registration,
             }
         });
         Api::<ManagedCluster>::all(ctx.client.clone())
@@ -111,6 +138,28 @@ pub async fn reconcile(cluster: Arc<ManagedCluster>, ctx: Arc<Context>) -> Resul
             tracing::info!(cluster = %name, condition = %type_, %before, %after, "condition changed");
             publish(&ctx, &cluster, kind, &reason, format!("{type_}: {before} -> {after}")).await;
         }
+    }
+    // Every apply, and every new reason not to, is an Event of its own.
+    let before = conditions::find(&cluster, MANIFEST_APPLIED);
+    match (&outcome, &manifest_applied) {
+        (Outcome::Applied { message, .. }, _) => {
+            counter!(m::AUTO_APPLIES, "outcome" => "applied").increment(1);
+            tracing::info!(cluster = %name, "spoke manifest applied");
+            publish(&ctx, &cluster, EventType::Normal, MANIFEST_APPLIED, message.clone()).await;
+        }
+        (Outcome::Failed { reason, message, retry }, Some(condition)) => {
+            if *retry {
+                counter!(m::AUTO_APPLIES, "outcome" => "failed", "reason" => *reason).increment(1);
+            }
+            if before.is_none_or(|b| b.reason != condition.reason || b.message != condition.message) {
+                tracing::warn!(cluster = %name, %reason, %message, "spoke manifest not applied");
+                publish(&ctx, &cluster, EventType::Warning, reason, message.clone()).await;
+            }
+            if *retry {
+                return Err(Error::Auto { reason, message: message.clone() });
+            }
+        }
+        _ => {}
     }
     ctx.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
     counter!(m::RECONCILES, "outcome" => "ok").increment(1);
@@ -135,6 +184,7 @@ pub fn error_policy(cluster: Arc<ManagedCluster>, error: &Error, ctx: Arc<Contex
     let kind = match error {
         Error::Kube(kube::Error::Api(e)) if e.code == 409 => "conflict",
         Error::Kube(_) => "api",
+        Error::Auto { .. } => "auto",
         _ => "other",
     };
     counter!(m::RECONCILES, "outcome" => "error").increment(1);

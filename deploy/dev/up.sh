@@ -106,8 +106,11 @@ wait_file "$DEV/server.ready" tunnel-server "$DEV/logs/tunnel-server.log"
 
 say "starting the controller"
 # The dev tunnel-server talks to the hub as its admin: CSRs it files for joining spokes are requested by `admin`.
+# Auto mode: the controller can only reach clusters outside the firewalled namespaces, which dial the hub on
+# loopback.
 daemon controller "$BIN/controller" --hub-kubeconfig "$HUB_KUBECONFIG" --ops-addr 127.0.0.1:0 \
-  --ca-cert "$DEV/pki/ca.crt" --ca-key "$DEV/pki/ca.key" --bootstrap-requester admin
+  --ca-cert "$DEV/pki/ca.crt" --ca-key "$DEV/pki/ca.key" --bootstrap-requester admin \
+  --hub-address "127.0.0.1:$QUIC_PORT" --hub-ca "$DEV/pki/ca.crt"
 
 say "starting a tunnel-client in each spoke"
 for s in "${SPOKES[@]}"; do

@@ -1,5 +1,6 @@
 //! The cases, grouped by what they exercise.
 mod auth;
+mod auto;
 mod controller;
 mod deploy;
 mod kubectl;
@@ -26,6 +27,7 @@ pub fn all() -> Vec<(&'static str, Case)> {
     all.extend(unregister::cases());
     all.extend(register::cases());
     all.extend(rotation::cases());
+    all.extend(auto::cases());
     // Restarts last: every other case has run against the first processes.
     all.extend(revocation::cases());
     all.extend(tunnel::cases());

@@ -1,7 +1,9 @@
 //! The end-to-end environment, started once for all cases: a hub apiserver, two spoke apiservers (each in
 //! its own network namespace behind a firewall that drops every new connection from the hub side, when
 //! running as root), the tunnel-server, one tunnel-client per spoke, and an upgrade-speaking echo backend
-//! behind a third client. Everything is torn down on drop, whatever the cases did.
+//! behind a third client; and a third spoke apiserver on loopback, reachable from the hub side, that the
+//! controller (started with --hub-address and --hub-ca) registers in auto mode. Everything is torn down on
+//! drop, whatever the cases did.
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,6 +18,9 @@ use crate::http::HubClient;
 use crate::procs::{wait_for, Proc};
 
 pub const SPOKES: [&str; 2] = ["spoke-a", "spoke-b"];
+/// A spoke the hub side can reach (no namespace, no firewall), for auto-mode registration: the controller
+/// applies the spoke manifest to it. Nothing else is set up on it.
+pub const AUTO_SPOKE: &str = "spoke-c";
 /// The tunnel-server's `--replica-id`: its Leases are `tether-<cluster>-e2e-hub` in `tether-system`.
 pub const HUB_REPLICA: &str = "e2e-hub";
 
@@ -148,6 +153,8 @@ pub struct Env {
     pub logs: PathBuf,
     pub hub: Cluster,
     pub spokes: Vec<Spoke>,
+    /// [`AUTO_SPOKE`], on loopback.
+    pub auto_spoke: Cluster,
     pub echo: EchoBackend,
     pub hub_ca_pem: String,
     pub admin_token: String,
@@ -189,7 +196,7 @@ impl Env {
         let tokens = dir.join("hub-extra-tokens.csv");
         std::fs::write(&tokens, format!("{alice_token},alice,alice-uid,\"devs\"\n"))?;
 
-        // Network namespaces first, then all three clusters start side by side.
+        // Network namespaces first, then all four clusters start side by side.
         let base = 20 + (std::process::id() % 100) * 2;
         let mut netns = Vec::new();
         for (i, name) in SPOKES.iter().enumerate() {
@@ -213,6 +220,7 @@ impl Env {
             let ns = ns.as_ref().map(|(n, _)| n.as_str());
             spoke_procs.push(Cluster::spawn(name, &dir.join(name), ns, None, &logs)?);
         }
+        let auto_proc = Cluster::spawn(AUTO_SPOKE, &dir.join(AUTO_SPOKE), None, None, &logs)?;
         let hub = Cluster::ready("hub", &dir.join("hub"), None, hub_proc)?;
         let mut spokes = Vec::new();
         for ((name, ns), proc) in SPOKES.iter().zip(&netns).zip(spoke_procs) {
@@ -223,6 +231,7 @@ impl Env {
                 spoke_ip: ns.as_ref().map(|(_, i)| format!("10.251.{i}.2")),
             });
         }
+        let auto_spoke = Cluster::ready(AUTO_SPOKE, &dir.join(AUTO_SPOKE), None, auto_proc)?;
         let admin_token = std::fs::read_to_string(hub.dir.join("admin.token"))?.trim().to_string();
 
         setup_hub(&hub)?;
@@ -265,6 +274,7 @@ impl Env {
             logs,
             hub,
             spokes,
+            auto_spoke,
             echo,
             hub_ca_pem: ca.cert_pem().to_string(),
             admin_token,
@@ -439,6 +449,10 @@ impl Env {
             .arg(self.dir.join("pki/ca.crt"))
             .arg("--ca-key")
             .arg(self.dir.join("pki/ca.key"))
+            // Auto mode: spokes the controller can reach dial the hub on loopback.
+            .args(["--hub-address", &format!("127.0.0.1:{}", self.addrs.quic_port)])
+            .arg("--hub-ca")
+            .arg(self.dir.join("pki/ca.crt"))
             .env("TETHER_LOG", "info,controller=debug");
         *self.controller.lock().unwrap() = Some(Proc::spawn("controller", c, &self.logs)?);
         Ok(())

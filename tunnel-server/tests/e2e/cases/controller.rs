@@ -17,7 +17,7 @@ pub fn cases() -> Vec<(&'static str, Case)> {
 }
 
 /// (status, reason) of a condition of a ManagedCluster, read straight from the hub.
-fn condition(env: &Env, cluster: &str, type_: &str) -> Result<Option<(String, String)>> {
+pub(super) fn condition(env: &Env, cluster: &str, type_: &str) -> Result<Option<(String, String)>> {
     let json: serde_json::Value =
         serde_json::from_str(&env.hub.kubectl_ok(&["get", "managedcluster", cluster, "-o", "json"])?)?;
     Ok(json["status"]["conditions"].as_array().and_then(|conditions| {
@@ -27,7 +27,7 @@ fn condition(env: &Env, cluster: &str, type_: &str) -> Result<Option<(String, St
     }))
 }
 
-fn wait_condition(env: &Env, cluster: &str, type_: &str, status: &str, timeout: Duration) -> Result<String> {
+pub(super) fn wait_condition(env: &Env, cluster: &str, type_: &str, status: &str, timeout: Duration) -> Result<String> {
     wait_for(&format!("{cluster} {type_}={status}"), timeout, || {
         Ok(condition(env, cluster, type_)?.filter(|(s, _)| s == status).map(|(_, reason)| reason))
     })

@@ -22,6 +22,7 @@ fn hub_manifests(env: &Env) -> Result<()> {
         "deployment.apps/tunnel-server",
         "deployment.apps/controller",
         "clusterrole.rbac.authorization.k8s.io/tether:controller",
+        "clusterrole.rbac.authorization.k8s.io/tether:controller-kubeconfigs",
     ] {
         if !stdout.contains(object) {
             bail!("the dry run did not include {object}:\n{stdout}");
