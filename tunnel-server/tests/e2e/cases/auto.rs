@@ -13,7 +13,7 @@ use http::StatusCode;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 
-use super::controller::{condition, wait_condition};
+use super::controller::wait_condition;
 use crate::env::{client_bin, rand_suffix, Cluster, Env, AUTO_SPOKE};
 use crate::procs::{wait_for, Proc};
 use crate::Case;
@@ -118,10 +118,12 @@ fn auto_join(env: &Env) -> Result<()> {
         let secret: Secret = serde_json::from_slice(&secret.stdout)?;
         Ok(Some((daemon_set, secret)))
     })?;
-    let (status, reason) = condition(env, cluster, "ManifestApplied")?.context("no ManifestApplied condition")?;
-    if (status.as_str(), reason.as_str()) != ("True", "Applied") {
-        bail!("ManifestApplied is {status} ({reason})");
+    // The status is written once the spoke has everything.
+    let reason = wait_condition(env, cluster, "ManifestApplied", "True", Duration::from_secs(20))?;
+    if reason != "Applied" {
+        bail!("ManifestApplied True for the wrong reason {reason}");
     }
+    let token = String::from_utf8(bootstrap.data.as_ref().and_then(|d| d.get("token")).context("no token")?.0.clone())?;
     let managers = spoke.kubectl_ok(&[
         "get",
         "daemonset",
@@ -172,6 +174,36 @@ fn auto_join(env: &Env) -> Result<()> {
         wait_for("the bootstrap token spent", Duration::from_secs(20), || {
             Ok(token_secrets(env, cluster)?.is_empty().then_some(()))
         })?;
+        // One apply, one token: the one the spoke holds.
+        let applies = env.hub.kubectl_ok(&[
+            "get",
+            "events",
+            "-n",
+            "default",
+            "--field-selector",
+            &format!("involvedObject.name={cluster},reason=ManifestApplied"),
+            "-o",
+            "jsonpath={.items[*].message}",
+        ])?;
+        let token_id = token.split('.').next().unwrap_or_default();
+        if applies.matches("applied the spoke manifest").count() != 1
+            || !applies.contains(&format!("tether-bootstrap-{token_id}"))
+        {
+            bail!("not exactly one apply, with the spoke's token: {applies:?}");
+        }
+        // Neither the kubeconfig the controller used nor the token it minted shows up in any log.
+        let admin_key = std::fs::read_to_string(spoke.kubeconfig())?
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("client-key-data:").map(|k| k.trim().to_string()))
+            .context("no client-key-data")?;
+        let secrets = [token.clone(), admin_key];
+        for entry in std::fs::read_dir(&env.logs)? {
+            let path = entry?.path();
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if secrets.iter().any(|secret| text.contains(secret.as_str())) {
+                bail!("{} contains a secret of auto mode", path.display());
+            }
+        }
         Ok(())
     })();
     client.stop();

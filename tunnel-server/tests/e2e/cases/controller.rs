@@ -17,7 +17,7 @@ pub fn cases() -> Vec<(&'static str, Case)> {
 }
 
 /// (status, reason) of a condition of a ManagedCluster, read straight from the hub.
-pub(super) fn condition(env: &Env, cluster: &str, type_: &str) -> Result<Option<(String, String)>> {
+fn condition(env: &Env, cluster: &str, type_: &str) -> Result<Option<(String, String)>> {
     let json: serde_json::Value =
         serde_json::from_str(&env.hub.kubectl_ok(&["get", "managedcluster", cluster, "-o", "json"])?)?;
     Ok(json["status"]["conditions"].as_array().and_then(|conditions| {

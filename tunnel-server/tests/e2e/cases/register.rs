@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use http::StatusCode;
 
+use super::controller::wait_condition;
 use crate::env::{controller_bin, Env};
 use crate::procs::wait_for;
 use crate::Case;
@@ -80,16 +81,8 @@ fn manual_join(env: &Env) -> Result<()> {
         accept(env, cluster)?;
         wait_for("the CSR signed", Duration::from_secs(20), || Ok(issued()?.then_some(())))?;
         wait_for("the client through the hub", Duration::from_secs(30), || Ok(reachable(env, cluster)?.then_some(())))?;
-        let joined = env.hub.kubectl_ok(&[
-            "get",
-            "managedcluster",
-            cluster,
-            "-o",
-            r#"jsonpath={.status.conditions[?(@.type=="Joined")].status}"#,
-        ])?;
-        if joined != "True" {
-            bail!("Joined is {joined:?}");
-        }
+        // The controller sees the tunnel-server's Lease a moment after the tunnel is up.
+        wait_condition(env, cluster, "Joined", "True", Duration::from_secs(20))?;
         Ok(())
     })();
     client.stop();
