@@ -374,38 +374,20 @@ async fn a_missing_kubeconfig_secret_is_a_condition_and_a_warning() {
 
 #[tokio::test]
 async fn a_secret_without_the_key_or_with_a_bad_kubeconfig_is_named_and_never_quoted() {
-    fails_before_the_spoke(
-        vec![
+    /// The Secret holds `content` under `key`.
+    async fn refused(key: &str, content: &str, reason: &str, message_has: &[&str]) {
+        let calls = vec![
             call(Method::GET, CLUSTER_PATH, 200, json!(auto_cluster())),
-            call(Method::GET, KUBECONFIG_PATH, 200, kubeconfig_secret("config", KUBECONFIG)),
+            call(Method::GET, KUBECONFIG_PATH, 200, kubeconfig_secret(key, content)),
             call(Method::PATCH, STATUS_PATH, 200, json!(auto_cluster())),
-        ],
-        reason::KEY_MISSING,
-        &["no key kubeconfig", "keys: config"],
-    )
-    .await;
+        ];
+        fails_before_the_spoke(calls, reason, message_has).await;
+    }
+    refused("config", KUBECONFIG, reason::KEY_MISSING, &["no key kubeconfig", "keys: config"]).await;
     let garbage = format!("{SPOKE_TOKEN}: [unclosed");
-    fails_before_the_spoke(
-        vec![
-            call(Method::GET, CLUSTER_PATH, 200, json!(auto_cluster())),
-            call(Method::GET, KUBECONFIG_PATH, 200, kubeconfig_secret("kubeconfig", &garbage)),
-            call(Method::PATCH, STATUS_PATH, 200, json!(auto_cluster())),
-        ],
-        reason::INVALID_KUBECONFIG,
-        &["not a kubeconfig"],
-    )
-    .await;
+    refused("kubeconfig", &garbage, reason::INVALID_KUBECONFIG, &["not a kubeconfig"]).await;
     let exec = KUBECONFIG.replace("{token: s3cr3t-spoke-admin-token}", "{exec: {command: /bin/sh}}");
-    fails_before_the_spoke(
-        vec![
-            call(Method::GET, CLUSTER_PATH, 200, json!(auto_cluster())),
-            call(Method::GET, KUBECONFIG_PATH, 200, kubeconfig_secret("kubeconfig", &exec)),
-            call(Method::PATCH, STATUS_PATH, 200, json!(auto_cluster())),
-        ],
-        reason::INVALID_KUBECONFIG,
-        &["exec plugins are not supported"],
-    )
-    .await;
+    refused("kubeconfig", &exec, reason::INVALID_KUBECONFIG, &["exec plugins are not supported"]).await;
 }
 
 #[tokio::test]

@@ -570,6 +570,12 @@ impl Env {
         Ok(c.output()?)
     }
 
+    /// The Events of a ManagedCluster (they live in `default`), as `kubectl get events -o json` prints them.
+    pub fn cluster_events(&self, cluster: &str) -> Result<String> {
+        let selector = format!("involvedObject.name={cluster}");
+        self.hub.kubectl_ok(&["get", "events", "-n", "default", "--field-selector", &selector, "-o", "json"])
+    }
+
     pub fn hub_kubectl_ok(&self, context: &str, args: &[&str]) -> Result<String> {
         let output = self.hub_kubectl(&self.kubeconfig, context, args)?;
         if !output.status.success() {

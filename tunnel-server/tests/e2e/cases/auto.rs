@@ -67,16 +67,7 @@ fn missing_secret(env: &Env) -> Result<()> {
         if !token_secrets(env, cluster)?.is_empty() {
             bail!("a bootstrap token was issued for a cluster whose manifest cannot be applied");
         }
-        let events: serde_json::Value = serde_json::from_str(&env.hub.kubectl_ok(&[
-            "get",
-            "events",
-            "-n",
-            "default",
-            "--field-selector",
-            &format!("involvedObject.name={cluster}"),
-            "-o",
-            "json",
-        ])?)?;
+        let events: serde_json::Value = serde_json::from_str(&env.cluster_events(cluster)?)?;
         let events: Vec<String> = events["items"]
             .as_array()
             .into_iter()

@@ -49,16 +49,7 @@ fn at_a_glance(env: &Env) -> Result<()> {
         bail!("kubectl get managedclusters does not tell the truth:\n{table}");
     }
     // Every change of state is an Event on the cluster.
-    let events = env.hub.kubectl_ok(&[
-        "get",
-        "events",
-        "-n",
-        "default",
-        "--field-selector",
-        "involvedObject.name=spoke-a",
-        "-o",
-        "json",
-    ])?;
+    let events = env.cluster_events("spoke-a")?;
     if !events.contains("TunnelUp") {
         bail!("no TunnelUp event for spoke-a:\n{events}");
     }

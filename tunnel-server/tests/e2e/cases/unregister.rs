@@ -37,16 +37,7 @@ fn unregister(env: &Env) -> Result<()> {
         env.hub.kubectl_ok(&["delete", "managedcluster", cluster, "--wait=false"])?;
         // The user's finalizer comes first: the controller says it waits, and touches nothing.
         wait_for("the WaitingForFinalizers event", deadline, || {
-            let events = env.hub.kubectl_ok(&[
-                "get",
-                "events",
-                "-n",
-                "default",
-                "--field-selector",
-                &format!("involvedObject.name={cluster}"),
-                "-o",
-                "json",
-            ])?;
+            let events = env.cluster_events(cluster)?;
             Ok(events.contains("WaitingForFinalizers").then_some(()))
         })?;
         if reachable(env, cluster)? != StatusCode::OK {
