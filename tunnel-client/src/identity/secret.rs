@@ -175,8 +175,9 @@ fn pending_of(data: &BTreeMap<String, String>) -> Option<Pending> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn references_name_namespace_and_secret() {
+    // kube's client needs a runtime to be built.
+    #[tokio::test]
+    async fn references_name_namespace_and_secret() {
         let client = || {
             let config = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
             kube::Client::try_from(config).unwrap()
