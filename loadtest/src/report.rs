@@ -150,9 +150,8 @@ impl Row {
 }
 
 fn trim(v: f64) -> String {
-    if v.is_finite() && v.fract() == 0.0 && v.abs() < 1e15 {
-        format!("{v:.0}")
-    } else if v.abs() >= 100.0 {
+    // Whole numbers and large ones need no decimals.
+    if (v.is_finite() && v.fract() == 0.0) || v.abs() >= 100.0 {
         format!("{v:.0}")
     } else {
         format!("{v:.2}")
