@@ -48,7 +48,7 @@ pub fn run(options: Options) -> Result<Report> {
     let dir = workdir.path();
     let pki = Pki::open_or_create(dir)?;
     let backend = BackendAt::new(dir, &pki, &options.peers)?;
-    let hub = Hub::start(dir, &pki, HubOptions { clusters: vec!["bench".into()], simulated: 0, extra: vec![] })?;
+    let hub = Hub::start(dir, &pki, HubOptions { clusters: vec!["bench".into()], simulated: 0, extra: options.common.hub_args.clone() })?;
     let spoke = Spoke::start(dir, &pki, "bench", hub.quic, &backend.kubeconfig(dir, &pki)?)?;
 
     let mut paths = vec![

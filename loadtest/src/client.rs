@@ -109,6 +109,14 @@ pub async fn read(response: http::Response<Incoming>) -> Result<u64> {
     Ok(bytes)
 }
 
+/// The path of each request of a closed loop.
+pub type Paths = Arc<dyn Fn() -> String + Send + Sync>;
+
+pub fn fixed(path: &str) -> Paths {
+    let path = path.to_string();
+    Arc::new(move || path.clone())
+}
+
 /// The outcome of a closed loop: the latency of every request after the warm-up, over `elapsed`.
 pub struct LoopRun {
     pub latencies: Latencies,
@@ -128,7 +136,7 @@ impl LoopRun {
 /// that drops errors measures the wrong thing.
 pub async fn closed_loop(
     target: &Target,
-    path: &str,
+    path: Paths,
     concurrency: usize,
     warmup: Duration,
     duration: Duration,
@@ -141,7 +149,7 @@ pub async fn closed_loop(
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..concurrency {
         let target = target.clone();
-        let path = path.to_string();
+        let path = path.clone();
         let done = done.clone();
         workers.spawn(async move {
             let mut sender = target.h1().await?;
@@ -153,7 +161,7 @@ pub async fn closed_loop(
                 if sent >= end {
                     break;
                 }
-                fetch(&mut sender, target.get(&path)).await.with_context(|| format!("GET via {}", target.name))?;
+                fetch(&mut sender, target.get(&path())).await.with_context(|| format!("GET via {}", target.name))?;
                 total += 1;
                 if sent >= measure_from {
                     latencies.push(sent.elapsed());

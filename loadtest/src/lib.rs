@@ -17,6 +17,7 @@ pub mod reconnect;
 pub mod report;
 pub mod roles;
 pub mod setup;
+pub mod simulated;
 pub mod stats;
 pub mod tunnels;
 pub mod watches;
@@ -62,6 +63,10 @@ pub struct Common {
     /// end, when absent.
     #[arg(long)]
     pub workdir: Option<PathBuf>,
+    /// An extra `tunnel-server serve` argument for the hub, e.g. `--hub-arg=--stream-window=65536` (for
+    /// tuning runs); repeatable.
+    #[arg(long = "hub-arg", allow_hyphen_values = true)]
+    pub hub_args: Vec<String>,
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {

@@ -25,11 +25,14 @@ impl Process {
     pub fn spawn(name: &str, dir: &Path, mut command: Command) -> Result<Self> {
         let log = dir.join(format!("{name}.log"));
         let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        // Components log as in production (info) unless LOADTEST_LOG says otherwise.
+        if let Ok(filter) = std::env::var("LOADTEST_LOG") {
+            command.env("TETHER_LOG", filter);
+        }
         let child = command
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
-            .env("RUST_LOG", std::env::var("LOADTEST_LOG").unwrap_or_else(|_| "warn".into()))
             .spawn()
             .with_context(|| format!("starting {name}"))?;
         Ok(Self { name: name.to_string(), child, log })

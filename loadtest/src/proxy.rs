@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Args;
 
-use crate::client::{closed_loop, Target};
+use crate::client::{closed_loop, fixed, Target};
 use crate::pki::Pki;
 use crate::process::cpu_total;
 use crate::report::{Progress, Report, Row};
@@ -37,7 +37,7 @@ pub fn run(options: Options) -> Result<Report> {
     let dir = workdir.path();
     let pki = Pki::open_or_create(dir)?;
     let backend = BackendAt::new(dir, &pki, &options.peers)?;
-    let hub = Hub::start(dir, &pki, HubOptions { clusters: vec!["bench".into()], simulated: 0, extra: vec![] })?;
+    let hub = Hub::start(dir, &pki, HubOptions { clusters: vec!["bench".into()], simulated: 0, extra: options.common.hub_args.clone() })?;
     let spoke = Spoke::start(dir, &pki, "bench", hub.quic, &backend.kubeconfig(dir, &pki)?)?;
 
     // (target, the processes whose CPU is the path's cost)
@@ -61,7 +61,7 @@ pub fn run(options: Options) -> Result<Report> {
             let cpu_before = cpu_total(pids)?;
             let run = runtime.block_on(closed_loop(
                 target,
-                PATH,
+                fixed(PATH),
                 concurrency,
                 options.warmup,
                 options.duration,

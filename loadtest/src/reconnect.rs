@@ -53,7 +53,7 @@ pub fn run(options: Options) -> Result<Report> {
     let pki = Pki::open_or_create(dir)?;
     let no_peers = PeerArgs { backend: None, peers: vec![], peer_pids: vec![] };
     let backend = BackendAt::new(dir, &pki, &no_peers)?;
-    let mut hub = Hub::start(dir, &pki, HubOptions { clusters: vec!["bench".into()], simulated: 0, extra: vec![] })?;
+    let mut hub = Hub::start(dir, &pki, HubOptions { clusters: vec!["bench".into()], simulated: 0, extra: options.common.hub_args.clone() })?;
     let mut spoke = Spoke::start(dir, &pki, "bench", hub.quic, &backend.kubeconfig(dir, &pki)?)?;
     let direct = Target::new("direct", backend.addr, &pki.backend_ca_pem, "", TOKEN)?;
     let tether = Target::new("tether", hub.proxy, pki.hub_ca_pem(), "/clusters/bench", TOKEN)?;

@@ -42,6 +42,11 @@ pub enum RoleKind {
         args: Vec<String>,
     },
     Backend(BackendArgs),
+    /// Write a run's certificates to DIR (the peer script starts the backend before the measurement).
+    Pki {
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -76,6 +81,7 @@ pub fn run(role: Role) -> Result<()> {
         RoleKind::Hub(args) => hub(args),
         RoleKind::Spoke { args } => spoke(args),
         RoleKind::Backend(args) => backend(args),
+        RoleKind::Pki { dir } => crate::pki::Pki::open_or_create(&dir).map(drop),
     }
 }
 

@@ -21,7 +21,7 @@ impl Latencies {
             return f64::NAN;
         }
         let i = ((self.0.len() as f64 * p).ceil() as usize).clamp(1, self.0.len()) - 1;
-        self.0[i].as_secs_f64() * 1e6
+        self.0[i].as_nanos() as f64 / 1e3
     }
 
     pub fn p50_us(&self) -> f64 {

@@ -4,9 +4,15 @@ use std::time::Duration;
 
 use quinn::{TransportConfig, VarInt};
 
+/// Bidirectional streams a spoke may open on its tunnel: the control stream and one renewal at a time, with
+/// room for a retried renewal. quinn keeps an entry for every stream the peer may open, from the start: the
+/// 20,000 a client grants cost the hub 1.6 MiB per tunnel when it granted as many.
+pub const SPOKE_OPENED_STREAMS: u32 = 8;
+
 #[derive(Debug, Clone)]
 pub struct TransportSettings {
-    /// Concurrent bidirectional streams the peer may open. 10,000 idle watches needed 20,000 credit.
+    /// Concurrent bidirectional streams the peer may open. The client grants the hub 20,000 (10,000 idle
+    /// watches needed that much credit); the hub grants the client [`SPOKE_OPENED_STREAMS`].
     pub max_concurrent_streams: u32,
     /// Per-stream receive window: bounds what one slow reader can buffer, and throughput (window / RTT).
     pub stream_window: u64,

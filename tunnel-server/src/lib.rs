@@ -69,9 +69,20 @@ pub async fn serve(config: ServeConfig, hub: Hub, shutdown: CancellationToken) -
     metrics::describe();
     let prometheus = tether_runtime::telemetry::install_metrics()?;
 
-    let transport = TransportSettings { stream_window: config.stream_window, ..Default::default() };
-    let endpoint = quinn::Endpoint::server(quic_server_config(&config, &transport)?, config.quic_addr)
-        .map_err(|source| Error::Bind { what: "QUIC endpoint", addr: config.quic_addr, source })?;
+    let transport = TransportSettings {
+        stream_window: config.stream_window,
+        max_concurrent_streams: tether_runtime::transport::SPOKE_OPENED_STREAMS,
+        ..Default::default()
+    };
+    let bind_error = |source| Error::Bind { what: "QUIC endpoint", addr: config.quic_addr, source };
+    let socket = std::net::UdpSocket::bind(config.quic_addr).map_err(bind_error)?;
+    let endpoint = quinn::Endpoint::new(
+        endpoint_config(&config)?,
+        Some(quic_server_config(&config, &transport)?),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(bind_error)?;
     let proxy_listener = bind(config.proxy_addr, "proxy").await?;
     let ops_listener = bind(config.ops_addr, "ops endpoint").await?;
     let bound =
@@ -175,6 +186,28 @@ async fn wait_for_sync(clusters: &KnownClusters, revocations: &Revocations, shut
 
 async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener> {
     TcpListener::bind(addr).await.map_err(|source| Error::Bind { what, addr, source })
+}
+
+/// The QUIC endpoint's stateless-reset key and connection-ID key, derived from the serving key rather than
+/// random: a hub that crashed and came back (or another replica behind the same address with the same
+/// certificate) then recognises its predecessor's connection IDs and resets those connections, and spokes
+/// reconnect on their next packet instead of waiting out the idle timeout.
+fn endpoint_config(config: &ServeConfig) -> Result<quinn::EndpointConfig> {
+    let key = tls::load_key(&config.tls_key)?;
+    // Domain separation: each digest can be nothing but its own key.
+    let derive = |label: &[u8]| {
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        context.update(label);
+        context.update(key.secret_der());
+        context.finish()
+    };
+    let reset = derive(b"tether stateless reset key v1\0");
+    let cid = derive(b"tether connection id key v1\0");
+    let cid_key = u64::from_be_bytes(cid.as_ref()[..8].try_into().expect("a SHA-256 digest has 8 bytes"));
+    let mut endpoint =
+        quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset.as_ref())));
+    endpoint.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    Ok(endpoint)
 }
 
 fn quic_server_config(config: &ServeConfig, transport: &TransportSettings) -> Result<quinn::ServerConfig> {

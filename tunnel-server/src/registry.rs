@@ -100,15 +100,15 @@ impl Registry {
         left
     }
 
-    /// A live tunnel of the cluster, rotating over replicas; closed connections are skipped.
+    /// A live tunnel of the cluster, rotating over client instances; closed connections are skipped, and so
+    /// is every tunnel of an instance but its newest (see [`routable`]).
     pub fn pick(&self, cluster: &str) -> Option<Arc<Tunnel>> {
         let tunnels = self.tunnels.read().unwrap_or_else(|e| e.into_inner());
         let list = tunnels.by_cluster.get(cluster)?;
+        let routes: Vec<Route<'_>> =
+            list.iter().map(|t| Route { instance: &t.instance, live: t.connection.close_reason().is_none() }).collect();
         let start = self.round_robin.fetch_add(1, Ordering::Relaxed);
-        (0..list.len())
-            .map(|i| &list[(start + i) % list.len()])
-            .find(|t| t.connection.close_reason().is_none())
-            .cloned()
+        (0..list.len()).map(|i| (start + i) % list.len()).find(|&i| routable(&routes, i)).map(|i| list[i].clone())
     }
 
     pub fn all(&self) -> Vec<Arc<Tunnel>> {
@@ -160,5 +160,50 @@ impl Registry {
     /// Resolves after the next insert or remove (at once if one happened since the last call returned).
     pub async fn changed(&self) {
         self.changed.notified().await;
+    }
+}
+
+/// What routing needs to know of one tunnel of a cluster (oldest first).
+#[derive(Debug, Clone, Copy)]
+struct Route<'a> {
+    instance: &'a str,
+    live: bool,
+}
+
+/// Whether requests may go to tunnel `i`: it is live, and no newer live tunnel has the same client instance.
+/// A client instance runs one tunnel at a time, so an older one is either retiring (renewal: it finishes what
+/// it has) or dead without a close yet: a Pod restarted under the same name after a crash, whose old
+/// connection only times out after three heartbeats. Sending a request there would hang it.
+fn routable(routes: &[Route<'_>], i: usize) -> bool {
+    let this = routes[i];
+    this.live && (this.instance.is_empty() || !routes[i + 1..].iter().any(|r| r.live && r.instance == this.instance))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routes(list: &[(&'static str, bool)]) -> Vec<Route<'static>> {
+        list.iter().map(|&(instance, live)| Route { instance, live }).collect()
+    }
+
+    #[test]
+    fn only_the_newest_live_tunnel_of_an_instance_is_routable() {
+        let list = routes(&[("pod-a", true), ("pod-b", true), ("pod-a", true)]);
+        let routable: Vec<bool> = (0..list.len()).map(|i| routable(&list, i)).collect();
+        assert_eq!(routable, [false, true, true]);
+    }
+
+    #[test]
+    fn an_older_tunnel_serves_again_once_the_newer_one_closed() {
+        let list = routes(&[("pod-a", true), ("pod-a", false)]);
+        assert!(routable(&list, 0));
+        assert!(!routable(&list, 1));
+    }
+
+    #[test]
+    fn unnamed_instances_are_never_superseded() {
+        let list = routes(&[("", true), ("", true)]);
+        assert!(routable(&list, 0) && routable(&list, 1));
     }
 }

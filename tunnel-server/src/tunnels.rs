@@ -155,7 +155,8 @@ async fn serve_tunnel(
     let hello_deadline = Instant::now() + settings.hello_timeout;
     let mut registered: Option<Arc<Tunnel>> = None;
     let mut stats = ByteCounter::new(m::TUNNEL_BYTES);
-    let mut buf = vec![0u8; 16 * 1024];
+    // Control frames are small and rare: a big buffer would be held by every idle tunnel.
+    let mut buf = vec![0u8; 2 * 1024];
     let mut going_away = false;
     let mut spoke_went_away = false;
 

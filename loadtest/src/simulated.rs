@@ -1,0 +1,130 @@
+//! A simulated spoke: one QUIC connection with its own certificate that speaks the tunnel protocol as
+//! tunnel-client does (Hello, heartbeats, one stream per request) and answers every request itself with
+//! [`BODY`](crate::roles::BODY). Thousands share a few UDP sockets in one process, so that the hub, not
+//! the spokes, is what a run of `tunnels` loads.
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::{Bytes, BytesMut};
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
+use tether_proto::{Event, Role, Session, SessionConfig, StreamHeader};
+use tether_runtime::io::{quic_io, Prefixed};
+use tether_runtime::transport::TransportSettings;
+use tokio_util::sync::CancellationToken;
+
+/// The QUIC client configuration of one simulated spoke: its own certificate, the hub CA, tether's ALPN and
+/// the transport settings tunnel-client uses.
+pub fn client_config(hub_ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<quinn::ClientConfig> {
+    let roots = tether_runtime::tls::certs_from_pem(hub_ca_pem.as_bytes()).map_err(anyhow::Error::msg)?;
+    let roots = tether_runtime::tls::root_store_from_certs(roots).map_err(anyhow::Error::msg)?;
+    let chain = tether_runtime::tls::certs_from_pem(cert_pem.as_bytes()).map_err(anyhow::Error::msg)?;
+    let key = tether_runtime::tls::key_from_pem(key_pem.as_bytes()).map_err(anyhow::Error::msg)?;
+    let mut crypto = rustls::ClientConfig::builder().with_root_certificates(roots).with_client_auth_cert(chain, key)?;
+    crypto.alpn_protocols = vec![tether_proto::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(Arc::new(TransportSettings::default().to_quinn()));
+    Ok(config)
+}
+
+/// Dials the hub and returns once its Welcome arrived; the tunnel is then served in the background until
+/// `stop`.
+pub async fn connect(
+    endpoint: &quinn::Endpoint,
+    config: quinn::ClientConfig,
+    hub: SocketAddr,
+    instance: String,
+    stop: CancellationToken,
+) -> Result<()> {
+    let connection = endpoint.connect_with(config, hub, "localhost")?.await.context("QUIC handshake")?;
+    let (mut send, mut recv) = connection.open_bi().await?;
+    let role = Role::Client { client_version: "loadtest".into(), instance };
+    let config = SessionConfig { heartbeat_interval: Duration::from_secs(10), dead_after: Duration::from_secs(30) };
+    let mut session = Session::new(role, config, Instant::now());
+    let mut buf = vec![0u8; 4096];
+    // Until Welcome: the caller counts a spoke connected only once the hub has registered it.
+    loop {
+        while let Some(bytes) = session.poll_transmit() {
+            send.write_all(&bytes).await?;
+        }
+        match session.poll_event() {
+            Some(Event::Established { .. }) => break,
+            Some(Event::GoAway { reason }) => bail!("hub said go away: {reason}"),
+            Some(Event::Dead) => bail!("heartbeat lost before Welcome"),
+            _ => {}
+        }
+        let n = tokio::time::timeout(Duration::from_secs(30), recv.read(&mut buf))
+            .await
+            .context("waiting for Welcome")??
+            .context("control stream closed before Welcome")?;
+        session.handle_input(Instant::now(), &buf[..n])?;
+    }
+    tokio::spawn(async move {
+        serve(&connection, session, send, recv, stop).await;
+        connection.close(0u32.into(), b"bye");
+    });
+    Ok(())
+}
+
+async fn serve(
+    connection: &quinn::Connection,
+    mut session: Session,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    stop: CancellationToken,
+) {
+    let mut buf = vec![0u8; 1024];
+    loop {
+        while let Some(bytes) = session.poll_transmit() {
+            if send.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+        while let Some(event) = session.poll_event() {
+            if matches!(event, Event::GoAway { .. } | Event::Dead) {
+                return;
+            }
+        }
+        let wake = session.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            accepted = connection.accept_bi() => match accepted {
+                Ok((send, recv)) => { tokio::spawn(answer(send, recv)); }
+                Err(_) => return,
+            },
+            read = recv.read(&mut buf) => match read {
+                Ok(Some(n)) => if session.handle_input(Instant::now(), &buf[..n]).is_err() { return },
+                Ok(None) | Err(_) => return,
+            },
+            _ = tokio::time::sleep_until(wake.into()) => session.handle_timeout(Instant::now()),
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// One stream from the hub: its header, then one HTTP/1.1 request, answered with the fixed body.
+async fn answer(send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    let mut buf = BytesMut::new();
+    loop {
+        match StreamHeader::decode(&buf) {
+            Ok(Some((_, used))) => {
+                let _ = buf.split_to(used);
+                break;
+            }
+            Ok(None) => {}
+            Err(_) => return,
+        }
+        let mut chunk = [0u8; 256];
+        match recv.read(&mut chunk).await {
+            Ok(Some(n)) => buf.extend_from_slice(&chunk[..n]),
+            Ok(None) | Err(_) => return,
+        }
+    }
+    let io = TokioIo::new(Prefixed::new(Bytes::from(buf), quic_io(send, recv)));
+    let service = hyper::service::service_fn(|_request| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(crate::roles::BODY))))
+    });
+    let _ = hyper::server::conn::http1::Builder::new().keep_alive(false).serve_connection(io, service).await;
+}

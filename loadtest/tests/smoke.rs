@@ -1,0 +1,72 @@
+//! A small run of every subcommand, as CI runs them: each must complete, measure every path it names, and
+//! print its JSON. No timing is asserted (CI machines are noisy); memory per tunnel is, loosely, because it
+//! is a count of bytes and a regression there is a factor, not a few percent.
+use std::process::Command;
+use std::sync::Mutex;
+
+use serde_json::Value;
+
+// One at a time: each run starts its own hub and spoke processes, and two cores are shared.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn loadtest(args: &[&str]) -> Value {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let output = Command::new(env!("CARGO_BIN_EXE_loadtest")).args(args).arg("--json").output().expect("loadtest runs");
+    assert!(
+        output.status.success(),
+        "loadtest {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr).lines().last().unwrap_or("")
+    );
+    serde_json::from_slice(&output.stdout).expect("JSON on stdout")
+}
+
+fn rows(report: &Value) -> &Vec<Value> {
+    report["rows"].as_array().expect("rows")
+}
+
+fn row<'a>(report: &'a Value, column: &str, value: &str) -> &'a Value {
+    rows(report).iter().find(|r| r[column] == value).unwrap_or_else(|| panic!("no row with {column} = {value}"))
+}
+
+#[test]
+fn proxy_measures_both_paths_at_each_concurrency() {
+    let report = loadtest(&["proxy", "--duration", "300ms", "--warmup", "100ms", "--concurrency", "1,4"]);
+    assert_eq!(report["command"], "proxy");
+    assert_eq!(rows(&report).len(), 4);
+    for r in rows(&report) {
+        assert!(r["req/s"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["p999 µs"].as_f64().unwrap() >= r["p50 µs"].as_f64().unwrap(), "{r}");
+    }
+    let tether = rows(&report).iter().find(|r| r["path"] == "tether").unwrap();
+    assert!(tether["cpu µs/req"].as_f64().unwrap() > 0.0, "the hub and client did work: {tether}");
+    assert_eq!(report["goals"].as_array().unwrap().len(), 2, "no concurrency 64: two goals apply");
+    assert!(report["machine"]["cpus"].as_u64().unwrap() >= 1);
+}
+
+#[test]
+fn bulk_delivers_every_byte_on_both_paths() {
+    // A short delivery is an error inside the run; success means both paths delivered all 8 MiB.
+    let report = loadtest(&["bulk", "--size", "8MiB", "--repeat", "1"]);
+    assert!(row(&report, "path", "direct")["MiB/s"].as_f64().unwrap() > 0.0);
+    assert!(row(&report, "path", "tether")["ratio to direct"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn reconnect_recovers_from_every_kind_of_restart() {
+    // Within 15 s: a crashed hub's successor must reset the old connections (a random reset key would leave
+    // the client waiting out its 30 s idle timeout).
+    let report = loadtest(&["reconnect", "--rounds", "1", "--timeout", "15s"]);
+    for event in ["client restart (SIGTERM)", "client crash (SIGKILL)", "hub restart (SIGTERM)", "hub crash (SIGKILL)"] {
+        assert!(row(&report, "event", event)["median ms"].as_f64().unwrap() > 0.0, "{event}");
+    }
+}
+
+#[test]
+fn tunnels_connects_every_simulated_spoke_and_routes_to_each() {
+    let report = loadtest(&["tunnels", "--tunnels", "150", "--duration", "300ms", "--per-socket", "100"]);
+    assert_eq!(row(&report, "measure", "tunnels connected")["value"], 150.0);
+    assert!(row(&report, "measure", "requests: req/s")["value"].as_f64().unwrap() > 0.0);
+    // Measured about 50 KiB; quinn's per-stream state for a large stream credit made it 1.6 MiB once.
+    let per_tunnel = row(&report, "measure", "hub RSS per tunnel")["value"].as_f64().unwrap();
+    assert!(per_tunnel < 400.0, "hub RSS per tunnel {per_tunnel} KiB");
+}
