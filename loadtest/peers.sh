@@ -15,7 +15,8 @@ WHAT=${1:-all}
 case $WHAT in proxy|bulk|all) ;; *) echo "peers.sh: first argument must be proxy, bulk or all" >&2; exit 2 ;; esac
 
 install_peer() { # CRATE VERSION BINARY
-  [ -x "$CACHE/bin/$3" ] || cargo install --quiet --locked --root "$CACHE" "$1" --version "$2"
+  # Not --locked: rathole 0.5.0's lock file pins a `time` that current compilers reject.
+  [ -x "$CACHE/bin/$3" ] || cargo install --quiet --root "$CACHE" "$1" --version "$2"
 }
 install_peer rathole 0.5.0 rathole
 install_peer bore-cli 0.6.0 bore
@@ -92,7 +93,8 @@ RH_SERVER=$!; PIDS+=("$RH_SERVER")
 RH_CLIENT=$!; PIDS+=("$RH_CLIENT")
 
 # bore's control port is fixed (7835); its tunnel port is asked for explicitly.
-"$CACHE/bin/bore" server --min-port "$BORE_PORT" --max-port "$BORE_PORT" >"$WORK/bore-server.log" 2>&1 &
+"$CACHE/bin/bore" server --bind-addr 127.0.0.1 --min-port "$BORE_PORT" --max-port "$BORE_PORT" \
+  >"$WORK/bore-server.log" 2>&1 &
 BORE_SERVER=$!; PIDS+=("$BORE_SERVER")
 wait_listening() {
   local deadline=$((SECONDS + 30))

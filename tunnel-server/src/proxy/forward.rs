@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use metrics::gauge;
 use tether_proto::{StreamHeader, Target};
-use tether_runtime::io::quic_io;
+use tether_runtime::io::WriteHead;
 use tracing::Instrument;
 
 use super::identity::{set_impersonation, UserInfo};
@@ -52,16 +52,14 @@ pub async fn forward(
     let upgrade = request.headers().get(header::UPGRADE).cloned();
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
 
-    let (mut send, recv) = tokio::time::timeout(settings.open_timeout, tunnel.connection.open_bi())
+    let (send, recv) = tokio::time::timeout(settings.open_timeout, tunnel.connection.open_bi())
         .await
         .map_err(|_| ProxyError::GatewayTimeout(cluster.clone()))?
         .map_err(|e| bad_gateway(format!("tunnel lost: {e}")))?;
     let guard = StreamGauge::open(&cluster);
     let mut header = BytesMut::with_capacity(32);
     StreamHeader { target: Target::ApiServer, request_id }.encode(&mut header);
-    send.write_all(&header).await.map_err(|e| bad_gateway(format!("tunnel lost: {e}")))?;
-
-    let io = TokioIo::new(quic_io(send, recv));
+    let io = TokioIo::new(tokio::io::join(recv, WriteHead::new(header.freeze(), send)));
     let (mut sender, connection) =
         hyper::client::conn::http1::Builder::new().handshake(io).await.map_err(|e| bad_gateway(e.to_string()))?;
     let span = tracing::debug_span!("stream", %cluster, request_id);
