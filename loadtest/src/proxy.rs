@@ -5,12 +5,11 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Args;
 
-use crate::client::{closed_loop, fixed, Target};
+use crate::client::{closed_loop, fixed};
 use crate::pki::Pki;
 use crate::process::cpu_total;
 use crate::report::{Progress, Report, Row};
-use crate::roles::TOKEN;
-use crate::setup::{BackendAt, Hub, HubOptions, PeerArgs, Spoke, WorkDir};
+use crate::setup::{PeerArgs, Rig, WorkDir};
 use crate::Common;
 
 #[derive(Debug, Clone, Args)]
@@ -36,21 +35,8 @@ pub fn run(options: Options) -> Result<Report> {
     let workdir = WorkDir::new(&options.common)?;
     let dir = workdir.path();
     let pki = Pki::open_or_create(dir)?;
-    let backend = BackendAt::new(dir, &pki, &options.peers)?;
-    let hub = Hub::start(dir, &pki, HubOptions { clusters: vec!["bench".into()], simulated: 0, extra: options.common.hub_args.clone() })?;
-    let spoke = Spoke::start(dir, &pki, "bench", hub.quic, &backend.kubeconfig(dir, &pki)?)?;
-
-    // (target, the processes whose CPU is the path's cost)
-    let mut paths = vec![
-        (Target::new("direct", backend.addr, &pki.backend_ca_pem, "", TOKEN)?, vec![]),
-        (
-            Target::new("tether", hub.proxy, pki.hub_ca_pem(), "/clusters/bench", TOKEN)?,
-            vec![hub.process.pid(), spoke.process.pid()],
-        ),
-    ];
-    for (name, addr) in &options.peers.peers {
-        paths.push((Target::new(name, *addr, &pki.backend_ca_pem, "", TOKEN)?, options.peers.pids_of(name)));
-    }
+    let rig = Rig::start(dir, &pki, &options.common, &options.peers)?;
+    let paths = rig.paths(&pki, &options.peers)?;
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let progress = Progress::new();

@@ -12,7 +12,7 @@ use crate::client::{fresh_get, read, Target, H2};
 use crate::pki::Pki;
 use crate::report::{Progress, Report, Row};
 use crate::roles::TOKEN;
-use crate::setup::{BackendAt, Hub, HubOptions, PeerArgs, Spoke, WorkDir};
+use crate::setup::{PeerArgs, Rig, WorkDir};
 use crate::stats::Latencies;
 use crate::Common;
 
@@ -52,9 +52,7 @@ pub fn run(options: Options) -> Result<Report> {
     let dir = workdir.path();
     let pki = Pki::open_or_create(dir)?;
     let no_peers = PeerArgs { backend: None, peers: vec![], peer_pids: vec![] };
-    let backend = BackendAt::new(dir, &pki, &no_peers)?;
-    let mut hub = Hub::start(dir, &pki, HubOptions { clusters: vec!["bench".into()], simulated: 0, extra: options.common.hub_args.clone() })?;
-    let mut spoke = Spoke::start(dir, &pki, "bench", hub.quic, &backend.kubeconfig(dir, &pki)?)?;
+    let Rig { backend, mut hub, mut spoke } = Rig::start(dir, &pki, &options.common, &no_peers)?;
     let direct = Target::new("direct", backend.addr, &pki.backend_ca_pem, "", TOKEN)?;
     let tether = Target::new("tether", hub.proxy, pki.hub_ca_pem(), "/clusters/bench", TOKEN)?;
 

@@ -7,7 +7,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use base64::Engine;
 
+use crate::client::Target;
 use crate::pki::Pki;
+use crate::roles::TOKEN;
 use crate::process::Process;
 use crate::Common;
 
@@ -267,5 +269,43 @@ impl BackendAt {
             ),
         )?;
         Ok(path)
+    }
+}
+
+/// A backend with tether in front of it: hub and one spoke (cluster `bench`), as `proxy`, `bulk` and
+/// `reconnect` run them.
+pub struct Rig {
+    pub backend: BackendAt,
+    pub hub: Hub,
+    pub spoke: Spoke,
+}
+
+impl Rig {
+    pub fn start(dir: &Path, pki: &Pki, common: &Common, peers: &PeerArgs) -> Result<Self> {
+        let backend = BackendAt::new(dir, pki, peers)?;
+        let options = HubOptions { clusters: vec!["bench".into()], simulated: 0, extra: common.hub_args.clone() };
+        let hub = Hub::start(dir, pki, options)?;
+        let spoke = Spoke::start(dir, pki, "bench", hub.quic, &backend.kubeconfig(dir, pki)?)?;
+        Ok(Self { backend, hub, spoke })
+    }
+
+    pub fn direct(&self, pki: &Pki) -> Result<Target> {
+        Target::new("direct", self.backend.addr, &pki.backend_ca_pem, "", TOKEN)
+    }
+
+    pub fn tether(&self, pki: &Pki) -> Result<Target> {
+        Target::new("tether", self.hub.proxy, pki.hub_ca_pem(), "/clusters/bench", TOKEN)
+    }
+
+    /// The paths to compare, direct first, each with the processes whose CPU time is its cost.
+    pub fn paths(&self, pki: &Pki, peers: &PeerArgs) -> Result<Vec<(Target, Vec<u32>)>> {
+        let mut paths = vec![
+            (self.direct(pki)?, vec![]),
+            (self.tether(pki)?, vec![self.hub.process.pid(), self.spoke.process.pid()]),
+        ];
+        for (name, addr) in &peers.peers {
+            paths.push((Target::new(name, *addr, &pki.backend_ca_pem, "", TOKEN)?, peers.pids_of(name)));
+        }
+        Ok(paths)
     }
 }
