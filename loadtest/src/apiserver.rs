@@ -24,6 +24,10 @@ pub struct ApiserverArgs {
     /// Where `build-kube.sh` and `cluster.sh` are.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/dev"))]
     pub deploy_dir: PathBuf,
+    /// Streams the apiserver allows per HTTP/2 connection (`--http2-max-streams-per-connection`); it allows
+    /// 250 by default, as a production apiserver does.
+    #[arg(long)]
+    pub apiserver_http2_streams: Option<u32>,
 }
 
 /// A running cluster. Holds a bearer token: deliberately not `Debug`.
@@ -61,7 +65,11 @@ impl Apiserver {
         let script = deploy.join("cluster.sh");
         let log = dir.join("cluster.log");
         let out = std::fs::File::create(&log)?;
-        let child = Command::new(&script)
+        let mut command = Command::new(&script);
+        if let Some(streams) = args.apiserver_http2_streams {
+            command.env("APISERVER_ARGS", format!("--http2-max-streams-per-connection={streams}"));
+        }
+        let child = command
             .args(["run", "loadtest"])
             .arg(&dir)
             .stdin(Stdio::null())
