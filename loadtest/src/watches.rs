@@ -181,12 +181,15 @@ async fn phase(
     }
     let phase = Phase { name: name.clone(), opened, open_time, rss };
     if phase.opened() < options.watches {
+        let why = match watches.iter().find_map(|w| w.refused.as_ref()) {
+            Some(e) => format!("then one was refused ({e:#})"),
+            None => format!("the rest had no answer after {:?}", options.timeout),
+        };
         report.note(format!(
-            "{name}: only {} of {} watches were open after {:?} per half, the rest were abandoned (the apiserver \
-             allows {} streams per HTTP/2 connection: --apiserver-http2-streams)",
+            "{name}: only {} of {} watches opened, {why}; the apiserver allows {} streams per HTTP/2 connection \
+             (--apiserver-http2-streams)",
             phase.opened(),
             options.watches,
-            options.timeout,
             options.apiserver.apiserver_http2_streams.unwrap_or(250),
         ));
     }
@@ -197,10 +200,13 @@ async fn phase(
 struct Watches {
     _connections: Vec<H2>,
     responses: Vec<http::Response<Incoming>>,
+    /// Why opening stopped early, if a watch was refused.
+    refused: Option<anyhow::Error>,
 }
 
 /// Opens the idle watches `names` (`idle-<i>`) over connections of `--per-connection` streams; a watch is open
-/// once its 200 arrived. Stops at `--timeout`, keeping those open by then; a refused watch fails the run.
+/// once its 200 arrived. Stops at the first refused watch or at `--timeout`, keeping those open by then: how
+/// many open is what is measured.
 async fn open(target: &Target, names: Range<usize>, options: &Options, progress: &Progress) -> Result<Watches> {
     let deadline = tokio::time::Instant::now() + options.timeout;
     let mut connections = Vec::new();
@@ -210,6 +216,7 @@ async fn open(target: &Target, names: Range<usize>, options: &Options, progress:
     let mut responses = Vec::with_capacity(names.len());
     let mut pending = tokio::task::JoinSet::new();
     let mut next = names.start;
+    let mut refused = None;
     loop {
         while next < names.end && pending.len() < IN_FLIGHT {
             let sender = connections[(next - names.start) / options.per_connection].clone();
@@ -221,14 +228,20 @@ async fn open(target: &Target, names: Range<usize>, options: &Options, progress:
             next += 1;
         }
         match tokio::time::timeout_at(deadline, pending.join_next()).await {
-            Ok(Some(opened)) => responses.push(opened?.with_context(|| format!("a watch via {}", target.name))?),
+            Ok(Some(opened)) => match opened? {
+                Ok(response) => responses.push(response),
+                Err(e) => {
+                    refused = Some(e);
+                    break;
+                }
+            },
             Ok(None) | Err(_) => break,
         }
         let open = names.start + responses.len();
         progress.update(format!("{}: {open} of {} watches open", target.name, options.watches));
     }
     pending.abort_all();
-    Ok(Watches { _connections: connections, responses })
+    Ok(Watches { _connections: connections, responses, refused })
 }
 
 /// Sends a watch and returns once its headers say 200, the body unread.
