@@ -10,6 +10,7 @@
 # FILE holds extra static tokens, one `token,user,uid,"group1,group2"` per line.
 # Env: TETHER_CACHE (default /var/cache/tether) holds the binaries from build-kube.sh;
 #      APISERVER_PORT pins the apiserver port, e.g. APISERVER_PORT=$(cat DIR/port) to keep it across a restart.
+#      APISERVER_ARGS adds kube-apiserver flags, space-separated (e.g. --http2-max-streams-per-connection=1000).
 # DIR then holds kubeconfig (admin client cert), admin.token (system:masters), port, ca.crt, pids, logs/.
 set -euo pipefail
 
@@ -186,7 +187,8 @@ print(*(s.getsockname()[1] for s in ss))')
   kubeconfig kubeconfig
   kubeconfig controller-manager.kubeconfig
 
-  local etcd_url=http://127.0.0.1:$etcd_port peer_url=http://127.0.0.1:$peer_port
+  local etcd_url=http://127.0.0.1:$etcd_port peer_url=http://127.0.0.1:$peer_port apiserver_args
+  read -ra apiserver_args <<<"${APISERVER_ARGS:-}"
   spawn etcd "$BIN/etcd" --name "$NAME" --data-dir "$DIR/etcd" --logger=zap --unsafe-no-fsync \
     --listen-client-urls "$etcd_url" --advertise-client-urls "$etcd_url" \
     --listen-peer-urls "$peer_url" --initial-advertise-peer-urls "$peer_url" --initial-cluster "$NAME=$peer_url"
@@ -197,7 +199,7 @@ print(*(s.getsockname()[1] for s in ss))')
     --client-ca-file="$DIR/ca.crt" --token-auth-file="$DIR/tokens.csv" --authorization-mode=Node,RBAC \
     --service-account-key-file="$DIR/sa.pub" --service-account-signing-key-file="$DIR/sa.key" \
     --service-account-issuer=https://kubernetes.default.svc --disable-admission-plugins=ServiceAccount \
-    --service-cluster-ip-range=10.96.0.0/24 --allow-privileged=true
+    --service-cluster-ip-range=10.96.0.0/24 --allow-privileged=true "${apiserver_args[@]}"
   wait_for apiserver 60 api /readyz
 
   # Started only now: it gives up after 10 s if the apiserver is not healthy yet.

@@ -44,7 +44,8 @@ impl Target {
         })
     }
 
-    async fn tls(&self, alpn: &[u8]) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    /// A TLS connection offering `alpn`, for callers that speak HTTP with other bodies (writes).
+    pub async fn tls(&self, alpn: &[u8]) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
         let mut config =
             rustls::ClientConfig::builder().with_root_certificates(self.roots.clone()).with_no_client_auth();
         config.alpn_protocols = vec![alpn.to_vec()];
