@@ -70,15 +70,17 @@ pub fn run(options: Options) -> Result<Report> {
         let rate = median(rates);
         let base = *direct_rate.get_or_insert(rate);
         report.rows.push(
-            Row::new()
-                .text("path", &target.name)
-                .num("MiB/s", rate, 0)
-                .num("ratio to direct", rate / base, 2)
-                .num("cpu ms/MiB", if pids.is_empty() { f64::NAN } else { median(cpu_per_mib) }, 2),
+            Row::new().text("path", &target.name).num("MiB/s", rate, 0).num("ratio to direct", rate / base, 2).num(
+                "cpu ms/MiB",
+                if pids.is_empty() { f64::NAN } else { median(cpu_per_mib) },
+                2,
+            ),
         );
     }
     progress.done();
-    if let Some(ratio) = report.rows.iter().find(|r| r.get_text("path") == Some("tether")).and_then(|r| r.get("ratio to direct")) {
+    if let Some(ratio) =
+        report.rows.iter().find(|r| r.get_text("path") == Some("tether")).and_then(|r| r.get("ratio to direct"))
+    {
         report.goal("tether MiB/s as a ratio to direct", ratio, false, 0.4, "");
     }
     report.note(format!(

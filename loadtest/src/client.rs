@@ -35,13 +35,7 @@ impl Target {
     pub fn new(name: &str, addr: SocketAddr, ca_pem: &str, prefix: &str, token: &str) -> Result<Self> {
         let certs = tether_runtime::tls::certs_from_pem(ca_pem.as_bytes()).map_err(anyhow::Error::msg)?;
         let roots = tether_runtime::tls::root_store_from_certs(certs).map_err(anyhow::Error::msg)?;
-        Ok(Self {
-            name: name.into(),
-            addr,
-            prefix: prefix.into(),
-            token: token.into(),
-            roots: Arc::new(roots),
-        })
+        Ok(Self { name: name.into(), addr, prefix: prefix.into(), token: token.into(), roots: Arc::new(roots) })
     }
 
     /// A TLS connection offering `alpn`, for callers that speak HTTP with other bodies (writes).
@@ -49,7 +43,8 @@ impl Target {
         let mut config =
             rustls::ClientConfig::builder().with_root_certificates(self.roots.clone()).with_no_client_auth();
         config.alpn_protocols = vec![alpn.to_vec()];
-        let tcp = tokio::net::TcpStream::connect(self.addr).await.with_context(|| format!("connecting to {}", self.name))?;
+        let tcp =
+            tokio::net::TcpStream::connect(self.addr).await.with_context(|| format!("connecting to {}", self.name))?;
         tcp.set_nodelay(true)?;
         let tls = TlsConnector::from(Arc::new(config)).connect(ServerName::try_from("localhost")?, tcp).await?;
         Ok(tls)

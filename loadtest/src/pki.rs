@@ -19,7 +19,9 @@ impl Pki {
     /// script, which starts the backend itself) already did.
     pub fn open_or_create(dir: &Path) -> Result<Self> {
         let read = |name: &str| std::fs::read_to_string(dir.join(name));
-        if let (Ok(cert), Ok(key), Ok(backend_ca_pem)) = (read("hub-ca.crt"), read("hub-ca.key"), read("backend-ca.crt")) {
+        if let (Ok(cert), Ok(key), Ok(backend_ca_pem)) =
+            (read("hub-ca.crt"), read("hub-ca.key"), read("backend-ca.crt"))
+        {
             let hub_ca = CertificateAuthority::from_pem(&cert, &key)?;
             return Ok(Self { dir: dir.to_path_buf(), hub_ca, backend_ca_pem });
         }

@@ -121,7 +121,8 @@ pub fn cpu_of(pid: u32) -> Result<Duration> {
     // The command name may hold spaces; fields are counted after its closing parenthesis.
     let after = stat.rsplit_once(')').context("/proc/PID/stat")?.1;
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = fields.get(11).context("utime")?.parse::<u64>()? + fields.get(12).context("stime")?.parse::<u64>()?;
+    let ticks: u64 =
+        fields.get(11).context("utime")?.parse::<u64>()? + fields.get(12).context("stime")?.parse::<u64>()?;
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     Ok(Duration::from_nanos(ticks * 1_000_000_000 / hz))

@@ -98,9 +98,8 @@ pub fn run(options: Options) -> Result<Report> {
         report.rows.push(row(kind.name(), &Latencies::new(times), &baseline));
     }
     progress.done();
-    let median_of = |name: &str| {
-        report.rows.iter().find(|r| r.get_text("event") == Some(name)).and_then(|r| r.get("median ms"))
-    };
+    let median_of =
+        |name: &str| report.rows.iter().find(|r| r.get_text("event") == Some(name)).and_then(|r| r.get("median ms"));
     let client = median_of(Restart::Client { graceful: true }.name());
     let hub_restart = median_of(Restart::Hub { graceful: true }.name());
     if let Some(ms) = client {

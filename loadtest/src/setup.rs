@@ -9,8 +9,8 @@ use base64::Engine;
 
 use crate::client::Target;
 use crate::pki::Pki;
-use crate::roles::TOKEN;
 use crate::process::Process;
+use crate::roles::TOKEN;
 use crate::Common;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -234,7 +234,8 @@ fn parse_peer(s: &str) -> Result<(String, SocketAddr), String> {
 
 fn parse_peer_pids(s: &str) -> Result<(String, Vec<u32>), String> {
     let (name, pids) = s.split_once('=').ok_or("--peer-pids: expected NAME=PID[,PID...]")?;
-    let pids = pids.split(',').map(|p| p.parse().map_err(|e| format!("--peer-pids {name}: {e}"))).collect::<Result<_, _>>()?;
+    let pids =
+        pids.split(',').map(|p| p.parse().map_err(|e| format!("--peer-pids {name}: {e}"))).collect::<Result<_, _>>()?;
     Ok((name.to_string(), pids))
 }
 

@@ -46,7 +46,10 @@ const PATH: &str = "/api/v1/namespaces/default/configmaps/x";
 
 pub fn run(options: Options) -> Result<Report> {
     ensure!(options.tunnels >= 2, "--tunnels must be at least 2");
-    ensure!(options.per_socket >= 1 && options.connect_concurrency >= 1, "--per-socket and --connect-concurrency must be at least 1");
+    ensure!(
+        options.per_socket >= 1 && options.connect_concurrency >= 1,
+        "--per-socket and --connect-concurrency must be at least 1"
+    );
     let workdir = WorkDir::new(&options.common)?;
     let dir = workdir.path();
     let pki = Pki::open_or_create(dir)?;
@@ -55,7 +58,11 @@ pub fn run(options: Options) -> Result<Report> {
     let hub = Hub::start(
         dir,
         &pki,
-        HubOptions { clusters: vec!["bench".into()], simulated: options.tunnels, extra: options.common.hub_args.clone() },
+        HubOptions {
+            clusters: vec!["bench".into()],
+            simulated: options.tunnels,
+            extra: options.common.hub_args.clone(),
+        },
     )?;
     let target = Target::new("tether", hub.proxy, pki.hub_ca_pem(), "/clusters", TOKEN)?;
 
@@ -119,8 +126,9 @@ async fn measure(
     // One spoke first: the baseline requests, and the hub's memory with its proxy connections open.
     let (_, first) = configs.next().expect("at least two");
     simulated::connect(&endpoints[0], first, hub.quic, "sim-0".into(), stop.clone()).await?;
-    let one = closed_loop(target, random_of(1), options.concurrency, Duration::from_millis(300), options.duration, progress)
-        .await?;
+    let one =
+        closed_loop(target, random_of(1), options.concurrency, Duration::from_millis(300), options.duration, progress)
+            .await?;
     let rss_one = settled_rss(&hub.process).await?;
 
     let connected = AtomicUsize::new(1);
@@ -148,8 +156,9 @@ async fn measure(
     let idle = Duration::from_secs(3);
     tokio::time::sleep(idle).await;
     let idle_cpu = (hub.process.cpu()? - cpu_before).as_secs_f64() / idle.as_secs_f64();
-    let all = closed_loop(target, random_of(n), options.concurrency, Duration::from_millis(300), options.duration, progress)
-        .await?;
+    let all =
+        closed_loop(target, random_of(n), options.concurrency, Duration::from_millis(300), options.duration, progress)
+            .await?;
 
     let mut report = Report::new("tunnels");
     let per_tunnel_kib = (rss_all as f64 - rss_one as f64) / (connected.max(2) - 1) as f64 / 1024.0;
@@ -202,4 +211,3 @@ async fn settled_rss(process: &Process) -> Result<u64> {
         last = now;
     }
 }
-

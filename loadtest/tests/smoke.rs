@@ -56,7 +56,8 @@ fn reconnect_recovers_from_every_kind_of_restart() {
     // Within 15 s: a crashed hub's successor must reset the old connections (a random reset key would leave
     // the client waiting out its 30 s idle timeout).
     let report = loadtest(&["reconnect", "--rounds", "1", "--timeout", "15s"]);
-    for event in ["client restart (SIGTERM)", "client crash (SIGKILL)", "hub restart (SIGTERM)", "hub crash (SIGKILL)"] {
+    for event in ["client restart (SIGTERM)", "client crash (SIGKILL)", "hub restart (SIGTERM)", "hub crash (SIGKILL)"]
+    {
         assert!(row(&report, "event", event)["median ms"].as_f64().unwrap() > 0.0, "{event}");
     }
 }
@@ -69,4 +70,26 @@ fn tunnels_connects_every_simulated_spoke_and_routes_to_each() {
     // Measured about 50 KiB; quinn's per-stream state for a large stream credit made it 1.6 MiB once.
     let per_tunnel = row(&report, "measure", "hub RSS per tunnel")["value"].as_f64().unwrap();
     assert!(per_tunnel < 400.0, "hub RSS per tunnel {per_tunnel} KiB");
+}
+
+#[test]
+fn watches_open_on_both_paths_and_events_arrive_through_the_hub() {
+    let report = loadtest(&["watches", "--watches", "60", "--per-connection", "20", "--events", "3"]);
+    for path in ["direct", "tether"] {
+        assert_eq!(row(&report, "path", path)["watches open"], 60.0, "{path}");
+    }
+    assert!(row(&report, "path", "event via tether")["event p50 ms"].as_f64().unwrap() > 0.0);
+    assert!(row(&report, "path", "event direct")["event p50 ms"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn kubectl_gets_from_a_real_apiserver_through_the_hub_and_directly() {
+    let report = loadtest(&["kubectl", "--requests", "20", "--kubectl-runs", "1"]);
+    for r in rows(&report) {
+        assert!(r["count"].as_f64().unwrap() >= 1.0, "{r}");
+        assert!(r["p50 ms"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    let requests: Vec<&str> =
+        rows(&report).iter().filter(|r| r["path"] == "tether").filter_map(|r| r["request"].as_str()).collect();
+    assert!(requests.contains(&"keep-alive GET") && requests.contains(&"GET on a new connection"), "{requests:?}");
 }
