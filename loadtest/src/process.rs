@@ -22,7 +22,7 @@ impl Process {
         Self::spawn(name, dir, command)
     }
 
-    pub fn spawn(name: &str, dir: &Path, mut command: Command) -> Result<Self> {
+    fn spawn(name: &str, dir: &Path, mut command: Command) -> Result<Self> {
         let log = dir.join(format!("{name}.log"));
         let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
         // Components log as in production (info) unless LOADTEST_LOG says otherwise.

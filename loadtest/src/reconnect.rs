@@ -11,7 +11,6 @@ use tokio::sync::Mutex;
 use crate::client::{fresh_get, read, Target, H2};
 use crate::pki::Pki;
 use crate::report::{Progress, Report, Row};
-use crate::roles::TOKEN;
 use crate::setup::{PeerArgs, Rig, WorkDir};
 use crate::stats::Latencies;
 use crate::Common;
@@ -52,9 +51,9 @@ pub fn run(options: Options) -> Result<Report> {
     let dir = workdir.path();
     let pki = Pki::open_or_create(dir)?;
     let no_peers = PeerArgs { backend: None, peers: vec![], peer_pids: vec![] };
-    let Rig { backend, mut hub, mut spoke } = Rig::start(dir, &pki, &options.common, &no_peers)?;
-    let direct = Target::new("direct", backend.addr, &pki.backend_ca_pem, "", TOKEN)?;
-    let tether = Target::new("tether", hub.proxy, pki.hub_ca_pem(), "/clusters/bench", TOKEN)?;
+    let rig = Rig::start(dir, &pki, &options.common, &no_peers)?;
+    let (direct, tether) = (rig.direct(&pki)?, rig.tether(&pki)?);
+    let Rig { backend: _backend, mut hub, mut spoke } = rig;
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let progress = Progress::new();

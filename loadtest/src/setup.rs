@@ -128,14 +128,8 @@ impl Hub {
         })
     }
 
-    /// Stops the hub (gracefully: spokes are told to go away) and starts it again on the same addresses;
-    /// returns once the new one is listening.
-    pub fn restart(&mut self) -> Result<()> {
-        self.process.terminate(Duration::from_secs(15))?;
-        self.restart_stopped()
-    }
-
-    /// Starts the hub again after its process was stopped or killed.
+    /// Starts the hub again on the same addresses after its process was stopped or killed; returns once the
+    /// new one is listening.
     pub fn restart_stopped(&mut self) -> Result<()> {
         *self = Self::launch(&self.dir, self.args.clone(), self.quic, self.proxy)?;
         Ok(())

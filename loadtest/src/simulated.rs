@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
-use tether_proto::{Event, Role, Session, SessionConfig, StreamHeader};
+use tether_proto::{Event, Role, Session, SessionConfig};
 use tether_runtime::io::{quic_io, Prefixed};
 use tether_runtime::transport::TransportSettings;
 use tokio_util::sync::CancellationToken;
@@ -106,23 +106,8 @@ async fn serve(
 
 /// One stream from the hub: its header, then one HTTP/1.1 request, answered with the fixed body.
 async fn answer(send: quinn::SendStream, mut recv: quinn::RecvStream) {
-    let mut buf = BytesMut::new();
-    loop {
-        match StreamHeader::decode(&buf) {
-            Ok(Some((_, used))) => {
-                let _ = buf.split_to(used);
-                break;
-            }
-            Ok(None) => {}
-            Err(_) => return,
-        }
-        let mut chunk = [0u8; 256];
-        match recv.read(&mut chunk).await {
-            Ok(Some(n)) => buf.extend_from_slice(&chunk[..n]),
-            Ok(None) | Err(_) => return,
-        }
-    }
-    let io = TokioIo::new(Prefixed::new(Bytes::from(buf), quic_io(send, recv)));
+    let Ok(Some((_, rest))) = tunnel_client::tunnel::read_stream_header(&mut recv).await else { return };
+    let io = TokioIo::new(Prefixed::new(rest, quic_io(send, recv)));
     let service = hyper::service::service_fn(|_request| async {
         Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(crate::roles::BODY))))
     });

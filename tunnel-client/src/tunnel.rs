@@ -219,24 +219,13 @@ fn spawn_stream(
 
 async fn serve_stream(send: quinn::SendStream, mut recv: quinn::RecvStream, upstream: Upstream) {
     let _open = OpenStream::new();
-    let mut buf = BytesMut::with_capacity(256);
-    let header = loop {
-        match StreamHeader::decode(&buf) {
-            Ok(Some((header, used))) => {
-                let _ = buf.split_to(used);
-                break header;
-            }
-            Ok(None) => {}
-            Err(e) => return tracing::warn!(error = %e, "bad stream header"),
-        }
-        let mut chunk = [0u8; 512];
-        match recv.read(&mut chunk).await {
-            Ok(Some(n)) => buf.extend_from_slice(&chunk[..n]),
-            Ok(None) | Err(_) => return,
-        }
+    let (header, rest) = match read_stream_header(&mut recv).await {
+        Ok(Some(read)) => read,
+        Ok(None) => return,
+        Err(e) => return tracing::warn!(error = %e, "bad stream header"),
     };
     let span = tracing::debug_span!("stream", request_id = header.request_id);
-    let io = TokioIo::new(Prefixed::new(Bytes::from(buf), quic_io(send, recv)));
+    let io = TokioIo::new(Prefixed::new(rest, quic_io(send, recv)));
     let service = hyper::service::service_fn(move |request| {
         let upstream = upstream.clone();
         async move {
@@ -255,6 +244,25 @@ async fn serve_stream(send: quinn::SendStream, mut recv: quinn::RecvStream, upst
         .await;
     if let Err(e) = served {
         tracing::debug!(error = %e, "stream ended with an error");
+    }
+}
+
+/// Reads the header the hub starts every stream with. Returns it with the bytes read past it (the start of
+/// the request), or `None` if the stream ended first.
+pub async fn read_stream_header(
+    recv: &mut quinn::RecvStream,
+) -> std::result::Result<Option<(StreamHeader, Bytes)>, tether_proto::Error> {
+    let mut buf = BytesMut::with_capacity(256);
+    loop {
+        if let Some((header, used)) = StreamHeader::decode(&buf)? {
+            let _ = buf.split_to(used);
+            return Ok(Some((header, buf.freeze())));
+        }
+        let mut chunk = [0u8; 512];
+        match recv.read(&mut chunk).await {
+            Ok(Some(n)) => buf.extend_from_slice(&chunk[..n]),
+            Ok(None) | Err(_) => return Ok(None),
+        }
     }
 }
 
