@@ -40,6 +40,12 @@ pub struct Config {
     /// kubeconfig of the local apiserver; the in-cluster ServiceAccount when absent.
     #[arg(long, env = "TETHER_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+    /// Requests carried at once on one HTTP/2 connection to the local apiserver; another connection is opened
+    /// past it. Keep it at or below the apiserver's --http2-max-streams-per-connection (Go's default: 250),
+    /// or watches beyond that limit wait for a stream to end.
+    #[arg(long, env = "TETHER_APISERVER_STREAMS_PER_CONNECTION", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub apiserver_streams_per_connection: u32,
     /// TCP address of /metrics, /healthz and /readyz (HTTPS, self-signed).
     #[arg(long, env = "TETHER_OPS_ADDR", default_value = "0.0.0.0:9444")]
     pub ops_addr: SocketAddr,

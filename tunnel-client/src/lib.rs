@@ -5,6 +5,7 @@
 pub mod bootstrap;
 pub mod config;
 mod error;
+mod h2_pool;
 pub mod identity;
 pub mod metrics;
 pub mod renewal;
@@ -38,7 +39,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     tls::install_crypto_provider();
     metrics::describe();
     let prometheus = tether_runtime::telemetry::install_metrics()?;
-    let upstream = Upstream::from_kubeconfig(config.kubeconfig.as_ref()).await?;
+    let upstream =
+        Upstream::from_kubeconfig(config.kubeconfig.as_ref(), config.apiserver_streams_per_connection).await?;
     let server_name = server_name(&config)?;
     let instance = config.instance.clone().unwrap_or_else(default_instance);
     let transport = TransportSettings { stream_window: config.stream_window, ..Default::default() };

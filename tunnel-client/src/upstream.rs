@@ -15,6 +15,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::h2_pool::Pool;
 use crate::{Error, Result};
 
 pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
@@ -23,7 +24,7 @@ pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, Box<dyn std::e
 pub struct Upstream {
     base: Uri,
     /// HTTP/2 where the apiserver offers it: thousands of watches share a few TCP connections.
-    pooled: Client<HttpsConnector<HttpConnector>, Incoming>,
+    pooled: Arc<Pool<HttpsConnector<HttpConnector>, Incoming>>,
     /// Upgrades (exec, attach, port-forward) need HTTP/1.1.
     upgrades: Client<HttpsConnector<HttpConnector>, Incoming>,
     token: Arc<Token>,
@@ -34,7 +35,8 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub async fn from_kubeconfig(path: Option<&PathBuf>) -> Result<Self> {
+    /// `streams_per_connection`: requests carried at once by one HTTP/2 connection to the apiserver.
+    pub async fn from_kubeconfig(path: Option<&PathBuf>, streams_per_connection: u32) -> Result<Self> {
         let config = match path {
             Some(path) => {
                 let kubeconfig = kube::config::Kubeconfig::read_from(path)
@@ -45,10 +47,10 @@ impl Upstream {
             }
             None => kube::Config::incluster().map_err(|e| Error::Upstream(format!("in-cluster configuration: {e}")))?,
         };
-        Self::from_config(config)
+        Self::from_config(config, streams_per_connection)
     }
 
-    fn from_config(config: kube::Config) -> Result<Self> {
+    fn from_config(config: kube::Config, streams_per_connection: u32) -> Result<Self> {
         use secrecy::ExposeSecret;
         let ca_bundle: String = config.root_cert.iter().flatten().map(|der| pem_certificate(der)).collect();
         let kube = kube::Client::try_from(config.clone()).map_err(|e| Error::Upstream(e.to_string()))?;
@@ -82,12 +84,14 @@ impl Upstream {
                 builder.enable_http1().wrap_connector(http)
             }
         };
-        let pooled =
-            Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(90)).build(connector(true));
+        let http2 = connector(true);
+        let pooled = Pool::new(streams_per_connection as usize, move || {
+            Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(90)).build(http2.clone())
+        });
         let upgrades = Client::builder(TokioExecutor::new()).build(connector(false));
         Ok(Self {
             base: config.cluster_url,
-            pooled,
+            pooled: Arc::new(pooled),
             upgrades,
             token: Arc::new(token),
             kube,
@@ -124,10 +128,15 @@ impl Upstream {
         if let Err(reason) = self.prepare(&mut request) {
             return status(StatusCode::BAD_GATEWAY, &reason);
         }
-        let client = if upgrade { &self.upgrades } else { &self.pooled };
-        let mut response = match client.request(request).await {
+        if !upgrade {
+            return match self.pooled.request(request).await {
+                Ok(response) => response.map(|b| b.map_err(Into::into).boxed_unsync()),
+                Err(e) => unreachable(e),
+            };
+        }
+        let mut response = match self.upgrades.request(request).await {
             Ok(r) => r,
-            Err(e) => return status(StatusCode::BAD_GATEWAY, &format!("spoke apiserver unreachable: {e}")),
+            Err(e) => return unreachable(e),
         };
         if let (Some(hub_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (hub_upgrade, response.status()) {
             let apiserver_upgrade = hyper::upgrade::on(&mut response);
@@ -156,6 +165,10 @@ impl Upstream {
         }
         Ok(())
     }
+}
+
+fn unreachable(error: hyper_util::client::legacy::Error) -> Response<Body> {
+    status(StatusCode::BAD_GATEWAY, &format!("spoke apiserver unreachable: {error}"))
 }
 
 /// The bearer token for the apiserver. A token file (projected ServiceAccount token) is re-read every
