@@ -7,11 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::Full;
-use hyper_util::rt::TokioIo;
-use tether_proto::{Event, Role, Session, SessionConfig};
-use tether_runtime::io::{quic_io, Prefixed};
+use tether_proto::{Event, RequestHead, ResponseHead, Role, Session, SessionConfig, StreamHeader};
+use tether_runtime::stream_http::{read_head, send_with_body};
 use tether_runtime::transport::TransportSettings;
 use tokio_util::sync::CancellationToken;
 
@@ -104,12 +103,13 @@ async fn serve(
     }
 }
 
-/// One stream from the hub: its header, then one HTTP/1.1 request, answered with the fixed body.
-async fn answer(send: quinn::SendStream, mut recv: quinn::RecvStream) {
-    let Ok(Some((_, rest))) = tunnel_client::tunnel::read_stream_header(&mut recv).await else { return };
-    let io = TokioIo::new(Prefixed::new(rest, quic_io(send, recv)));
-    let service = hyper::service::service_fn(|_request| async {
-        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(crate::roles::BODY))))
-    });
-    let _ = hyper::server::conn::http1::Builder::new().keep_alive(false).serve_connection(io, service).await;
+/// One stream from the hub: its header and request head, answered with the fixed body.
+async fn answer(mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    let Ok(Some((_, rest))) = read_head(&mut recv, Bytes::new(), StreamHeader::decode).await else { return };
+    let Ok(Some(_)) = read_head(&mut recv, rest, RequestHead::decode).await else { return };
+    let mut headers = http::HeaderMap::new();
+    headers.insert(http::header::CONTENT_LENGTH, crate::roles::BODY.len().into());
+    let mut head = BytesMut::new();
+    ResponseHead { status: http::StatusCode::OK, headers }.encode(&mut head);
+    let _ = send_with_body(&mut send, head.freeze(), Full::new(Bytes::from_static(crate::roles::BODY))).await;
 }

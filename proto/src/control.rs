@@ -384,11 +384,12 @@ mod tests {
 
     #[test]
     fn unparsable_handshake_of_another_version_is_a_version_mismatch() {
-        // A "version 2" Hello whose layout this version cannot read.
-        let frame = [0, 0, 0, 4, HELLO, 0, 2, 0xee];
-        assert_eq!(decode_one(&frame), Err(Error::VersionMismatch { ours: PROTOCOL_VERSION, theirs: 2 }));
+        // A "version 3" Hello whose layout this version cannot read.
+        let frame = [0, 0, 0, 4, HELLO, 0, 3, 0xee];
+        assert_eq!(decode_one(&frame), Err(Error::VersionMismatch { ours: PROTOCOL_VERSION, theirs: 3 }));
         // The same damage at our own version is reported as what it is.
-        let frame = [0, 0, 0, 4, WELCOME, 0, 1, 0xee];
+        let [high, low] = PROTOCOL_VERSION.to_be_bytes();
+        let frame = [0, 0, 0, 4, WELCOME, high, low, 0xee];
         assert_eq!(decode_one(&frame), Err(Error::Truncated { what: "Welcome cluster" }));
     }
 }

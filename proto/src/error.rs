@@ -11,6 +11,10 @@ pub enum Error {
     #[error("stream header declares {declared} bytes, the limit is {max}")]
     HeaderTooLong { declared: usize, max: usize },
 
+    /// An HTTP head declared a length above [`crate::MAX_HEAD_LEN`].
+    #[error("{what} declares {declared} bytes, the limit is {max}")]
+    HeadTooLong { what: &'static str, declared: usize, max: usize },
+
     /// A control frame declared a length above the decoder's limit.
     #[error("control frame declares {declared} bytes, the limit is {max}")]
     FrameTooLarge { declared: usize, max: usize },

@@ -5,7 +5,7 @@
 //! # Connection
 //!
 //! The spoke's tunnel-client dials the hub's tunnel-server over QUIC with ALPN [`ALPN`]
-//! (`tether/1`). The client opens the first bidirectional stream, the **control stream**,
+//! (`tether/2`). The client opens the first bidirectional stream, the **control stream**,
 //! driven on each end by a [`Session`]. Every other bidirectional stream is opened by the hub,
 //! one per proxied request or TCP connection, and starts with a [`StreamHeader`].
 //!
@@ -25,6 +25,11 @@
 //!
 //! `kind` 0 is the spoke's apiserver, 1 a Service; names are 1..=[`MAX_NAME_LEN`] bytes and
 //! the port is non-zero.
+//!
+//! **HTTP heads** (see [`http_head`]): on an apiserver stream the header is followed by a
+//! [`RequestHead`] and the request body up to the hub's FIN; the spoke answers with a
+//! [`ResponseHead`] and the response body up to its FIN (a reset, never a FIN, for a body cut
+//! short). Version 1 carried HTTP/1.1 here instead.
 //!
 //! **Control frames** (see [`control`]): `u32 len | u8 type | payload`, where `len` counts the
 //! type and payload and is at most [`MAX_CONTROL_FRAME`].
@@ -69,6 +74,7 @@ pub mod bootstrap;
 pub mod control;
 mod error;
 pub mod header;
+pub mod http_head;
 pub mod session;
 mod wire;
 
@@ -79,13 +85,14 @@ pub use bootstrap::{
 pub use control::{ControlMessage, FrameDecoder, MAX_PEM_LEN, MAX_STRING_LEN};
 pub use error::{Error, Result};
 pub use header::{StreamHeader, Target, MAX_HEADER_LEN, MAX_NAME_LEN};
+pub use http_head::{RequestHead, ResponseHead, MAX_HEAD_LEN};
 pub use session::{Event, Role, Session, SessionConfig, MIN_HEARTBEAT_INTERVAL};
 
 /// The ALPN protocol id of tether's QUIC connections.
-pub const ALPN: &[u8] = b"tether/1";
+pub const ALPN: &[u8] = b"tether/2";
 
 /// The major protocol version, exchanged in Hello and Welcome.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Largest control frame (type + payload) a [`Session`] accepts.
 pub const MAX_CONTROL_FRAME: usize = 64 * 1024;

@@ -58,6 +58,21 @@ impl<'a> Reader<'a> {
         Ok(s.to_owned())
     }
 
+    /// `len` raw bytes.
+    pub(crate) fn bytes(&mut self, what: &'static str, len: usize) -> Result<&'a [u8]> {
+        if self.buf.len() < len {
+            return Err(Error::Truncated { what });
+        }
+        let (bytes, rest) = self.buf.split_at(len);
+        self.buf = rest;
+        Ok(bytes)
+    }
+
+    /// Bytes not read yet.
+    pub(crate) fn remaining(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Ends the parse: the fields must have used every byte.
     pub(crate) fn finish(self, what: &'static str) -> Result<()> {
         match self.buf.len() {

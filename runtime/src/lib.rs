@@ -7,6 +7,7 @@ pub mod io;
 pub mod listener;
 pub mod ops;
 pub mod shutdown;
+pub mod stream_http;
 pub mod telemetry;
 pub mod tls;
 pub mod transport;

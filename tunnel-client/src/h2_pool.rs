@@ -6,15 +6,14 @@
 //! [`Client`] has a pool of its own and so a connection of its own; requests in flight are counted per client,
 //! and when every client is at the limit another one is started. hyper does not expose the peer's limit,
 //! so the limit is configured, below that of any apiserver.
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use hyper::body::{Body, Frame, SizeHint};
+use hyper::body::{Body, Incoming};
 use hyper_util::client::legacy::connect::Connect;
 use hyper_util::client::legacy::{Client, Error};
+use tether_runtime::stream_http::Holding;
 
 pub struct Pool<C, B> {
     per_connection: usize,
@@ -41,10 +40,10 @@ where
 
     /// Sends `request` on the first connection with room, so that traffic gathers on few connections and the
     /// rest idle out. The response body holds the stream's place until it is dropped.
-    pub async fn request(&self, request: Request<B>) -> Result<Response<Leased<hyper::body::Incoming>>, Error> {
+    pub async fn request(&self, request: Request<B>) -> Result<Response<Holding<Incoming, Lease>>, Error> {
         let (client, lease) = self.checkout();
         let response = client.request(request).await?;
-        Ok(response.map(|body| Leased { body, _lease: lease }))
+        Ok(response.map(|body| Holding::new(body, lease)))
     }
 
     /// Connections started so far (each closes on its own when idle, and is reopened on demand).
@@ -71,34 +70,11 @@ where
 }
 
 /// One request's place on a connection.
-struct Lease(Arc<AtomicUsize>);
+pub struct Lease(Arc<AtomicUsize>);
 
 impl Drop for Lease {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// A response body that gives its connection's place back when dropped.
-pub struct Leased<B> {
-    body: B,
-    _lease: Lease,
-}
-
-impl<B: Body + Unpin> Body for Leased<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }
 
@@ -112,6 +88,11 @@ mod tests {
     use hyper_util::client::legacy::connect::HttpConnector;
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use tokio::net::TcpListener;
+
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use hyper::body::Frame;
 
     use super::*;
 
@@ -156,7 +137,7 @@ mod tests {
     async fn open(
         pool: &Pool<HttpConnector, Empty<Bytes>>,
         address: std::net::SocketAddr,
-    ) -> Response<Leased<hyper::body::Incoming>> {
+    ) -> Response<Holding<Incoming, Lease>> {
         let request = Request::get(format!("http://{address}/watch")).body(Empty::new()).unwrap();
         tokio::time::timeout(Duration::from_secs(10), pool.request(request))
             .await

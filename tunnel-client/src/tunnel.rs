@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use hyper_util::rt::TokioIo;
 use metrics::{counter, gauge, histogram};
-use tether_proto::{Event, Role, Session, SessionConfig, StreamHeader};
+use tether_proto::{Event, RequestHead, ResponseHead, Role, Session, SessionConfig, StreamHeader, Target};
 use tether_runtime::io::{quic_io, Prefixed};
+use tether_runtime::stream_http::{read_head, send_with_body, RecvBody};
 use tether_runtime::transport::ByteCounter;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -217,53 +218,69 @@ fn spawn_stream(
     });
 }
 
-async fn serve_stream(send: quinn::SendStream, mut recv: quinn::RecvStream, upstream: Upstream) {
+async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, upstream: Upstream) {
     let _open = OpenStream::new();
-    let (header, rest) = match read_stream_header(&mut recv).await {
+    let (header, rest) = match read_head(&mut recv, Bytes::new(), StreamHeader::decode).await {
         Ok(Some(read)) => read,
         Ok(None) => return,
         Err(e) => return tracing::warn!(error = %e, "bad stream header"),
     };
     let span = tracing::debug_span!("stream", request_id = header.request_id);
-    let io = TokioIo::new(Prefixed::new(rest, quic_io(send, recv)));
-    let service = hyper::service::service_fn(move |request| {
-        let upstream = upstream.clone();
-        async move {
-            let started = Instant::now();
-            let response = upstream.forward(request).await;
-            histogram!(m::REQUEST_DURATION, "code" => response.status().as_u16().to_string())
-                .record(started.elapsed().as_secs_f64());
-            Ok::<_, std::convert::Infallible>(response)
-        }
-    });
-    let served = hyper::server::conn::http1::Builder::new()
-        .keep_alive(false)
-        .serve_connection(io, service)
-        .with_upgrades()
-        .instrument(span)
-        .await;
-    if let Err(e) = served {
-        tracing::debug!(error = %e, "stream ended with an error");
+    if header.target != Target::ApiServer {
+        let _ = send.reset(RESET_UNSUPPORTED.into());
+        return tracing::warn!(parent: &span, target = ?header.target, "stream for a target this client does not serve");
     }
+    serve_request(send, recv, rest, upstream).instrument(span).await
 }
 
-/// Reads the header the hub starts every stream with. Returns it with the bytes read past it (the start of
-/// the request), or `None` if the stream ended first.
-pub async fn read_stream_header(
-    recv: &mut quinn::RecvStream,
-) -> std::result::Result<Option<(StreamHeader, Bytes)>, tether_proto::Error> {
-    let mut buf = BytesMut::with_capacity(256);
-    loop {
-        if let Some((header, used)) = StreamHeader::decode(&buf)? {
-            let _ = buf.split_to(used);
-            return Ok(Some((header, buf.freeze())));
+/// Reset code of a stream whose target this client does not serve.
+const RESET_UNSUPPORTED: u32 = 0x11;
+/// Reset code of a stream whose request head is malformed.
+const RESET_BAD_REQUEST: u32 = 0x12;
+
+/// One request on an apiserver stream: its head, the body if any, and the apiserver's answer back; an
+/// upgrade (exec, attach, port-forward) then pipes the stream to the apiserver's upgraded connection.
+async fn serve_request(mut send: quinn::SendStream, mut recv: quinn::RecvStream, rest: Bytes, upstream: Upstream) {
+    let (head, rest) = match read_head(&mut recv, rest, RequestHead::decode).await {
+        Ok(Some(read)) => read,
+        Ok(None) => return,
+        Err(e) => {
+            let _ = send.reset(RESET_BAD_REQUEST.into());
+            return tracing::warn!(error = %e, "bad request head");
         }
-        let mut chunk = [0u8; 512];
-        match recv.read(&mut chunk).await {
-            Ok(Some(n)) => buf.extend_from_slice(&chunk[..n]),
-            Ok(None) | Err(_) => return Ok(None),
+    };
+    let started = Instant::now();
+    let upgrade = head.headers.contains_key(http::header::UPGRADE);
+    // Without a body the hub finished its side with the head, and `recv` is kept only for an upgrade.
+    let (body, recv) = match head.body {
+        true => (RecvBody::new(rest.clone(), recv), None),
+        false => (RecvBody::empty(), Some(recv)),
+    };
+    let mut request = http::Request::new(body);
+    *request.method_mut() = head.method;
+    *request.uri_mut() = head.path_and_query.into();
+    *request.headers_mut() = head.headers;
+
+    let (response, upgraded) =
+        if upgrade { upstream.upgrade(request).await } else { (upstream.forward(request).await, None) };
+    histogram!(m::REQUEST_DURATION, "code" => response.status().as_u16().to_string())
+        .record(started.elapsed().as_secs_f64());
+    let (parts, body) = response.into_parts();
+    let mut encoded = BytesMut::with_capacity(256);
+    ResponseHead { status: parts.status, headers: parts.headers }.encode(&mut encoded);
+    let (Some(upgraded), Some(recv)) = (upgraded, recv) else {
+        if let Err(e) = send_with_body(&mut send, encoded.freeze(), body).await {
+            tracing::debug!(error = %e, "response not returned whole");
         }
+        return;
+    };
+    if send.write_chunk(encoded.freeze()).await.is_err() {
+        return;
     }
+    let Ok(apiserver) = upgraded.await else { return tracing::debug!("upgrade abandoned by the apiserver") };
+    // An upgrade request has no body: whatever the hub sent after the head belongs to the upgraded protocol.
+    let mut hub = Prefixed::new(rest, quic_io(send, recv));
+    let _ = tokio::io::copy_bidirectional(&mut hub, &mut TokioIo::new(apiserver)).await;
 }
 
 struct OpenStream;

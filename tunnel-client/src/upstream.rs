@@ -8,12 +8,13 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tether_runtime::stream_http::RecvBody;
 
 use crate::h2_pool::Pool;
 use crate::{Error, Result};
@@ -24,9 +25,9 @@ pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, Box<dyn std::e
 pub struct Upstream {
     base: Uri,
     /// HTTP/2 where the apiserver offers it: thousands of watches share a few TCP connections.
-    pooled: Arc<Pool<HttpsConnector<HttpConnector>, Incoming>>,
+    pooled: Arc<Pool<HttpsConnector<HttpConnector>, RecvBody>>,
     /// Upgrades (exec, attach, port-forward) need HTTP/1.1.
-    upgrades: Client<HttpsConnector<HttpConnector>, Incoming>,
+    upgrades: Client<HttpsConnector<HttpConnector>, RecvBody>,
     token: Arc<Token>,
     /// The same apiserver through kube, for the client's own calls (its version).
     kube: kube::Client,
@@ -122,37 +123,36 @@ impl Upstream {
     }
 
     /// Forwards one request from the hub. Failures reaching the apiserver become a 502 `Status`.
-    pub async fn forward(&self, mut request: Request<Incoming>) -> Response<Body> {
-        let upgrade = request.headers().contains_key(header::UPGRADE);
-        let hub_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+    pub async fn forward(&self, mut request: Request<RecvBody>) -> Response<Body> {
         if let Err(reason) = self.prepare(&mut request) {
             return status(StatusCode::BAD_GATEWAY, &reason);
         }
-        if !upgrade {
-            return match self.pooled.request(request).await {
-                Ok(response) => response.map(|b| b.map_err(Into::into).boxed_unsync()),
-                Err(e) => unreachable(e),
-            };
+        match self.pooled.request(request).await {
+            Ok(response) => response.map(|b| b.map_err(Into::into).boxed_unsync()),
+            Err(e) => unreachable(e),
         }
-        let mut response = match self.upgrades.request(request).await {
-            Ok(r) => r,
-            Err(e) => return unreachable(e),
-        };
-        if let (Some(hub_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (hub_upgrade, response.status()) {
-            let apiserver_upgrade = hyper::upgrade::on(&mut response);
-            tokio::spawn(async move {
-                let (Ok(hub), Ok(apiserver)) = tokio::join!(hub_upgrade, apiserver_upgrade) else {
-                    return tracing::debug!("upgrade abandoned by one side");
-                };
-                let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(hub), &mut TokioIo::new(apiserver)).await;
-            });
-            let (parts, _) = response.into_parts();
-            return Response::from_parts(parts, http_body_util::Empty::new().map_err(|n| match n {}).boxed_unsync());
-        }
-        response.map(|b| b.map_err(Into::into).boxed_unsync())
     }
 
-    fn prepare(&self, request: &mut Request<Incoming>) -> Result<(), String> {
+    /// Forwards an upgrade request (exec, attach, port-forward) over HTTP/1.1. On `101 Switching Protocols`
+    /// also returns the apiserver's side of the upgraded connection.
+    pub async fn upgrade(&self, mut request: Request<RecvBody>) -> (Response<Body>, Option<OnUpgrade>) {
+        if let Err(reason) = self.prepare(&mut request) {
+            return (status(StatusCode::BAD_GATEWAY, &reason), None);
+        }
+        let mut response = match self.upgrades.request(request).await {
+            Ok(response) => response,
+            Err(e) => return (unreachable(e), None),
+        };
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return (response.map(|b| b.map_err(Into::into).boxed_unsync()), None);
+        }
+        let upgraded = hyper::upgrade::on(&mut response);
+        let (parts, _) = response.into_parts();
+        let empty = http_body_util::Empty::new().map_err(|n| match n {}).boxed_unsync();
+        (Response::from_parts(parts, empty), Some(upgraded))
+    }
+
+    fn prepare(&self, request: &mut Request<RecvBody>) -> Result<(), String> {
         let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let base = self.base.to_string();
         let uri = format!("{}{}", base.trim_end_matches('/'), path);

@@ -213,7 +213,7 @@ fn endpoint_config(config: &ServeConfig) -> Result<quinn::EndpointConfig> {
 fn quic_server_config(config: &ServeConfig, transport: &TransportSettings) -> Result<quinn::ServerConfig> {
     let roots = Arc::new(tls::root_store(&config.tunnel_ca)?);
     // Optional at the TLS layer so that bootstrap connections can come without one; tunnels::accept_loop
-    // closes a tether/1 connection without a verified certificate at once.
+    // closes a tether/2 connection without a verified certificate at once.
     let verifier =
         WebPkiClientVerifier::builder(roots).allow_unauthenticated().build().map_err(tether_runtime::Error::from)?;
     let mut crypto = rustls::ServerConfig::builder()

@@ -1,7 +1,7 @@
 //! The QUIC side of the hub: accept spoke connections, learn the cluster from the verified client
 //! certificate (never from anything the client says), run the control stream, keep the registry current.
 //! Connections that negotiated `tether-bootstrap/1` go to [`crate::bootstrap`] and do nothing else; a
-//! `tether/1` connection without a verified client certificate is closed at once.
+//! `tether/2` connection without a verified client certificate is closed at once.
 //!
 //! On a tunnel, every stream the client opens after its control stream is a certificate renewal
 //! ([`Bootstrap::renew`], one at a time). A tunnel ends when its client certificate expires: a client that

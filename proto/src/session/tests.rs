@@ -232,8 +232,8 @@ fn slow_hub_heartbeats_raise_dead_after() {
 fn another_major_version_is_a_protocol_error() {
     let now = Instant::now();
     let mut s = server(now);
-    let expected = Error::VersionMismatch { ours: PROTOCOL_VERSION, theirs: 2 };
-    assert_eq!(s.handle_input(now, &hello(2)), Err(expected.clone()));
+    let expected = Error::VersionMismatch { ours: PROTOCOL_VERSION, theirs: 1 };
+    assert_eq!(s.handle_input(now, &hello(1)), Err(expected.clone()));
     let text = expected.to_string();
     assert!(text.contains("tether/2") && text.contains("tether/1"), "{text}");
     // The session stays failed, and never welcomed the client.

@@ -1,17 +1,20 @@
-//! One proxied request: a fresh QUIC stream to the spoke, the stream header, then HTTP/1.1 over the stream.
+//! One proxied request: a fresh QUIC stream to the spoke with the stream header and the request head in its
+//! first packet, the body up to the FIN, and the response head and body back ([`tether_proto::http_head`]).
 //! An upgraded request (exec, attach, port-forward) keeps that stream as its byte pipe.
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::TokioIo;
 use metrics::gauge;
-use tether_proto::{StreamHeader, Target};
-use tether_runtime::io::WriteHead;
+use tether_proto::{RequestHead, ResponseHead, StreamHeader, Target};
+use tether_runtime::io::{quic_io, Prefixed};
+use tether_runtime::stream_http::{read_head, send_with_body, Holding, RecvBody};
 use tracing::Instrument;
 
 use super::identity::{set_impersonation, UserInfo};
@@ -51,57 +54,81 @@ pub async fn forward(
     let bad_gateway = |reason: String| ProxyError::BadGateway { cluster: cluster.clone(), reason };
     let upgrade = request.headers().get(header::UPGRADE).cloned();
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
+    let (head, body) = outgoing_request(request, path_and_query, user, upgrade.as_ref())?;
 
-    let (send, recv) = tokio::time::timeout(settings.open_timeout, tunnel.connection.open_bi())
+    let (send, mut recv) = tokio::time::timeout(settings.open_timeout, tunnel.connection.open_bi())
         .await
         .map_err(|_| ProxyError::GatewayTimeout(cluster.clone()))?
         .map_err(|e| bad_gateway(format!("tunnel lost: {e}")))?;
     let guard = StreamGauge::open(&cluster);
-    let mut header = BytesMut::with_capacity(32);
-    StreamHeader { target: Target::ApiServer, request_id }.encode(&mut header);
-    let io = TokioIo::new(tokio::io::join(recv, WriteHead::new(header.freeze(), send)));
-    let (mut sender, connection) =
-        hyper::client::conn::http1::Builder::new().handshake(io).await.map_err(|e| bad_gateway(e.to_string()))?;
     let span = tracing::debug_span!("stream", %cluster, request_id);
-    tokio::spawn(
-        async move {
-            let _guard = guard;
-            if let Err(e) = connection.with_upgrades().await {
-                tracing::debug!(error = %e, "stream ended with an error");
-            }
+    let mut opening = BytesMut::with_capacity(512);
+    StreamHeader { target: Target::ApiServer, request_id }.encode(&mut opening);
+    head.encode(&mut opening);
+    let opening = opening.freeze();
+    // The send side stays here only for an upgrade, whose bytes follow the switch.
+    let send = match (head.body, upgrade.is_some()) {
+        (true, _) => {
+            // The request body flows on its own while the response comes back: a response may start before
+            // the body ended.
+            let mut send = send;
+            tokio::spawn(
+                async move {
+                    if let Err(e) = send_with_body(&mut send, opening, body).await {
+                        tracing::debug!(error = %e, "request body not forwarded whole");
+                    }
+                }
+                .instrument(span.clone()),
+            );
+            None
         }
-        .instrument(span),
-    );
+        (false, upgrading) => {
+            let mut send = send;
+            send.write_chunk(opening).await.map_err(|e| bad_gateway(format!("stream refused: {e}")))?;
+            if !upgrading {
+                // The FIN joins the head in its packet.
+                let _ = send.finish();
+            }
+            upgrading.then_some(send)
+        }
+    };
 
-    let outgoing = outgoing_request(request, path_and_query, user, upgrade.as_ref())?;
-    let mut response = tokio::time::timeout(settings.response_timeout, sender.send_request(outgoing))
-        .await
-        .map_err(|_| ProxyError::GatewayTimeout(cluster.clone()))?
-        .map_err(|e| bad_gateway(e.to_string()))?;
+    let (response, rest) =
+        tokio::time::timeout(settings.response_timeout, read_head(&mut recv, Bytes::new(), ResponseHead::decode))
+            .await
+            .map_err(|_| ProxyError::GatewayTimeout(cluster.clone()))?
+            .map_err(|e| bad_gateway(e.to_string()))?
+            .ok_or_else(|| bad_gateway("the spoke ended the stream without answering".into()))?;
 
-    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let Some(client_upgrade) = client_upgrade else {
+    if response.status == StatusCode::SWITCHING_PROTOCOLS {
+        let (Some(client_upgrade), Some(send)) = (client_upgrade, send) else {
             return Err(bad_gateway("switched protocols without being asked to".into()));
         };
-        let spoke_upgrade = hyper::upgrade::on(&mut response);
-        let guard = StreamGauge::open(&cluster);
-        tokio::spawn(async move {
-            let _guard = guard;
-            let (Ok(client), Ok(spoke)) = tokio::join!(client_upgrade, spoke_upgrade) else {
-                return tracing::debug!("upgrade abandoned by one side");
-            };
-            let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(spoke)).await;
-        });
-        let (parts, _) = response.into_parts();
-        return Ok(Response::from_parts(
-            parts,
-            http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync(),
-        ));
+        tokio::spawn(
+            async move {
+                let _guard = guard;
+                let Ok(client) = client_upgrade.await else {
+                    return tracing::debug!("upgrade abandoned by the client");
+                };
+                let mut spoke = Prefixed::new(rest, quic_io(send, recv));
+                let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut spoke).await;
+            }
+            .instrument(span),
+        );
+        let mut switched = Response::new(http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync());
+        *switched.status_mut() = response.status;
+        *switched.headers_mut() = response.headers;
+        return Ok(switched);
     }
     // A refused upgrade is an ordinary response: the client connection stays HTTP, and its next request is
     // authenticated and authorized on its own (the lesson of CVE-2018-1002105).
-    strip_hop_by_hop(response.headers_mut());
-    Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()))
+    let ResponseHead { status, mut headers } = response;
+    strip_hop_by_hop(&mut headers);
+    let body = Holding::new(RecvBody::new(rest, recv), guard);
+    let mut forwarded = Response::new(body.map_err(Into::into).boxed_unsync());
+    *forwarded.status_mut() = status;
+    *forwarded.headers_mut() = headers;
+    Ok(forwarded)
 }
 
 fn outgoing_request(
@@ -109,22 +136,22 @@ fn outgoing_request(
     path_and_query: &str,
     user: &UserInfo,
     upgrade: Option<&HeaderValue>,
-) -> Result<Request<Incoming>, ProxyError> {
+) -> Result<(RequestHead, Incoming), ProxyError> {
     let (mut parts, body) = request.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::UPGRADE);
+    parts.headers.remove(header::HOST);
     set_impersonation(&mut parts.headers, user).map_err(ProxyError::BadRequest)?;
     if let Some(upgrade) = upgrade {
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         parts.headers.insert(header::UPGRADE, upgrade.clone());
     }
-    // HTTP/2 callers have no Host header; HTTP/1.1 requires one. The spoke sets its own anyway.
-    if !parts.headers.contains_key(header::HOST) {
-        parts.headers.insert(header::HOST, HeaderValue::from_static("tether-hub"));
-    }
-    parts.uri = path_and_query.parse().map_err(|_| ProxyError::BadRequest("invalid request path".into()))?;
-    parts.version = http::Version::HTTP_11;
-    Ok(Request::from_parts(parts, body))
+    let path_and_query =
+        PathAndQuery::try_from(path_and_query).map_err(|_| ProxyError::BadRequest("invalid request path".into()))?;
+    // An upgrade's bytes follow the switch, not the head: its request has no body.
+    let has_body = upgrade.is_none() && !body.is_end_stream();
+    let head = RequestHead { method: parts.method, path_and_query, headers: parts.headers, body: has_body };
+    Ok((head, body))
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {

@@ -1,0 +1,188 @@
+//! HTTP over one QUIC stream, as both ends speak it ([`tether_proto::http_head`]): heads are read with
+//! [`read_head`], bodies leave through [`send_with_body`] and arrive as a [`RecvBody`]. Chunks pass between
+//! quinn and hyper as `Bytes`, uncopied.
+use std::future::Future as _;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, SizeHint};
+
+use crate::{Error, Result};
+
+/// The reset code of a stream whose body failed half-way: the peer must not take what it got for the
+/// whole body.
+pub const RESET_BODY_FAILED: u32 = 0x10;
+
+/// Reads one head (a stream header, a request or a response head) that starts with `pending` and goes on in
+/// `recv`. Returns it with the bytes read past it, or `None` if the stream ended before a whole head.
+pub async fn read_head<H>(
+    recv: &mut quinn::RecvStream,
+    mut pending: Bytes,
+    decode: impl Fn(&[u8]) -> tether_proto::Result<Option<(H, usize)>>,
+) -> Result<Option<(H, Bytes)>> {
+    // Most heads arrive whole in one chunk and are decoded in place; only a head split across chunks is copied.
+    let mut joined: Option<BytesMut> = None;
+    loop {
+        let view = joined.as_deref().unwrap_or(&pending);
+        if let Some((head, used)) = decode(view)? {
+            let rest = match joined {
+                Some(joined) => joined.freeze().slice(used..),
+                None => pending.slice(used..),
+            };
+            return Ok(Some((head, rest)));
+        }
+        let Some(chunk) = recv.read_chunk(usize::MAX, true).await.map_err(Error::StreamRead)? else {
+            return Ok(None);
+        };
+        match &mut joined {
+            None if pending.is_empty() => pending = chunk.bytes,
+            None => {
+                let mut buf = BytesMut::from(&pending[..]);
+                buf.extend_from_slice(&chunk.bytes);
+                joined = Some(buf);
+            }
+            Some(buf) => buf.extend_from_slice(&chunk.bytes),
+        }
+    }
+}
+
+/// Writes `head`, then every data frame of `body`, then the FIN. The head shares its write with the body's
+/// first frame when that is ready at once (a small response usually is), so both leave in one packet; a
+/// watch's head leaves at once. A body that fails resets the stream with [`RESET_BODY_FAILED`]. Trailers are
+/// dropped: the Kubernetes API has none.
+pub async fn send_with_body<B>(send: &mut quinn::SendStream, head: Bytes, body: B) -> Result<()>
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    let mut body = std::pin::pin!(body);
+    let mut head = Some(head);
+    loop {
+        let frame = match head.is_some() && !body.is_end_stream() {
+            true => match poll_now(body.as_mut()) {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => {
+                    write(send, &mut [head.take().unwrap_or_default()]).await?;
+                    continue;
+                }
+            },
+            false if body.is_end_stream() => None,
+            false => body.frame().await,
+        };
+        match frame {
+            None => {
+                if let Some(head) = head.take() {
+                    write(send, &mut [head]).await?;
+                }
+                // Finishing fails only on a stream already reset or stopped, which the peer knows about.
+                let _ = send.finish();
+                return Ok(());
+            }
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else { continue };
+                match head.take() {
+                    Some(head) => write(send, &mut [head, data]).await?,
+                    None => write(send, &mut [data]).await?,
+                }
+            }
+            Some(Err(e)) => {
+                let _ = send.reset(RESET_BODY_FAILED.into());
+                return Err(Error::Body(e.to_string()));
+            }
+        }
+    }
+}
+
+type PolledFrame<B> = Poll<Option<Result<Frame<<B as Body>::Data>, <B as Body>::Error>>>;
+
+/// The body's next frame if it is ready now. The no-op waker it leaves behind is replaced by the next real poll.
+fn poll_now<B: Body>(body: Pin<&mut B>) -> PolledFrame<B> {
+    body.poll_frame(&mut Context::from_waker(Waker::noop()))
+}
+
+async fn write(send: &mut quinn::SendStream, chunks: &mut [Bytes]) -> Result<()> {
+    send.write_all_chunks(chunks).await.map_err(Error::StreamWrite)
+}
+
+/// A body read from a QUIC stream up to its FIN, after the bytes already read with its head. Dropped early,
+/// it stops the stream, and the peer stops sending.
+#[derive(Debug)]
+pub struct RecvBody {
+    pending: Bytes,
+    recv: Option<quinn::RecvStream>,
+}
+
+impl RecvBody {
+    pub fn new(pending: Bytes, recv: quinn::RecvStream) -> Self {
+        Self { pending, recv: Some(recv) }
+    }
+
+    /// No body at all: a request without one is forwarded as such.
+    pub fn empty() -> Self {
+        Self { pending: Bytes::new(), recv: None }
+    }
+}
+
+impl Body for RecvBody {
+    type Data = Bytes;
+    type Error = quinn::ReadError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if !self.pending.is_empty() {
+            return Poll::Ready(Some(Ok(Frame::data(std::mem::take(&mut self.pending)))));
+        }
+        let Some(recv) = self.recv.as_mut() else { return Poll::Ready(None) };
+        // `read_chunk` is cancel-safe: a future made for each poll loses nothing.
+        let read = std::pin::pin!(recv.read_chunk(usize::MAX, true)).poll(cx);
+        match read {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(Some(chunk))) => Poll::Ready(Some(Ok(Frame::data(chunk.bytes)))),
+            Poll::Ready(Ok(None)) => {
+                self.recv = None;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Err(e)) => {
+                self.recv = None;
+                Poll::Ready(Some(Err(e)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pending.is_empty() && self.recv.is_none()
+    }
+}
+
+/// A body that keeps `T` (a gauge, a pool slot) until the body is dropped.
+pub struct Holding<B, T> {
+    body: B,
+    _held: T,
+}
+
+impl<B, T> Holding<B, T> {
+    pub fn new(body: B, held: T) -> Self {
+        Self { body, _held: held }
+    }
+}
+
+impl<B: Body + Unpin, T: Unpin> Body for Holding<B, T> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests;

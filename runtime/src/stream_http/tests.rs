@@ -1,0 +1,141 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Body, Frame};
+use tether_proto::ResponseHead;
+
+use super::*;
+
+/// Both ends of one QUIC connection on loopback; the endpoints live as long as the pair.
+struct Pair {
+    client: quinn::Connection,
+    server: quinn::Connection,
+    _endpoints: (quinn::Endpoint, quinn::Endpoint),
+}
+
+async fn pair() -> Pair {
+    crate::tls::install_crypto_provider();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
+    let tls = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .unwrap();
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
+    let server =
+        quinn::Endpoint::server(quinn::ServerConfig::with_crypto(Arc::new(crypto)), ([127, 0, 0, 1], 0).into())
+            .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut client = quinn::Endpoint::client(([127, 0, 0, 1], 0).into()).unwrap();
+    client.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let connecting = client.connect(server.local_addr().unwrap(), "localhost").unwrap();
+    let accepting = async { server.accept().await.unwrap().await.unwrap() };
+    let (client_connection, server_connection) = tokio::join!(connecting, accepting);
+    Pair { client: client_connection.unwrap(), server: server_connection, _endpoints: (client, server) }
+}
+
+fn head(status: u16) -> Bytes {
+    let mut out = BytesMut::new();
+    ResponseHead { status: http::StatusCode::from_u16(status).unwrap(), headers: Default::default() }.encode(&mut out);
+    out.freeze()
+}
+
+/// Opens a stream and accepts it on the far side (a stream is announced only once something is written).
+async fn stream(pair: &Pair) -> (quinn::SendStream, quinn::RecvStream, quinn::SendStream, quinn::RecvStream) {
+    let (mut send, recv) = pair.client.open_bi().await.unwrap();
+    send.write_all(b"x").await.unwrap();
+    let (far_send, mut far_recv) = pair.server.accept_bi().await.unwrap();
+    let mut x = [0u8; 1];
+    far_recv.read_exact(&mut x).await.unwrap();
+    (send, recv, far_send, far_recv)
+}
+
+async fn within<F: std::future::Future>(future: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(10), future).await.expect("within 10 s")
+}
+
+#[tokio::test]
+async fn a_head_and_body_arrive_whole_and_end_in_a_fin() {
+    let pair = pair().await;
+    let (_, mut recv, mut far_send, _) = stream(&pair).await;
+    let body = Full::new(Bytes::from_static(b"hello, world"));
+    within(send_with_body(&mut far_send, head(200), body)).await.unwrap();
+
+    let (response, rest) = within(read_head(&mut recv, Bytes::new(), ResponseHead::decode)).await.unwrap().unwrap();
+    assert_eq!(response.status, 200);
+    let body = within(RecvBody::new(rest, recv).collect()).await.unwrap().to_bytes();
+    assert_eq!(body, "hello, world");
+}
+
+#[tokio::test]
+async fn a_head_split_across_writes_is_joined() {
+    let pair = pair().await;
+    let (_, mut recv, mut far_send, _) = stream(&pair).await;
+    let head = head(404);
+    for byte in head.iter().chain(b"tail") {
+        far_send.write_all(&[*byte]).await.unwrap();
+    }
+    far_send.finish().unwrap();
+    let (response, rest) = within(read_head(&mut recv, Bytes::new(), ResponseHead::decode)).await.unwrap().unwrap();
+    let body = within(RecvBody::new(rest, recv).collect()).await.unwrap().to_bytes();
+    assert_eq!((response.status.as_u16(), &body[..]), (404, &b"tail"[..]));
+}
+
+#[tokio::test]
+async fn a_body_that_fails_half_way_arrives_as_an_error_not_an_end() {
+    let pair = pair().await;
+    let (_, mut recv, mut far_send, _) = stream(&pair).await;
+    let frames: Vec<Result<Frame<Bytes>, std::io::Error>> =
+        vec![Ok(Frame::data(Bytes::from_static(b"part"))), Err(std::io::Error::other("upstream reset"))];
+    let body = StreamBody::new(futures::stream::iter(frames));
+    let sent = within(send_with_body(&mut far_send, head(200), body)).await;
+    assert!(matches!(sent, Err(Error::Body(_))), "{sent:?}");
+
+    // A reset lets quinn drop what was not read yet: the error may come before the head, or after some body.
+    let reset = quinn::ReadError::Reset(RESET_BODY_FAILED.into());
+    let rest = match within(read_head(&mut recv, Bytes::new(), ResponseHead::decode)).await {
+        Ok(Some((_, rest))) => rest,
+        Err(Error::StreamRead(e)) => return assert_eq!(e, reset),
+        other => panic!("{other:?}"),
+    };
+    let mut body = RecvBody::new(rest, recv);
+    let mut got = Vec::new();
+    let error = loop {
+        match within(body.frame()).await {
+            Some(Ok(frame)) => got.extend_from_slice(&frame.into_data().unwrap()),
+            Some(Err(e)) => break e,
+            None => panic!("a clean end after {got:?}"),
+        }
+    };
+    assert_eq!(error, reset);
+}
+
+#[tokio::test]
+async fn dropping_the_reader_stops_an_endless_body() {
+    let pair = pair().await;
+    let (_, recv, mut far_send, _) = stream(&pair).await;
+    let reader = RecvBody::new(Bytes::new(), recv);
+    assert!(!reader.is_end_stream());
+    drop(reader);
+    // A watch: its head goes out at once, and then its body waits forever, until the stream is stopped.
+    let endless = StreamBody::new(futures::stream::iter(std::iter::repeat_with(|| {
+        Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(&[0; 1024])))
+    })));
+    let sent = within(send_with_body(&mut far_send, head(200), endless)).await;
+    assert!(matches!(sent, Err(Error::StreamWrite(quinn::WriteError::Stopped(_)))), "{sent:?}");
+}
+
+#[test]
+fn empty_bodies_end_at_once_and_holding_keeps_its_value() {
+    assert!(RecvBody::empty().is_end_stream());
+    let held = Arc::new(());
+    let body = Holding::new(Full::new(Bytes::from_static(b"x")), held.clone());
+    assert_eq!((Arc::strong_count(&held), body.size_hint().exact()), (2, Some(1)));
+    drop(body);
+    assert_eq!(Arc::strong_count(&held), 1);
+}
