@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tether_proto::{
-    BootstrapRequest, BootstrapResponse, ControlMessage, Event, FrameDecoder, ResponseDecoder, Role, Session,
-    SessionConfig, StreamHeader, Target, BOOTSTRAP_VERSION, MAX_CONTROL_FRAME, PROTOCOL_VERSION,
+    BootstrapRequest, BootstrapResponse, ControlMessage, Event, FrameDecoder, RequestHead, ResponseDecoder,
+    ResponseHead, Role, Session, SessionConfig, StreamHeader, Target, BOOTSTRAP_VERSION, MAX_CONTROL_FRAME,
+    PROTOCOL_VERSION,
 };
 
 const CASES: usize = 5000;
@@ -314,4 +315,49 @@ fn bootstrap_decoders_survive_garbage() {
     }
     assert!(requests > CASES / 50, "only {requests} requests decoded");
     assert!(decoded_responses > CASES / 20, "only {decoded_responses} responses decoded");
+}
+
+fn valid_heads() -> Vec<Vec<u8>> {
+    let mut headers = http::HeaderMap::new();
+    headers.insert("accept", http::HeaderValue::from_static("application/json"));
+    headers.append("impersonate-group", http::HeaderValue::from_static("dev"));
+    let mut request = BytesMut::new();
+    RequestHead {
+        method: http::Method::PATCH,
+        path_and_query: http::uri::PathAndQuery::from_static("/api/v1/namespaces/a/configmaps/b?fieldManager=x"),
+        headers: headers.clone(),
+        body: true,
+    }
+    .encode(&mut request);
+    let mut response = BytesMut::new();
+    ResponseHead { status: http::StatusCode::OK, headers }.encode(&mut response);
+    vec![request.to_vec(), response.to_vec()]
+}
+
+#[test]
+fn http_head_decoders_survive_garbage() {
+    let mut rng = Rng(0x7e7e_0004);
+    let valid = valid_heads();
+    let mut decoded = 0;
+    for i in 0..CASES {
+        let input = match i % 2 {
+            0 => rng.bytes(96),
+            _ => rng.mutate(&valid[i % valid.len()]),
+        };
+        if let Ok(Some((head, used))) = RequestHead::decode(&input) {
+            assert!(used <= input.len());
+            let mut again = BytesMut::new();
+            head.encode(&mut again);
+            assert_eq!(RequestHead::decode(&again), Ok(Some((head, again.len()))), "re-encodes to itself");
+            decoded += 1;
+        }
+        if let Ok(Some((head, used))) = ResponseHead::decode(&input) {
+            assert!(used <= input.len());
+            let mut again = BytesMut::new();
+            head.encode(&mut again);
+            assert_eq!(ResponseHead::decode(&again), Ok(Some((head, again.len()))), "re-encodes to itself");
+            decoded += 1;
+        }
+    }
+    assert!(decoded > CASES / 20, "only {decoded} inputs decoded");
 }
