@@ -50,6 +50,35 @@ impl TransportSettings {
     }
 }
 
+/// Socket buffer asked for on each QUIC endpoint's UDP socket (the kernel caps it at `net.core.rmem_max` and
+/// `wmem_max`). A bulk transfer arrives in bursts of GSO batches; with Linux's default 208 KiB, 0.6 % of the
+/// datagrams of a 1 GiB response were dropped on loopback, and each drop halved the congestion window.
+pub const UDP_BUFFER: usize = 8 * 1024 * 1024;
+
+/// A UDP socket bound to `addr` for a QUIC endpoint, with [`UDP_BUFFER`] asked for both directions. Where the
+/// kernel grants less, a warning says which sysctl to raise.
+pub fn udp_socket(addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::DGRAM, None)?;
+    if addr.is_ipv6() {
+        // Dual-stack, as std's bind of `[::]` is where the platform allows it.
+        let _ = socket.set_only_v6(false);
+    }
+    // Best effort: a smaller buffer works, only slower under bursts.
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER);
+    socket.bind(&addr.into())?;
+    // Linux reports double what it grants (the kernel's bookkeeping half).
+    let granted = socket.recv_buffer_size().unwrap_or(0) / 2;
+    if granted < UDP_BUFFER / 4 {
+        tracing::warn!(
+            granted,
+            wanted = UDP_BUFFER,
+            "small UDP receive buffer: raise net.core.rmem_max for bulk transfers without loss"
+        );
+    }
+    Ok(socket.into())
+}
+
 /// Turns quinn's cumulative per-connection counters into increments of a process-wide byte counter
 /// (labelled by direction), sampled on the heartbeat tick rather than per packet.
 #[derive(Debug)]
@@ -70,5 +99,19 @@ impl ByteCounter {
         metrics::counter!(self.name, "direction" => "tx").increment(stats.udp_tx.bytes.saturating_sub(self.tx));
         self.rx = stats.udp_rx.bytes;
         self.tx = stats.udp_tx.bytes;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quic_sockets_get_the_largest_buffer_the_kernel_allows() {
+        let socket = socket2::Socket::from(udp_socket("127.0.0.1:0".parse().unwrap()).unwrap());
+        let max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max").unwrap().trim().parse().unwrap();
+        // Linux reports twice what was set; without the option it would be the 208 KiB default.
+        assert!(socket.recv_buffer_size().unwrap() / 2 >= UDP_BUFFER.min(max), "{:?}", socket.recv_buffer_size());
+        assert_ne!(socket.local_addr().unwrap().as_socket().unwrap().port(), 0);
     }
 }

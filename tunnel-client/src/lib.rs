@@ -241,7 +241,9 @@ async fn dial(
     if endpoint.as_ref().and_then(|e| e.local_addr().ok()).is_none_or(|l| l.is_ipv4() != addr.is_ipv4()) {
         let bind: SocketAddr =
             if addr.is_ipv4() { "0.0.0.0:0".parse() } else { "[::]:0".parse() }.expect("literal address");
-        *endpoint = Some(quinn::Endpoint::client(bind).map_err(|e| format!("UDP socket: {e}"))?);
+        let socket = tether_runtime::transport::udp_socket(bind).map_err(|e| format!("UDP socket: {e}"))?;
+        let client = quinn::Endpoint::new(Default::default(), None, socket, Arc::new(quinn::TokioRuntime));
+        *endpoint = Some(client.map_err(|e| format!("UDP socket: {e}"))?);
     }
     let endpoint = endpoint.as_ref().expect("set above");
     let connecting = endpoint.connect_with(client_config, addr, server_name).map_err(|e| e.to_string())?;

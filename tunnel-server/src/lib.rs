@@ -75,7 +75,7 @@ pub async fn serve(config: ServeConfig, hub: Hub, shutdown: CancellationToken) -
         ..Default::default()
     };
     let bind_error = |source| Error::Bind { what: "QUIC endpoint", addr: config.quic_addr, source };
-    let socket = std::net::UdpSocket::bind(config.quic_addr).map_err(bind_error)?;
+    let socket = tether_runtime::transport::udp_socket(config.quic_addr).map_err(bind_error)?;
     let endpoint = quinn::Endpoint::new(
         endpoint_config(&config)?,
         Some(quic_server_config(&config, &transport)?),
