@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use metrics::{counter, gauge, histogram};
 use tether_proto::{Event, RequestHead, ResponseHead, Role, Session, SessionConfig, StreamHeader, Target};
@@ -18,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::metrics as m;
-use crate::upstream::Upstream;
+use crate::upstream::{self, Upstream};
 
 /// How a tunnel ended, which decides how soon to dial again.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,13 +241,47 @@ const RESET_BAD_REQUEST: u32 = 0x12;
 
 /// One request on an apiserver stream: its head, the body if any, and the apiserver's answer back; an
 /// upgrade (exec, attach, port-forward) then pipes the stream to the apiserver's upgraded connection.
-async fn serve_request(mut send: quinn::SendStream, mut recv: quinn::RecvStream, rest: Bytes, upstream: Upstream) {
+async fn serve_request(mut send: quinn::SendStream, recv: quinn::RecvStream, rest: Bytes, upstream: Upstream) {
+    // Boxed: reading the head and asking the apiserver take far more state than streaming the answer back,
+    // which a watch does for hours. Inline, every idle watch would keep that state.
+    let Some(answer) = Box::pin(answer(&mut send, recv, rest, upstream)).await else { return };
+    match answer {
+        Answer::Body { head, body } => {
+            if let Err(e) = send_with_body(&mut send, head, body).await {
+                tracing::debug!(error = %e, "response not returned whole");
+            }
+        }
+        Answer::Upgraded { head, upgraded, recv, rest } => {
+            if send.write_chunk(head).await.is_err() {
+                return;
+            }
+            let Ok(apiserver) = upgraded.await else { return tracing::debug!("upgrade abandoned by the apiserver") };
+            // An upgrade request has no body: what the hub sent after the head belongs to the upgraded protocol.
+            let mut hub = Prefixed::new(rest, quic_io(send, recv));
+            let _ = tokio::io::copy_bidirectional(&mut hub, &mut TokioIo::new(apiserver)).await;
+        }
+    }
+}
+
+/// The apiserver's answer to a request, with its head encoded for the hub.
+enum Answer {
+    Body { head: Bytes, body: upstream::Body },
+    Upgraded { head: Bytes, upgraded: OnUpgrade, recv: quinn::RecvStream, rest: Bytes },
+}
+
+async fn answer(
+    send: &mut quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    rest: Bytes,
+    upstream: Upstream,
+) -> Option<Answer> {
     let (head, rest) = match read_head(&mut recv, rest, RequestHead::decode).await {
         Ok(Some(read)) => read,
-        Ok(None) => return,
+        Ok(None) => return None,
         Err(e) => {
             let _ = send.reset(RESET_BAD_REQUEST.into());
-            return tracing::warn!(error = %e, "bad request head");
+            tracing::warn!(error = %e, "bad request head");
+            return None;
         }
     };
     let started = Instant::now();
@@ -268,19 +303,11 @@ async fn serve_request(mut send: quinn::SendStream, mut recv: quinn::RecvStream,
     let (parts, body) = response.into_parts();
     let mut encoded = BytesMut::with_capacity(256);
     ResponseHead { status: parts.status, headers: parts.headers }.encode(&mut encoded);
-    let (Some(upgraded), Some(recv)) = (upgraded, recv) else {
-        if let Err(e) = send_with_body(&mut send, encoded.freeze(), body).await {
-            tracing::debug!(error = %e, "response not returned whole");
-        }
-        return;
-    };
-    if send.write_chunk(encoded.freeze()).await.is_err() {
-        return;
-    }
-    let Ok(apiserver) = upgraded.await else { return tracing::debug!("upgrade abandoned by the apiserver") };
-    // An upgrade request has no body: whatever the hub sent after the head belongs to the upgraded protocol.
-    let mut hub = Prefixed::new(rest, quic_io(send, recv));
-    let _ = tokio::io::copy_bidirectional(&mut hub, &mut TokioIo::new(apiserver)).await;
+    let head = encoded.freeze();
+    Some(match (upgraded, recv) {
+        (Some(upgraded), Some(recv)) => Answer::Upgraded { head, upgraded, recv, rest },
+        _ => Answer::Body { head, body },
+    })
 }
 
 struct OpenStream;

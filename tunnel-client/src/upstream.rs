@@ -21,8 +21,11 @@ use crate::{Error, Result};
 
 pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
+/// Cheap to clone: every stream holds one, and an idle watch holds it for hours.
 #[derive(Clone)]
-pub struct Upstream {
+pub struct Upstream(Arc<Inner>);
+
+struct Inner {
     base: Uri,
     /// HTTP/2 where the apiserver offers it: thousands of watches share a few TCP connections.
     pooled: Arc<Pool<HttpsConnector<HttpConnector>, RecvBody>>,
@@ -90,25 +93,25 @@ impl Upstream {
             Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(90)).build(http2.clone())
         });
         let upgrades = Client::builder(TokioExecutor::new()).build(connector(false));
-        Ok(Self {
+        Ok(Self(Arc::new(Inner {
             base: config.cluster_url,
             pooled: Arc::new(pooled),
             upgrades,
             token: Arc::new(token),
             kube,
             ca_bundle: ca_bundle.into(),
-        })
+        })))
     }
 
     /// A kube client of the same apiserver and credentials.
     pub fn kube_client(&self) -> kube::Client {
-        self.kube.clone()
+        self.0.kube.clone()
     }
 
     /// What the hub reports about this cluster: the apiserver's version (empty when it does not answer in
     /// time) and its CA bundle.
     pub async fn describe(&self) -> (String, String) {
-        let version = match tokio::time::timeout(Duration::from_secs(5), self.kube.apiserver_version()).await {
+        let version = match tokio::time::timeout(Duration::from_secs(5), self.0.kube.apiserver_version()).await {
             Ok(Ok(info)) => info.git_version,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "cannot read the spoke apiserver's version");
@@ -119,7 +122,7 @@ impl Upstream {
                 String::new()
             }
         };
-        (version, self.ca_bundle.to_string())
+        (version, self.0.ca_bundle.to_string())
     }
 
     /// Forwards one request from the hub. Failures reaching the apiserver become a 502 `Status`.
@@ -127,7 +130,7 @@ impl Upstream {
         if let Err(reason) = self.prepare(&mut request) {
             return status(StatusCode::BAD_GATEWAY, &reason);
         }
-        match self.pooled.request(request).await {
+        match self.0.pooled.request(request).await {
             Ok(response) => response.map(|b| b.map_err(Into::into).boxed_unsync()),
             Err(e) => unreachable(e),
         }
@@ -139,7 +142,7 @@ impl Upstream {
         if let Err(reason) = self.prepare(&mut request) {
             return (status(StatusCode::BAD_GATEWAY, &reason), None);
         }
-        let mut response = match self.upgrades.request(request).await {
+        let mut response = match self.0.upgrades.request(request).await {
             Ok(response) => response,
             Err(e) => return (unreachable(e), None),
         };
@@ -154,13 +157,13 @@ impl Upstream {
 
     fn prepare(&self, request: &mut Request<RecvBody>) -> Result<(), String> {
         let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let base = self.base.to_string();
+        let base = self.0.base.to_string();
         let uri = format!("{}{}", base.trim_end_matches('/'), path);
         *request.uri_mut() = uri.parse().map_err(|_| "invalid request path".to_string())?;
         let headers = request.headers_mut();
         headers.remove(header::HOST);
         headers.remove(header::AUTHORIZATION);
-        if let Some(value) = self.token.header().map_err(|e| e.to_string())? {
+        if let Some(value) = self.0.token.header().map_err(|e| e.to_string())? {
             headers.insert(header::AUTHORIZATION, value);
         }
         Ok(())
