@@ -64,7 +64,10 @@ impl Proxy {
                 let service = hyper::service::service_fn(move |request| {
                     let proxy = proxy.clone();
                     let cert_user = cert_user.clone();
-                    async move { Ok::<_, Infallible>(proxy.handle(request, cert_user).await) }
+                    // Boxed: hyper keeps a stream's task as large as its service future for as long as the
+                    // response streams, and a watch's streams for hours; a box is freed at the response head.
+                    let handled = Box::pin(async move { proxy.handle(request, cert_user).await });
+                    async move { Ok::<_, Infallible>(handled.await) }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection_with_upgrades(TokioIo::new(tls), service)
