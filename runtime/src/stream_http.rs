@@ -112,16 +112,18 @@ async fn write(send: &mut quinn::SendStream, chunks: &mut [Bytes]) -> Result<()>
 pub struct RecvBody {
     pending: Bytes,
     recv: Option<quinn::RecvStream>,
+    /// An error met while looking ahead, returned after the data before it.
+    failed: Option<quinn::ReadError>,
 }
 
 impl RecvBody {
     pub fn new(pending: Bytes, recv: quinn::RecvStream) -> Self {
-        Self { pending, recv: Some(recv) }
+        Self { pending, recv: Some(recv), failed: None }
     }
 
     /// No body at all: a request without one is forwarded as such.
     pub fn empty() -> Self {
-        Self { pending: Bytes::new(), recv: None }
+        Self { pending: Bytes::new(), recv: None, failed: None }
     }
 }
 
@@ -130,28 +132,54 @@ impl Body for RecvBody {
     type Error = quinn::ReadError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        if !self.pending.is_empty() {
-            return Poll::Ready(Some(Ok(Frame::data(std::mem::take(&mut self.pending)))));
+        if let Some(e) = self.failed.take() {
+            return Poll::Ready(Some(Err(e)));
         }
-        let Some(recv) = self.recv.as_mut() else { return Poll::Ready(None) };
-        // `read_chunk` is cancel-safe: a future made for each poll loses nothing.
-        let read = std::pin::pin!(recv.read_chunk(usize::MAX, true)).poll(cx);
-        match read {
+        if !self.pending.is_empty() {
+            let data = std::mem::take(&mut self.pending);
+            self.look_for_fin(cx);
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        match self.poll_chunk(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(Some(chunk))) => Poll::Ready(Some(Ok(Frame::data(chunk.bytes)))),
-            Poll::Ready(Ok(None)) => {
-                self.recv = None;
-                Poll::Ready(None)
+            Poll::Ready(Ok(Some(data))) => {
+                self.look_for_fin(cx);
+                Poll::Ready(Some(Ok(Frame::data(data))))
             }
-            Poll::Ready(Err(e)) => {
-                self.recv = None;
-                Poll::Ready(Some(Err(e)))
-            }
+            Poll::Ready(Ok(None)) => Poll::Ready(None),
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.pending.is_empty() && self.recv.is_none()
+        self.pending.is_empty() && self.recv.is_none() && self.failed.is_none()
+    }
+}
+
+impl RecvBody {
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, quinn::ReadError>> {
+        let Some(recv) = self.recv.as_mut() else { return Poll::Ready(Ok(None)) };
+        // `read_chunk` is cancel-safe: a future made for each poll loses nothing.
+        let read = std::pin::pin!(recv.read_chunk(usize::MAX, true)).poll(cx);
+        if let Poll::Ready(Ok(None) | Err(_)) = read {
+            self.recv = None;
+        }
+        read.map(|r| r.map(|chunk| chunk.map(|c| c.bytes)))
+    }
+
+    /// After a chunk, reads on if more is there already, so that a FIN that came with the last bytes is seen
+    /// and `is_end_stream` tells the truth. Readers such as hyper stop polling once a Content-Length is
+    /// reached, and a stream dropped before its FIN was read sends STOP_SENDING: one more packet each way
+    /// for every request.
+    fn look_for_fin(&mut self, cx: &mut Context<'_>) {
+        if !self.pending.is_empty() {
+            return;
+        }
+        match self.poll_chunk(cx) {
+            Poll::Ready(Ok(Some(data))) => self.pending = data,
+            Poll::Ready(Err(e)) => self.failed = Some(e),
+            Poll::Ready(Ok(None)) | Poll::Pending => {}
+        }
     }
 }
 

@@ -139,3 +139,20 @@ fn empty_bodies_end_at_once_and_holding_keeps_its_value() {
     drop(body);
     assert_eq!(Arc::strong_count(&held), 1);
 }
+
+#[tokio::test]
+async fn a_body_read_to_its_length_ends_without_stopping_the_sender() {
+    let pair = pair().await;
+    let (_, mut recv, mut far_send, _) = stream(&pair).await;
+    within(send_with_body(&mut far_send, head(200), Full::new(Bytes::from_static(b"12345")))).await.unwrap();
+
+    let (_, rest) = within(read_head(&mut recv, Bytes::new(), ResponseHead::decode)).await.unwrap().unwrap();
+    let mut body = RecvBody::new(rest, recv);
+    let data = within(body.frame()).await.unwrap().unwrap().into_data().unwrap();
+    // As hyper does with a Content-Length: the last byte is in, so the body is dropped unpolled. The FIN came
+    // with it, and was seen.
+    assert_eq!((&data[..], body.is_end_stream()), (&b"12345"[..], true));
+    drop(body);
+    // A stream dropped before its FIN was read would have been stopped: one more packet each way.
+    assert_eq!(within(far_send.stopped()).await.unwrap(), None);
+}
