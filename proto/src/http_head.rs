@@ -67,10 +67,9 @@ impl RequestHead {
         if flags & !FLAG_BODY != 0 {
             return Err(Error::InvalidField { what: "request flags", reason: "reserved bits are set" });
         }
-        let method = r.string("method", 64)?;
-        let method = Method::from_bytes(method.as_bytes())
+        let method = Method::from_bytes(r.short_bytes("method", 64)?)
             .map_err(|_| Error::InvalidField { what: "method", reason: "not an HTTP method token" })?;
-        let path = r.string("path", usize::from(u16::MAX) - 1)?;
+        let path = r.short_bytes("path", usize::from(u16::MAX) - 1)?;
         let path_and_query = PathAndQuery::try_from(path)
             .map_err(|_| Error::InvalidField { what: "path", reason: "not a valid path and query" })?;
         if !path_and_query.as_str().starts_with('/') {
@@ -138,8 +137,7 @@ fn read_headers(r: &mut Reader<'_>) -> Result<HeaderMap> {
     // Each header takes at least 6 bytes: a hostile count cannot make us reserve much.
     let mut headers = HeaderMap::with_capacity(count.min(r.remaining() / 6));
     for _ in 0..count {
-        let name = r.string("header name", 1024)?;
-        let name = HeaderName::from_bytes(name.as_bytes())
+        let name = HeaderName::from_bytes(r.short_bytes("header name", 1024)?)
             .map_err(|_| Error::InvalidField { what: "header name", reason: "not an HTTP header name" })?;
         let len = r.u32("header value")? as usize;
         let value = HeaderValue::from_bytes(r.bytes("header value", len)?)

@@ -58,6 +58,16 @@ impl<'a> Reader<'a> {
         Ok(s.to_owned())
     }
 
+    /// A `u16` length followed by that many bytes, at most `max`, borrowed: for fields that are parsed on
+    /// (HTTP names and methods) rather than kept as text.
+    pub(crate) fn short_bytes(&mut self, what: &'static str, max: usize) -> Result<&'a [u8]> {
+        let len = usize::from(self.u16(what)?);
+        if len > max {
+            return Err(Error::StringTooLong { what, len, max });
+        }
+        self.bytes(what, len)
+    }
+
     /// `len` raw bytes.
     pub(crate) fn bytes(&mut self, what: &'static str, len: usize) -> Result<&'a [u8]> {
         if self.buf.len() < len {

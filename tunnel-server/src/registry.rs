@@ -20,6 +20,8 @@ pub struct Tunnel {
     pub client_version: String,
     /// What the client said about its cluster (`SpokeInfo`), once it did.
     pub described: Mutex<Option<Described>>,
+    /// The cluster's open-streams gauge, looked up once: a labelled lookup allocates on every request.
+    pub streams_open: metrics::Gauge,
 }
 
 /// A spoke's description of its cluster, as its client sent it.

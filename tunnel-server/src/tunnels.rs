@@ -178,6 +178,7 @@ async fn serve_tunnel(
                         issued,
                         client_version: session.peer_client_version().unwrap_or_default().to_string(),
                         described: Mutex::new(None),
+                        streams_open: gauge!(m::STREAMS_OPEN, "cluster" => cluster.clone()),
                     });
                     let count = registry.insert(tunnel.clone());
                     gauge!(m::TUNNELS, "cluster" => cluster.clone()).set(count as f64);

@@ -11,7 +11,6 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::TokioIo;
-use metrics::gauge;
 use tether_proto::{RequestHead, ResponseHead, StreamHeader, Target};
 use tether_runtime::io::{quic_io, Prefixed};
 use tether_runtime::stream_http::{read_head, send_with_body, Holding, RecvBody};
@@ -20,7 +19,6 @@ use tracing::Instrument;
 use super::identity::{set_impersonation, UserInfo};
 use super::status::ProxyError;
 use super::ProxyBody;
-use crate::metrics as m;
 use crate::registry::Tunnel;
 
 #[derive(Debug, Clone)]
@@ -60,7 +58,7 @@ pub async fn forward(
         .await
         .map_err(|_| ProxyError::GatewayTimeout(cluster.clone()))?
         .map_err(|e| bad_gateway(format!("tunnel lost: {e}")))?;
-    let guard = StreamGauge::open(&cluster);
+    let guard = StreamGauge::open(&tunnel);
     let span = tracing::debug_span!("stream", %cluster, request_id);
     let mut opening = BytesMut::with_capacity(512);
     StreamHeader { target: Target::ApiServer, request_id }.encode(&mut opening);
@@ -168,17 +166,17 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Counts a stream as open for as long as the guard lives.
-struct StreamGauge(String);
+struct StreamGauge(metrics::Gauge);
 
 impl StreamGauge {
-    fn open(cluster: &str) -> Self {
-        gauge!(m::STREAMS_OPEN, "cluster" => cluster.to_string()).increment(1.0);
-        Self(cluster.to_string())
+    fn open(tunnel: &Tunnel) -> Self {
+        tunnel.streams_open.increment(1.0);
+        Self(tunnel.streams_open.clone())
     }
 }
 
 impl Drop for StreamGauge {
     fn drop(&mut self) {
-        gauge!(m::STREAMS_OPEN, "cluster" => self.0.clone()).decrement(1.0);
+        self.0.decrement(1.0);
     }
 }
