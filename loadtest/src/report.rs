@@ -199,7 +199,8 @@ pub fn finish(common: &Common, report: anyhow::Result<Report>) -> anyhow::Result
 /// seconds otherwise (CI logs).
 pub struct Progress {
     terminal: bool,
-    last: Mutex<Option<Instant>>,
+    /// When the last line was printed, and its phase (the text before its first colon).
+    last: Mutex<Option<(Instant, String)>>,
     started: Instant,
 }
 
@@ -208,13 +209,16 @@ impl Progress {
         Self { terminal: std::io::stderr().is_terminal(), last: Mutex::new(None), started: Instant::now() }
     }
 
+    /// Prints `message` unless a line of the same phase was printed less than a moment ago; a new phase
+    /// ("tether: ..." after "direct: ...") always prints, so scripts can tell when it began.
     pub fn update(&self, message: impl AsRef<str>) {
         let every = if self.terminal { Duration::from_millis(200) } else { Duration::from_secs(5) };
+        let phase = message.as_ref().split(':').next().unwrap_or_default();
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        if last.is_some_and(|t| t.elapsed() < every) {
+        if last.as_ref().is_some_and(|(t, last_phase)| t.elapsed() < every && last_phase == phase) {
             return;
         }
-        *last = Some(Instant::now());
+        *last = Some((Instant::now(), phase.to_string()));
         let line = format!("[{:>5.1}s] {}", self.started.elapsed().as_secs_f64(), message.as_ref());
         if self.terminal {
             eprint!("\r\x1b[2K{line}");
