@@ -25,6 +25,8 @@ pub struct Target {
     /// Prepended to every path: `/clusters/<cluster>` through the hub, empty otherwise.
     pub prefix: String,
     pub token: String,
+    /// Sent with every request of [`Target::get`] (impersonation, for the direct path asked as a spoke asks).
+    pub headers: http::HeaderMap,
     roots: Arc<rustls::RootCertStore>,
 }
 
@@ -35,7 +37,8 @@ impl Target {
     pub fn new(name: &str, addr: SocketAddr, ca_pem: &str, prefix: &str, token: &str) -> Result<Self> {
         let certs = tether_runtime::tls::certs_from_pem(ca_pem.as_bytes()).map_err(anyhow::Error::msg)?;
         let roots = tether_runtime::tls::root_store_from_certs(certs).map_err(anyhow::Error::msg)?;
-        Ok(Self { name: name.into(), addr, prefix: prefix.into(), token: token.into(), roots: Arc::new(roots) })
+        let (name, prefix, token) = (name.into(), prefix.into(), token.into());
+        Ok(Self { name, addr, prefix, token, headers: http::HeaderMap::new(), roots: Arc::new(roots) })
     }
 
     /// A TLS connection offering `alpn`, for callers that speak HTTP with other bodies (writes).
@@ -71,13 +74,15 @@ impl Target {
 
     /// A GET of `path` (below the prefix), kubectl-style.
     pub fn get(&self, path: &str) -> Request<Empty<Bytes>> {
-        Request::get(format!("{}{path}", self.prefix))
+        let mut request = Request::get(format!("{}{path}", self.prefix))
             .header("host", "localhost")
             .header("authorization", format!("Bearer {}", self.token))
             .header("accept", "application/json")
             .header("user-agent", "loadtest (kubectl-style)")
             .body(Empty::new())
-            .expect("a valid request")
+            .expect("a valid request");
+        request.headers_mut().extend(self.headers.clone());
+        request
     }
 }
 

@@ -4,13 +4,13 @@
 //! binary is at hand.
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use clap::Args;
 
 use crate::apiserver::{Apiserver, ApiserverArgs};
-use crate::client::{fetch, fresh_get, Target};
+use crate::client::{fetch, fresh_get, read, Target, H1, H2};
 use crate::pki::Pki;
 use crate::report::{Progress, Report, Row};
 use crate::roles::TOKEN;
@@ -57,10 +57,18 @@ pub fn run(options: Options) -> Result<Report> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let progress = Progress::new();
     let mut report = Report::new("kubectl");
+    // The request the spoke's client makes: HTTP/2, impersonating the caller. The apiserver's share of what
+    // tether adds shows as this row against plain direct.
+    let mut as_spoke = apiserver.target("direct, HTTP/2, impersonating")?;
+    as_spoke.headers.insert("impersonate-user", http::HeaderValue::from_static("loadtest"));
+    for group in ["system:masters", "system:authenticated"] {
+        as_spoke.headers.append("impersonate-group", http::HeaderValue::from_static(group));
+    }
+    let keep_alive_paths = [paths[0].clone(), paths[1].clone(), as_spoke];
     let (keep_alive, fresh) = runtime.block_on(async {
         let x = serde_json::json!({ "k": "v" });
         apiserver.writer().await?.apply_configmap("default", "x", &x).await?;
-        let keep_alive = keep_alive(&paths, options.requests, &progress).await?;
+        let keep_alive = keep_alive(&keep_alive_paths, options.requests, &progress).await?;
         let fresh = fresh(&paths, options.requests / 5, &progress).await?;
         Ok::<_, anyhow::Error>((keep_alive, fresh))
     })?;
@@ -70,7 +78,11 @@ pub fn run(options: Options) -> Result<Report> {
         options.requests,
         options.requests / 5
     ));
-    rows(&mut report, "keep-alive GET", &paths, &keep_alive);
+    rows(&mut report, "keep-alive GET", &keep_alive_paths, &keep_alive);
+    report.note(
+        "direct, HTTP/2, impersonating: the request as the spoke's client sends it (HTTP/2, Impersonate-User and \
+         -Group of the caller): the apiserver's own share of what the path through tether costs",
+    );
     rows(&mut report, "GET on a new connection", &paths, &fresh);
     match kubectl_binary(&options) {
         Some(kubectl) if options.kubectl_runs > 0 => {
@@ -98,14 +110,25 @@ pub fn run(options: Options) -> Result<Report> {
     Ok(report)
 }
 
-/// Keep-alive GETs, alternating between the paths.
-async fn keep_alive(paths: &[Target; 2], requests: usize, progress: &Progress) -> Result<[Latencies; 2]> {
-    let mut senders = [paths[0].h1().await?, paths[1].h1().await?];
-    let mut times = [Vec::with_capacity(requests), Vec::with_capacity(requests)];
+/// Keep-alive GETs, alternating between the paths: HTTP/1.1, or HTTP/2 for a path that impersonates (as the
+/// spoke's client asks).
+async fn keep_alive<const N: usize>(
+    paths: &[Target; N],
+    requests: usize,
+    progress: &Progress,
+) -> Result<[Latencies; N]> {
+    let mut senders = Vec::with_capacity(N);
+    for target in paths {
+        senders.push(match target.headers.is_empty() {
+            true => Sender::H1(target.h1().await?),
+            false => Sender::H2(target.h2().await?),
+        });
+    }
+    let mut times: [Vec<Duration>; N] = std::array::from_fn(|_| Vec::with_capacity(requests));
     for i in 0..WARMUP + requests {
         for ((target, sender), times) in paths.iter().zip(&mut senders).zip(&mut times) {
             let sent = Instant::now();
-            fetch(sender, target.get(PATH)).await.with_context(|| format!("GET via {}", target.name))?;
+            sender.fetch(target.get(PATH)).await.with_context(|| format!("GET via {}", target.name))?;
             if i >= WARMUP {
                 times.push(sent.elapsed());
             }
@@ -113,6 +136,23 @@ async fn keep_alive(paths: &[Target; 2], requests: usize, progress: &Progress) -
         progress.update(format!("keep-alive GETs: {} of {requests}", i.saturating_sub(WARMUP)));
     }
     Ok(times.map(Latencies::new))
+}
+
+enum Sender {
+    H1(H1),
+    H2(H2),
+}
+
+impl Sender {
+    async fn fetch(&mut self, request: http::Request<http_body_util::Empty<bytes::Bytes>>) -> Result<u64> {
+        match self {
+            Self::H1(sender) => fetch(sender, request).await,
+            Self::H2(sender) => {
+                sender.ready().await?;
+                read(sender.send_request(request).await?).await
+            }
+        }
+    }
 }
 
 /// GETs on a new connection each, alternating between the paths.
@@ -130,7 +170,7 @@ async fn fresh(paths: &[Target; 2], requests: usize, progress: &Progress) -> Res
     Ok(times.map(Latencies::new))
 }
 
-fn rows(report: &mut Report, request: &str, paths: &[Target; 2], latencies: &[Latencies; 2]) {
+fn rows(report: &mut Report, request: &str, paths: &[Target], latencies: &[Latencies]) {
     let direct = latencies[0].p50_us();
     for (target, latencies) in paths.iter().zip(latencies) {
         report.rows.push(
