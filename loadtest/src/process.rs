@@ -29,6 +29,7 @@ impl Process {
         if let Ok(filter) = std::env::var("LOADTEST_LOG") {
             command.env("TETHER_LOG", filter);
         }
+        die_with_parent(&mut command);
         let child = command
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
@@ -131,4 +132,25 @@ pub fn cpu_of(pid: u32) -> Result<Duration> {
 /// The CPU time of several processes, read together.
 pub fn cpu_total(pids: &[u32]) -> Result<Duration> {
     pids.iter().map(|&p| cpu_of(p)).sum()
+}
+
+/// Makes the child die with this process even when it is killed without running destructors (SIGKILL, a
+/// harness's timeout): Linux sends the child SIGKILL when the thread that started it exits, and every
+/// component is started from the main thread.
+fn die_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: between fork and exec the closure calls only async-signal-safe functions (prctl, getppid, _exit).
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before the prctl took effect.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
 }

@@ -94,3 +94,67 @@ fn kubectl_gets_from_a_real_apiserver_through_the_hub_and_directly() {
         rows(&report).iter().filter(|r| r["path"] == "tether").filter_map(|r| r["request"].as_str()).collect();
     assert!(requests.contains(&"keep-alive GET") && requests.contains(&"GET on a new connection"), "{requests:?}");
 }
+
+/// The processes whose parent is `pid`, from /proc.
+fn children(pid: u32) -> Vec<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.flatten().collect()).unwrap_or(Vec::new());
+    tasks
+        .iter()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| list.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<u32>>())
+        .collect()
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie has exited; only its entry is left until its new parent reaps it.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
+}
+
+/// Kills what is left of a test's processes and removes its directory, pass or fail.
+struct Cleanup {
+    pids: Vec<u32>,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        // Only a failed test leaves processes; after a pass their ids may already belong to others.
+        for pid in self.pids.iter().filter(|_| std::thread::panicking()) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn components_die_with_a_killed_loadtest() {
+    use std::time::{Duration, Instant};
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::env::temp_dir().join(format!("tether-smoke-killed-{}", std::process::id()));
+    let mut run = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(["proxy", "--duration", "60s", "--concurrency", "1", "--workdir"])
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("loadtest starts");
+    let mut cleanup = Cleanup { pids: vec![run.id()], dir };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Backend, hub and client.
+    let components = loop {
+        let components = children(run.id());
+        if components.len() >= 3 {
+            break components;
+        }
+        assert!(Instant::now() < deadline, "components not started within 60 s: {components:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    cleanup.pids.extend(&components);
+    run.kill().expect("SIGKILL");
+    run.wait().expect("reaped");
+    while let Some(left) = components.iter().find(|pid| alive(**pid)) {
+        assert!(Instant::now() < deadline, "component {left} outlived its killed parent");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
