@@ -69,6 +69,8 @@ impl Apiserver {
         if let Some(streams) = args.apiserver_http2_streams {
             command.env("APISERVER_ARGS", format!("--http2-max-streams-per-connection={streams}"));
         }
+        // cluster.sh's own children die with it; this makes it die with us.
+        crate::process::die_with_parent(&mut command);
         let child = command
             .args(["run", "loadtest"])
             .arg(&dir)

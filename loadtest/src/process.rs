@@ -137,7 +137,7 @@ pub fn cpu_total(pids: &[u32]) -> Result<Duration> {
 /// Makes the child die with this process even when it is killed without running destructors (SIGKILL, a
 /// harness's timeout): Linux sends the child SIGKILL when the thread that started it exits, and every
 /// component is started from the main thread.
-fn die_with_parent(command: &mut Command) {
+pub fn die_with_parent(command: &mut Command) {
     use std::os::unix::process::CommandExt;
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: between fork and exec the closure calls only async-signal-safe functions (prctl, getppid, _exit).
