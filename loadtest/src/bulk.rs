@@ -5,11 +5,10 @@ use anyhow::{ensure, Result};
 use clap::Args;
 
 use crate::client::{fetch, Target};
-use crate::pki::Pki;
 use crate::process::cpu_total;
 use crate::report::{Progress, Report, Row};
 use crate::roles::BULK_PATH;
-use crate::setup::{PeerArgs, Rig, WorkDir};
+use crate::setup::{Bench, PeerArgs};
 use crate::stats::median;
 use crate::Common;
 
@@ -44,11 +43,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 pub fn run(options: Options) -> Result<Report> {
     ensure!(options.repeat > 0, "--repeat must be at least 1");
-    let workdir = WorkDir::new(&options.common)?;
-    let dir = workdir.path();
-    let pki = Pki::open_or_create(dir)?;
-    let rig = Rig::start(dir, &pki, &options.common, &options.peers)?;
-    let paths = rig.paths(&pki, &options.peers)?;
+    let bench = Bench::start(&options.common, &options.peers)?;
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let progress = Progress::new();
@@ -56,7 +51,7 @@ pub fn run(options: Options) -> Result<Report> {
     let mib = options.size as f64 / (1 << 20) as f64;
     let mut report = Report::new("bulk");
     let mut direct_rate = None;
-    for (target, pids) in &paths {
+    for (target, pids) in &bench.paths {
         let mut rates = Vec::new();
         let mut cpu_per_mib = Vec::new();
         for i in 0..options.repeat {

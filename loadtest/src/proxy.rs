@@ -6,10 +6,9 @@ use anyhow::Result;
 use clap::Args;
 
 use crate::client::{closed_loop, fixed};
-use crate::pki::Pki;
 use crate::process::cpu_total;
 use crate::report::{Progress, Report, Row};
-use crate::setup::{PeerArgs, Rig, WorkDir};
+use crate::setup::{Bench, PeerArgs};
 use crate::Common;
 
 #[derive(Debug, Clone, Args)]
@@ -32,18 +31,14 @@ pub struct Options {
 const PATH: &str = "/api/v1/namespaces/default/configmaps/x";
 
 pub fn run(options: Options) -> Result<Report> {
-    let workdir = WorkDir::new(&options.common)?;
-    let dir = workdir.path();
-    let pki = Pki::open_or_create(dir)?;
-    let rig = Rig::start(dir, &pki, &options.common, &options.peers)?;
-    let paths = rig.paths(&pki, &options.peers)?;
+    let bench = Bench::start(&options.common, &options.peers)?;
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let progress = Progress::new();
     let mut report = Report::new("proxy");
     for &concurrency in &options.concurrency {
         let mut direct: Option<(f64, f64)> = None;
-        for (target, pids) in &paths {
+        for (target, pids) in &bench.paths {
             let cpu_before = cpu_total(pids)?;
             let run = runtime.block_on(closed_loop(
                 target,

@@ -304,3 +304,21 @@ impl Rig {
         Ok(paths)
     }
 }
+
+/// What `proxy` and `bulk` measure on: the paths to compare, and what keeps them up. Fields drop in order:
+/// the processes stop before the work directory goes.
+pub struct Bench {
+    pub paths: Vec<(Target, Vec<u32>)>,
+    _rig: Rig,
+    _workdir: WorkDir,
+}
+
+impl Bench {
+    pub fn start(common: &Common, peers: &PeerArgs) -> Result<Self> {
+        let workdir = WorkDir::new(common)?;
+        let pki = Pki::open_or_create(workdir.path())?;
+        let rig = Rig::start(workdir.path(), &pki, common, peers)?;
+        let paths = rig.paths(&pki, peers)?;
+        Ok(Self { paths, _rig: rig, _workdir: workdir })
+    }
+}
