@@ -10,7 +10,9 @@ export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 bash deploy/dev/deps.sh
 bash deploy/dev/build-kube.sh
 shellcheck deploy/dev/*.sh .ci/run
+cargo fmt --all --check
 cargo build --workspace --bins --tests --benches --quiet
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo test --workspace
+bash deploy/dev/fuzz-smoke.sh
 echo "all tests passed in $(( $(date +%s) - started )) s"

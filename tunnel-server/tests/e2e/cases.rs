@@ -31,5 +31,6 @@ pub fn all() -> Vec<(&'static str, Case)> {
     // Restarts last: every other case has run against the first processes.
     all.extend(revocation::cases());
     all.extend(tunnel::cases());
+    all.extend(ops::last_cases());
     all
 }

@@ -115,6 +115,7 @@ fn auto_join(env: &Env) -> Result<()> {
         bail!("ManifestApplied True for the wrong reason {reason}");
     }
     let token = String::from_utf8(bootstrap.data.as_ref().and_then(|d| d.get("token")).context("no token")?.0.clone())?;
+    env.remember_secret(&token);
     let managers = spoke.kubectl_ok(&[
         "get",
         "daemonset",

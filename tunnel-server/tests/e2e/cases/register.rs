@@ -38,6 +38,7 @@ pub(crate) fn join(env: &Env, cluster: &str, extra: &[&str]) -> Result<(String, 
         .find_map(|l| l.trim().strip_prefix("token:"))
         .map(|t| t.trim().trim_matches('"').trim_matches('\'').to_string())
         .context("no token in the manifest")?;
+    env.remember_secret(&token);
     Ok((manifest, token))
 }
 
