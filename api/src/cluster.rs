@@ -1,11 +1,18 @@
 //! `ManagedCluster` (cluster-scoped, `tether.io/v1alpha1`): one per spoke the hub manages. The CRD YAML in
-//! `deploy/hub/crds/` is generated from these types by `crdgen`; CI fails when the two differ.
+//! `deploy/hub/crds/` is generated from these types by the controller's `crdgen`; CI fails when the two
+//! differ. The tunnel-server watches these objects to know which clusters exist; who may use a cluster's
+//! proxy is RBAC on the [`PROXY_SUBRESOURCE`] of [`RESOURCE`], named after the cluster.
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+/// The resource (plural) of `ManagedCluster`, as RBAC names it.
+pub const RESOURCE: &str = "managedclusters";
+/// The subresource whose verbs decide who may use a cluster through the hub's proxy.
+pub const PROXY_SUBRESOURCE: &str = "proxy";
 
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(

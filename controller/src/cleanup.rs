@@ -18,9 +18,8 @@ use crate::reconcile::Context;
 use crate::Error;
 
 pub const FINALIZER: &str = "tether.io/cleanup";
-/// ConfigMap (in the lease namespace) the tunnel-servers read revocations from: key = cluster, value = an
-/// RFC 3339 time; every certificate of the cluster issued at or before it is revoked.
-pub const REVOCATIONS: &str = "tether-revocations";
+/// ConfigMap (in the lease namespace) the tunnel-servers read revocations from.
+pub use tether_api::revocations::CONFIG_MAP as REVOCATIONS;
 
 /// What to do about a cluster's finalizer and deletion, decided from its metadata alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,7 +83,7 @@ async fn revoke(cluster: &str, ctx: &Context, namespace: &str) -> Result<(), Err
     if existing.as_ref().and_then(|c| c.data.as_ref()).is_some_and(|d| d.contains_key(cluster)) {
         return Ok(());
     }
-    let now = Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let now = tether_api::revocations::format_time(Timestamp::now());
     let patch = serde_json::json!({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": { "name": REVOCATIONS, "namespace": namespace },

@@ -18,13 +18,12 @@ pub const MANIFEST_APPLIED: &str = "ManifestApplied";
 /// except [`MANIFEST_APPLIED`], which the reconciler sets from what auto mode did.
 pub const OWNED: [&str; 4] = [HUB_ACCEPTED, JOINED, AVAILABLE, READY];
 
-/// Lease annotations written by tunnel-server (see tunnel-server/src/leases.rs).
-pub const STATE_ANNOTATION: &str = "tether.io/state";
-pub const STATE_GOING_AWAY: &str = "going-away";
-pub const CLUSTER_LABEL: &str = "tether.io/cluster";
-pub const CLIENT_VERSION_ANNOTATION: &str = "tether.io/client-version";
-pub const APISERVER_VERSION_ANNOTATION: &str = "tether.io/apiserver-version";
-pub const CA_BUNDLE_ANNOTATION: &str = "tether.io/ca-bundle";
+/// What the tunnel-servers write on their Leases.
+pub use tether_api::lease::{
+    State as LeaseState, APISERVER_VERSION_ANNOTATION, CA_BUNDLE_ANNOTATION, CLIENT_VERSION_ANNOTATION,
+    STATE_ANNOTATION,
+};
+pub use tether_api::CLUSTER_LABEL;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Liveness {
@@ -91,7 +90,7 @@ pub fn view_leases(leases: &[Lease], liveness: Liveness, now: Timestamp) -> Leas
             .annotations
             .as_ref()
             .and_then(|a| a.get(STATE_ANNOTATION))
-            .is_some_and(|s| s == STATE_GOING_AWAY);
+            .is_some_and(|s| LeaseState::parse(s) == Some(LeaseState::GoingAway));
         match (fresh, leaving) {
             (true, false) => view.holders.push(spec.holder_identity.clone().unwrap_or_default()),
             (_, true) => fresh_going_away += 1,

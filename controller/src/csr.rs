@@ -28,12 +28,7 @@ use crate::metrics as m;
 use crate::reconcile::backoff;
 use crate::Error;
 
-/// The signer of spoke client certificates; requests for any other signer are not ours.
-pub const SIGNER_NAME: &str = "tether.io/spoke-client";
-/// Annotation saying why the tunnel-server asked: [`VIA_BOOTSTRAP_TOKEN`] or [`VIA_RENEWAL`].
-pub const REQUESTED_VIA: &str = "tether.io/requested-via";
-pub const VIA_BOOTSTRAP_TOKEN: &str = "bootstrap-token";
-pub const VIA_RENEWAL: &str = "renewal";
+pub use tether_api::csr::{REQUESTED_VIA_ANNOTATION as REQUESTED_VIA, SIGNER_NAME, VIA_BOOTSTRAP_TOKEN, VIA_RENEWAL};
 pub const APPROVED: &str = "Approved";
 pub const DENIED: &str = "Denied";
 pub const FAILED: &str = "Failed";

@@ -29,10 +29,8 @@ use crate::config::JoinConfig;
 use crate::crd::{ManagedCluster, ManagedClusterSpec};
 use crate::{Error, Result};
 
-/// Type of the hub Secrets holding a bootstrap token's hash.
-pub const TOKEN_SECRET_TYPE: &str = "tether.io/bootstrap-token";
-/// Hub Secret of token `<id>.<secret>`: this prefix and the id.
-pub const TOKEN_SECRET_PREFIX: &str = "tether-bootstrap-";
+pub use tether_api::token::{hash as token_hash, SECRET_TYPE as TOKEN_SECRET_TYPE};
+use tether_api::token::{ALPHABET, DATA_CLUSTER, DATA_EXPIRATION, DATA_HASH, ID_LEN, SECRET_LEN};
 /// The spoke's namespace, as `deploy/spoke/rbac.yaml` creates it.
 pub const SPOKE_NAMESPACE: &str = "tether-system";
 /// The spoke Secret with the token, the hub address and the hub CA.
@@ -41,9 +39,6 @@ pub const SPOKE_SECRET: &str = "tether-bootstrap";
 pub const SPOKE_RBAC: &str = include_str!("../../deploy/spoke/rbac.yaml");
 
 const FIELD_MANAGER: &str = "tether-join";
-const ID_LEN: usize = 6;
-const SECRET_LEN: usize = 16;
-const ALPHABET: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 const BOOTSTRAP_DIR: &str = "/etc/tether/bootstrap";
 /// The spoke Secret the client keeps its key and certificate in (deploy/spoke/rbac.yaml lets it).
 pub const IDENTITY_SECRET: &str = "tether-identity";
@@ -71,7 +66,7 @@ impl BootstrapToken {
 
     /// Name of the hub Secret holding this token's hash.
     pub fn secret_name(&self) -> String {
-        format!("{TOKEN_SECRET_PREFIX}{}", self.id)
+        tether_api::token::secret_name(&self.id)
     }
 
     /// The token itself, `<id>.<secret>`: only for the spoke's Secret.
@@ -97,12 +92,6 @@ impl fmt::Display for BootstrapToken {
     }
 }
 
-/// Lowercase hex SHA-256 of `token` (the whole `<id>.<secret>` string).
-pub fn token_hash(token: &str) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// `t` as RFC 3339 UTC in whole seconds, e.g. `2026-01-01T00:00:00Z`.
 pub fn rfc3339_seconds(t: Timestamp) -> String {
     t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
@@ -117,8 +106,11 @@ pub fn token_secret(
     namespace: &str,
     owner: Option<OwnerReference>,
 ) -> Secret {
-    let data =
-        [("cluster", cluster.to_string()), ("token-hash", token.hash()), ("expiration", rfc3339_seconds(expiration))];
+    let data = [
+        (DATA_CLUSTER, cluster.to_string()),
+        (DATA_HASH, token.hash()),
+        (DATA_EXPIRATION, rfc3339_seconds(expiration)),
+    ];
     Secret {
         metadata: ObjectMeta {
             name: Some(token.secret_name()),

@@ -6,7 +6,8 @@ pub mod auto;
 pub mod cleanup;
 pub mod conditions;
 pub mod config;
-pub mod crd;
+/// The `ManagedCluster` types, from the contract crate the tunnel-server shares.
+pub use tether_api::cluster as crd;
 pub mod csr;
 mod error;
 #[cfg(test)]

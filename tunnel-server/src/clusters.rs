@@ -4,10 +4,11 @@ use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 
 use futures::StreamExt;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::core::PartialObjectMeta;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::Api;
+use tether_api::cluster::ManagedCluster;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Default)]
@@ -35,8 +36,8 @@ impl KnownClusters {
 
     /// Keeps the set in step with the hub until `shutdown`; the watcher re-lists after any error.
     pub async fn watch(self, client: kube::Client, shutdown: CancellationToken) {
-        let resource = ApiResource::from_gvk(&GroupVersionKind::gvk("tether.io", "v1alpha1", "ManagedCluster"));
-        let api: Api<DynamicObject> = Api::all_with(client, &resource);
+        // Only names matter here: metadata alone, so a spec the hub's types do not know yet cannot break it.
+        let api: Api<PartialObjectMeta<ManagedCluster>> = Api::all(client);
         let mut events = watcher::watcher(api, watcher::Config::default()).default_backoff().boxed();
         let mut pending: HashSet<String> = HashSet::new();
         loop {
@@ -76,6 +77,6 @@ impl KnownClusters {
     }
 }
 
-fn name_of(object: &DynamicObject) -> String {
+fn name_of(object: &PartialObjectMeta<ManagedCluster>) -> String {
     object.metadata.name.clone().unwrap_or_default()
 }

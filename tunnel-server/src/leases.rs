@@ -45,20 +45,16 @@ use metrics::counter;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, trace, warn};
 
+pub use tether_api::lease::{
+    dns_label, lease_name, State, APISERVER_VERSION_ANNOTATION, CA_BUNDLE_ANNOTATION, CLIENT_INSTANCES_ANNOTATION,
+    CLIENT_VERSION_ANNOTATION, REPLICA_LABEL, STATE_ANNOTATION,
+};
+pub use tether_api::CLUSTER_LABEL;
+
 use crate::metrics as m;
 use crate::registry::{Held, Holdings, Registry};
 
 pub const FIELD_MANAGER: &str = "tether-tunnel-server";
-pub const CLUSTER_LABEL: &str = "tether.io/cluster";
-pub const REPLICA_LABEL: &str = "tether.io/replica";
-pub const STATE_ANNOTATION: &str = "tether.io/state";
-pub const CLIENT_INSTANCES_ANNOTATION: &str = "tether.io/client-instances";
-pub const CLIENT_VERSION_ANNOTATION: &str = "tether.io/client-version";
-pub const APISERVER_VERSION_ANNOTATION: &str = "tether.io/apiserver-version";
-pub const CA_BUNDLE_ANNOTATION: &str = "tether.io/ca-bundle";
-
-/// Longest DNS label (RFC 1123), and so the longest Lease name and label value written here.
-const MAX_LABEL: usize = 63;
 /// Lease writes in flight at once, each one apply round trip to the hub apiserver.
 const CONCURRENT_WRITES: usize = 16;
 /// First retry after a failed write; doubled per failure, capped at the renew interval.
@@ -73,22 +69,6 @@ pub struct LeaseSettings {
     pub replica: String,
     pub duration: Duration,
     pub renew_interval: Duration,
-}
-
-/// The `tether.io/state` annotation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    Connected,
-    GoingAway,
-}
-
-impl State {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Connected => "connected",
-            Self::GoingAway => "going-away",
-        }
-    }
 }
 
 /// What one Lease of this replica says, apart from the time of the write.
@@ -114,38 +94,6 @@ fn hostname() -> String {
         .filter(|h| !h.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
         .unwrap_or_else(|| "tunnel-server".into())
-}
-
-pub fn lease_name(cluster: &str, replica: &str) -> String {
-    dns_label(&format!("tether-{cluster}-{replica}"))
-}
-
-/// `raw` as an RFC 1123 label: lowercased, every character outside `[a-z0-9-]` replaced by `-`, no `-` at
-/// either end; if longer than 63 characters (or empty), cut and ended with `-` and 8 hex digits of the
-/// SHA-256 of `raw`, so different long names stay different.
-pub fn dns_label(raw: &str) -> String {
-    let mapped: String = raw
-        .chars()
-        .map(|c| c.to_ascii_lowercase())
-        .map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' { c } else { '-' })
-        .collect();
-    let trimmed = mapped.trim_matches('-');
-    if !trimmed.is_empty() && trimmed.len() <= MAX_LABEL {
-        return trimmed.to_string();
-    }
-    let hash = short_hash(raw);
-    // Only ASCII is left after mapping, so any byte index is a character boundary.
-    let head = trimmed[..trimmed.len().min(MAX_LABEL - hash.len() - 1)].trim_end_matches('-');
-    if head.is_empty() {
-        hash
-    } else {
-        format!("{head}-{hash}")
-    }
-}
-
-fn short_hash(raw: &str) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, raw.as_bytes());
-    digest.as_ref()[..4].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The Lease this replica applies for `cluster`, written at `now`.
@@ -369,7 +317,7 @@ mod tests {
 
     fn is_dns_label(s: &str) -> bool {
         !s.is_empty()
-            && s.len() <= MAX_LABEL
+            && s.len() <= 63
             && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !s.starts_with('-')
             && !s.ends_with('-')

@@ -28,7 +28,6 @@ use std::time::SystemTime;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::jiff::Timestamp;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::Api;
@@ -40,7 +39,7 @@ use tracing::{info, warn};
 use crate::metrics as m;
 use crate::registry::{Registry, Tunnel};
 
-pub const CONFIG_MAP: &str = "tether-revocations";
+pub use tether_api::revocations::CONFIG_MAP;
 /// QUIC application error code of a connection closed because its certificate is revoked.
 pub const CLOSE_CODE: u32 = 4;
 pub const CLOSE_REASON: &str = "certificate revoked";
@@ -67,11 +66,11 @@ impl RevocationList {
         let mut list = Self::default();
         let mut ignored = Vec::new();
         for (cluster, value) in data {
-            match value.trim().parse::<Timestamp>() {
+            match tether_api::revocations::parse_time(value) {
                 Ok(t) => {
                     list.revoked_until.insert(cluster.clone(), SystemTime::from(t));
                 }
-                Err(e) => ignored.push(Ignored { cluster: cluster.clone(), reason: e.to_string() }),
+                Err(reason) => ignored.push(Ignored { cluster: cluster.clone(), reason }),
             }
         }
         (list, ignored)
@@ -209,7 +208,7 @@ mod tests {
     const T: &str = "2026-11-25T13:20:00Z";
 
     fn at(rfc3339: &str) -> SystemTime {
-        SystemTime::from(rfc3339.parse::<Timestamp>().expect("test time"))
+        SystemTime::from(rfc3339.parse::<k8s_openapi::jiff::Timestamp>().expect("test time"))
     }
 
     fn list(entries: &[(&str, &str)]) -> (RevocationList, Vec<Ignored>) {

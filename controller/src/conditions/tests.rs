@@ -62,10 +62,14 @@ fn fresh_lease_means_available_and_stale_means_unknown() {
 
 #[test]
 fn going_away_is_false_unless_another_replica_holds_it() {
-    let gone = view_leases(&[lease("hub-0", 0, STATE_GOING_AWAY)], LIVENESS, at(1));
+    let gone = view_leases(&[lease("hub-0", 0, LeaseState::GoingAway.as_str())], LIVENESS, at(1));
     assert!(gone.going_away);
     assert_eq!(status_of(&desired(&cluster(true, &[], vec![]), &gone, at(1)), AVAILABLE), "False");
-    let moved = view_leases(&[lease("hub-0", 0, STATE_GOING_AWAY), lease("hub-1", 1, "connected")], LIVENESS, at(2));
+    let moved = view_leases(
+        &[lease("hub-0", 0, LeaseState::GoingAway.as_str()), lease("hub-1", 1, "connected")],
+        LIVENESS,
+        at(2),
+    );
     assert_eq!(moved.holders, ["hub-1"]);
     assert!(!moved.going_away);
 }
@@ -109,7 +113,7 @@ fn transition_time_moves_only_with_status() {
     let later = desired(&mc, &view_leases(&[lease("hub-0", 5, "connected")], LIVENESS, at(6)), at(6));
     assert_eq!(later, first);
     assert!(transitions(&first, &later).is_empty());
-    let down = desired(&mc, &view_leases(&[lease("hub-0", 0, STATE_GOING_AWAY)], LIVENESS, at(7)), at(7));
+    let down = desired(&mc, &view_leases(&[lease("hub-0", 0, LeaseState::GoingAway.as_str())], LIVENESS, at(7)), at(7));
     let available = down.iter().find(|c| c.type_ == AVAILABLE).unwrap();
     assert_eq!(available.last_transition_time, Time(at(7)));
     let moved = transitions(&first, &down);
