@@ -14,13 +14,15 @@ targets=$(sed -n 's/^name = "\([a-z_]*\)"$/\1/p' Cargo.toml | grep -v '^tether-p
 export RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
 -Cllvm-args=-sanitizer-coverage-trace-compares -Cdebug-assertions -Coverflow-checks"
-cargo build --quiet --release --bins
+# An explicit --target keeps RUSTFLAGS off build scripts and proc macros, which cannot link the coverage hooks.
+host=$(rustc -vV | sed -n 's/^host: //p')
+cargo build --quiet --release --bins --target "$host"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 for target in $targets; do
   mkdir -p "$work/$target" "artifacts/$target"
   # -runs bounds the work where the machine is fast; the time bounds it where it is slow.
-  if ! ./target/release/"$target" "$work/$target" -max_total_time="$SECONDS_PER_TARGET" -runs=2000000 \
+  if ! ./target/"$host"/release/"$target" "$work/$target" -max_total_time="$SECONDS_PER_TARGET" -runs=2000000 \
       -max_len=8192 -artifact_prefix="artifacts/$target/" >"$work/$target.log" 2>&1; then
     tail -n 40 "$work/$target.log" >&2
     echo "fuzz-smoke.sh: $target failed; the input is in proto/fuzz/artifacts/$target/" >&2

@@ -75,6 +75,11 @@ impl RequestHead {
         if !path_and_query.as_str().starts_with('/') {
             return Err(Error::InvalidField { what: "path", reason: "must start with /" });
         }
+        // `http` drops a fragment and normalises some spellings: what the spoke forwards must be exactly what
+        // the hub checked, so only a path that is already in its parsed form is accepted.
+        if path_and_query.as_str().as_bytes() != path {
+            return Err(Error::InvalidField { what: "path", reason: "not in canonical form (a fragment?)" });
+        }
         let headers = read_headers(&mut r)?;
         r.finish("request head")?;
         Ok(Some((Self { method, path_and_query, headers, body: flags & FLAG_BODY != 0 }, used)))
@@ -162,6 +167,19 @@ mod tests {
             headers,
             body,
         }
+    }
+
+    #[test]
+    fn a_path_the_decoder_would_rewrite_is_refused() {
+        // Found by the fuzz smoke: `http` parsed this path to "/" (the fragment dropped), so the head decoded
+        // to something other than what was sent.
+        let input = b"\x00\x00\x00\x1a\x01\x00\x01I\x00\x12#d//////////?/////\x00\x00\xff\x10";
+        assert!(matches!(RequestHead::decode(input), Err(Error::InvalidField { what: "path", .. })));
+        let mut canonical = request(false);
+        canonical.path_and_query = PathAndQuery::from_static("/api");
+        let mut encoded = BytesMut::new();
+        canonical.encode(&mut encoded);
+        assert!(RequestHead::decode(&encoded).unwrap().is_some(), "a canonical path still decodes");
     }
 
     #[test]
