@@ -9,7 +9,7 @@ mod tests;
 use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -24,6 +24,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use connection::Slot;
+
+use crate::throttle::Throttle;
 
 /// What one listener allows each peer.
 #[derive(Debug, Clone)]
@@ -219,34 +221,5 @@ impl AcceptBackoff {
 impl Default for AcceptBackoff {
     fn default() -> Self {
         Self { next: Self::FIRST }
-    }
-}
-
-/// At most one log line per `every`; says how many it held back.
-#[derive(Debug)]
-struct Throttle {
-    every: Duration,
-    state: Mutex<(Option<Instant>, u64)>,
-}
-
-impl Throttle {
-    fn new(every: Duration) -> Self {
-        Self { every, state: Mutex::new((None, 0)) }
-    }
-
-    /// `Some(held back since the last line)` when a line may be logged at `now`.
-    fn admit(&self, now: Instant) -> Option<u64> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let (last, suppressed) = &mut *state;
-        match last {
-            Some(at) if now.saturating_duration_since(*at) < self.every => {
-                *suppressed += 1;
-                None
-            }
-            _ => {
-                *last = Some(now);
-                Some(std::mem::take(suppressed))
-            }
-        }
     }
 }
