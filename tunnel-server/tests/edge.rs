@@ -268,8 +268,7 @@ async fn an_oversized_head_gets_431() -> Result<()> {
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(h2)).await?;
     tokio::spawn(connection);
     let request = |big: Option<&str>| {
-        let mut request =
-            http::Request::get(format!("https://localhost/clusters/x/api")).header("authorization", "Bearer good");
+        let mut request = http::Request::get("https://localhost/clusters/x/api").header("authorization", "Bearer good");
         if let Some(big) = big {
             request = request.header("x-big", big);
         }
