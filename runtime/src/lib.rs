@@ -9,6 +9,7 @@ pub mod ops;
 pub mod shutdown;
 pub mod stream_http;
 pub mod telemetry;
+pub mod throttle;
 pub mod tls;
 pub mod transport;
 

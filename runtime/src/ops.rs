@@ -7,10 +7,11 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use crate::listener::{self, Https, Limits};
 
 /// Whether the component can do its job (the client: tunnel up; the server: listeners bound).
 #[derive(Debug, Clone, Default)]
@@ -25,7 +26,7 @@ impl Readiness {
     }
 }
 
-/// Serves until `shutdown` on a listener the caller bound (port 0 is fine).
+/// Serves until `shutdown` on a listener the caller bound (port 0 is fine), with [`Limits::ops`].
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -33,20 +34,22 @@ pub async fn serve(
     readiness: Readiness,
     shutdown: CancellationToken,
 ) {
-    crate::listener::serve_tls("ops", listener, tls, shutdown, move |tls, _peer| {
+    let https = Https { name: "ops", limits: Limits::ops(), metrics: None, refusal: too_many_connections };
+    listener::serve_https(https, listener, tls, shutdown, move |_tls, _peer| {
         let metrics = metrics.clone();
         let readiness = readiness.clone();
-        async move {
-            let service = hyper::service::service_fn(move |req| {
-                let response = answer(&req, &metrics, &readiness);
-                async move { Ok::<_, Infallible>(response) }
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), service)
-                .await;
-        }
+        hyper::service::service_fn(move |req| {
+            let response = answer(&req, &metrics, &readiness);
+            async move { Ok::<_, Infallible>(response) }
+        })
     })
     .await
+}
+
+fn too_many_connections() -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(b"too many connections")));
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    response
 }
 
 fn answer(req: &Request<Incoming>, metrics: &PrometheusHandle, readiness: &Readiness) -> Response<Full<Bytes>> {

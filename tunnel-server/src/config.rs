@@ -52,6 +52,40 @@ pub struct ServeConfig {
     /// How long authentication and authorization answers are cached.
     #[arg(long, env = "TETHER_AUTH_CACHE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub auth_cache_ttl: Duration,
+    /// Bytes (estimated) each of the token and the access-decision caches may hold; the least used go first.
+    #[arg(long, env = "TETHER_AUTH_CACHE_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub auth_cache_bytes: u64,
+    /// Rejected bearer tokens per minute and client address (IPv6: per /64) that the hub apiserver is asked
+    /// to review; past it the address gets 429 with Retry-After for tokens not cached; 0 for no limit.
+    #[arg(long, env = "TETHER_AUTH_FAILURE_RATE", default_value_t = 30)]
+    pub auth_failure_rate: u32,
+    /// Proxy: time from TCP accept to a finished TLS handshake.
+    #[arg(long, env = "TETHER_PROXY_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    pub proxy_handshake_timeout: Duration,
+    /// Proxy: time from the handshake to the first complete request head; for HTTP/1.1 also the longest
+    /// wait for the next request on a kept-alive connection.
+    #[arg(long, env = "TETHER_PROXY_HEADER_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    pub proxy_header_timeout: Duration,
+    /// Proxy: a connection with no request in flight for this long is closed gracefully (HTTP/2: GOAWAY).
+    /// A watch waiting for events is a request in flight.
+    #[arg(long, env = "TETHER_PROXY_IDLE_TIMEOUT", default_value = "120s", value_parser = positive_duration)]
+    pub proxy_idle_timeout: Duration,
+    /// Proxy: connections at a time (upgraded ones, such as exec, included). Past it a few get a 503 Status
+    /// with Retry-After and the rest are closed at once.
+    #[arg(long, env = "TETHER_PROXY_MAX_CONNECTIONS", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub proxy_max_connections: u32,
+    /// Proxy: the largest request head (request line and headers, or an HTTP/2 header list) in bytes;
+    /// larger ones get 431. At least 8192.
+    #[arg(long, env = "TETHER_PROXY_MAX_HEADER_BYTES", default_value_t = 32 * 1024,
+          value_parser = clap::value_parser!(u32).range(8192..))]
+    pub proxy_max_header_bytes: u32,
+    /// Proxy: HTTP/2 PING interval; 0s for none.
+    #[arg(long, env = "TETHER_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub http2_keepalive_interval: Duration,
+    /// Proxy: how long an HTTP/2 PING may go unanswered before the connection is closed.
+    #[arg(long, env = "TETHER_HTTP2_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = positive_duration)]
+    pub http2_keepalive_timeout: Duration,
     /// Control-stream heartbeat interval; a tunnel silent for three intervals is dropped.
     #[arg(long, env = "TETHER_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Duration,
@@ -91,4 +125,12 @@ pub struct ServeConfig {
     /// Bootstrap attempts allowed per client address (IPv6: per /64) and minute; 0 for no limit.
     #[arg(long, env = "TETHER_BOOTSTRAP_RATE", default_value_t = 10)]
     pub bootstrap_rate: u32,
+}
+
+/// A duration that must not be zero (a zero timeout would refuse everything).
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text).map_err(|e| e.to_string())? {
+        d if d.is_zero() => Err("must be longer than 0s".into()),
+        d => Ok(d),
+    }
 }

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustls::server::WebPkiClientVerifier;
+use tether_runtime::listener::Limits;
 use tether_runtime::ops::{self, Readiness};
 use tether_runtime::tls;
 use tether_runtime::transport::TransportSettings;
@@ -30,7 +31,7 @@ pub use error::{Error, Result};
 use crate::bootstrap::{Bootstrap, BootstrapSettings};
 use crate::clusters::KnownClusters;
 use crate::leases::LeaseSettings;
-use crate::proxy::{ForwardSettings, HubAuth, KubeReviews, Proxy, Reviews};
+use crate::proxy::{AuthSettings, ForwardSettings, HubAuth, KubeReviews, Proxy, Reviews};
 use crate::registry::Registry;
 use crate::revocations::Revocations;
 use crate::tunnels::TunnelSettings;
@@ -92,9 +93,14 @@ pub async fn serve(config: ServeConfig, hub: Hub, shutdown: CancellationToken) -
     let clusters = hub.clusters;
     let revocations = hub.revocations;
     let readiness = Readiness::default();
-    let auth = HubAuth::new(hub.reviews, config.auth_cache_ttl);
+    let auth_settings = AuthSettings {
+        ttl: config.auth_cache_ttl,
+        cache_bytes: config.auth_cache_bytes,
+        failures_per_minute: config.auth_failure_rate,
+    };
+    let auth = HubAuth::new(hub.reviews, auth_settings);
     let forward = ForwardSettings { open_timeout: Duration::from_secs(10), response_timeout: config.response_timeout };
-    let proxy = Arc::new(Proxy::new(registry.clone(), auth, clusters.clone(), forward));
+    let proxy = Arc::new(Proxy::new(registry.clone(), auth, clusters.clone(), forward, proxy_limits(&config)));
     let tunnel_settings = TunnelSettings {
         heartbeat_interval: config.heartbeat_interval,
         dead_after: config.heartbeat_interval * 3,
@@ -153,6 +159,22 @@ pub async fn serve(config: ServeConfig, hub: Hub, shutdown: CancellationToken) -
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     tasks.abort_all();
     Ok(())
+}
+
+/// The proxy listener's limits from its flags.
+pub fn proxy_limits(config: &ServeConfig) -> Limits {
+    let max_connections = config.proxy_max_connections as usize;
+    Limits {
+        handshake_timeout: config.proxy_handshake_timeout,
+        header_timeout: config.proxy_header_timeout,
+        idle_timeout: config.proxy_idle_timeout,
+        max_connections,
+        // Enough for clients to be told why, few enough that refusing is cheap (a handshake each).
+        max_refusing: (max_connections / 16).clamp(4, 256),
+        max_header_bytes: config.proxy_max_header_bytes as usize,
+        http2_keepalive_interval: Some(config.http2_keepalive_interval).filter(|d| !d.is_zero()),
+        http2_keepalive_timeout: config.http2_keepalive_timeout,
+    }
 }
 
 fn lease_settings(config: &ServeConfig) -> LeaseSettings {

@@ -13,6 +13,20 @@ pub const LEASE_RENEWALS: &str = "tether_server_lease_renewals_total";
 pub const BOOTSTRAPS: &str = "tether_server_bootstrap_total";
 pub const RENEWALS: &str = "tether_server_renewals_total";
 pub const TUNNELS_EXPIRED: &str = "tether_server_tunnels_expired_total";
+pub const PROXY_CONNECTIONS: &str = "tether_server_proxy_connections";
+pub const PROXY_CONNECTIONS_REFUSED: &str = "tether_server_proxy_connections_refused_total";
+pub const PROXY_CONNECTIONS_CLOSED: &str = "tether_server_proxy_connections_closed_total";
+pub const PROXY_HANDSHAKE_FAILURES: &str = "tether_server_proxy_handshake_failures_total";
+pub const PROXY_ACCEPT_ERRORS: &str = "tether_server_proxy_accept_errors_total";
+
+/// The proxy listener's metrics, as the runtime's listener emits them.
+pub const PROXY_LISTENER: tether_runtime::listener::MetricNames = tether_runtime::listener::MetricNames {
+    connections: PROXY_CONNECTIONS,
+    refused: PROXY_CONNECTIONS_REFUSED,
+    handshake_failures: PROXY_HANDSHAKE_FAILURES,
+    closed: PROXY_CONNECTIONS_CLOSED,
+    accept_errors: PROXY_ACCEPT_ERRORS,
+};
 
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
@@ -38,5 +52,16 @@ pub fn describe() {
     );
     describe_counter!(RENEWALS, "Certificate renewals asked for over tunnels, by outcome (issued, a refusal, ...)");
     describe_counter!(TUNNELS_EXPIRED, "Tunnels closed because their client certificate expired, by cluster");
+    describe_gauge!(PROXY_CONNECTIONS, "Proxy connections open (handshaking, serving or upgraded)");
+    describe_counter!(
+        PROXY_CONNECTIONS_REFUSED,
+        "Proxy connections refused at --proxy-max-connections, by answer (status: a 503 Status; close: closed at once)"
+    );
+    describe_counter!(
+        PROXY_CONNECTIONS_CLOSED,
+        "Proxy connections the hub closed, by reason (idle, header_timeout, keepalive_timeout, headers_too_large, shutdown)"
+    );
+    describe_counter!(PROXY_HANDSHAKE_FAILURES, "Proxy TLS handshakes that failed, by reason (timeout, tls)");
+    describe_counter!(PROXY_ACCEPT_ERRORS, "Failed accepts on the proxy port (out of file descriptors, ...)");
     describe_counter!(LEASE_RENEWALS, "Writes of this replica's per-cluster Leases to the hub, by outcome (ok/error)");
 }

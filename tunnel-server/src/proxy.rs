@@ -1,12 +1,14 @@
 //! The hub's HTTPS endpoint: `https://HUB/clusters/<cluster>/<Kubernetes API path>`.
 //! Order of checks: authenticate → route → impersonation → authorize → cluster known → tunnel → forward.
 pub mod auth;
+mod failures;
 mod forward;
 pub mod identity;
 pub mod route;
 mod status;
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,12 +16,12 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::{header, Method, Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use metrics::{counter, histogram};
+use tether_runtime::listener::{self, Https, Limits};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use auth::{Attributes, HubAuth, KubeReviews, Reviews};
+pub use auth::{Attributes, AuthSettings, HubAuth, KubeReviews, Reviews};
 pub use forward::ForwardSettings;
 use identity::{Impersonation, UserInfo};
 pub use status::ProxyError;
@@ -35,52 +37,67 @@ pub struct Proxy {
     pub auth: HubAuth,
     pub clusters: KnownClusters,
     pub forward: ForwardSettings,
+    /// Timeouts, connection and head limits of the listener.
+    pub limits: Limits,
     request_ids: AtomicU64,
 }
 
 impl Proxy {
-    pub fn new(registry: Arc<Registry>, auth: HubAuth, clusters: KnownClusters, forward: ForwardSettings) -> Self {
-        Self { registry, auth, clusters, forward, request_ids: AtomicU64::new(1) }
+    pub fn new(
+        registry: Arc<Registry>,
+        auth: HubAuth,
+        clusters: KnownClusters,
+        forward: ForwardSettings,
+        limits: Limits,
+    ) -> Self {
+        Self { registry, auth, clusters, forward, limits, request_ids: AtomicU64::new(1) }
     }
 
-    /// Serves HTTPS until `shutdown`. Connections already open finish their current requests.
+    /// Serves HTTPS until `shutdown`; connections then close gracefully, finishing their current requests.
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
         tls: Arc<rustls::ServerConfig>,
         shutdown: CancellationToken,
     ) {
-        tether_runtime::listener::serve_tls("proxy", listener, tls, shutdown, move |tls, _peer| {
+        let https = Https {
+            name: "proxy",
+            limits: self.limits.clone(),
+            metrics: Some(m::PROXY_LISTENER),
+            refusal: status::too_many_connections,
+        };
+        listener::serve_https(https, listener, tls, shutdown, move |tls, peer| {
             let proxy = self.clone();
-            async move {
-                // The client certificate, if any, was verified against the hub's client CA in the handshake.
-                let cert_user = tls
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|chain| chain.first())
-                    .and_then(|leaf| tether_certs::kube_user_of(leaf.as_ref()).ok())
-                    .map(|(username, groups)| Arc::new(user_from_cert(username, groups)));
-                let service = hyper::service::service_fn(move |request| {
-                    let proxy = proxy.clone();
-                    let cert_user = cert_user.clone();
-                    // Boxed: hyper keeps a stream's task as large as its service future for as long as the
-                    // response streams, and a watch's streams for hours; a box is freed at the response head.
-                    let handled = Box::pin(async move { proxy.handle(request, cert_user).await });
-                    async move { Ok::<_, Infallible>(handled.await) }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(tls), service)
-                    .await;
-            }
+            // The client certificate, if any, was verified against the hub's client CA in the handshake.
+            let cert_user = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|leaf| tether_certs::kube_user_of(leaf.as_ref()).ok())
+                .map(|(username, groups)| Arc::new(user_from_cert(username, groups)));
+            hyper::service::service_fn(move |request| {
+                let proxy = proxy.clone();
+                let cert_user = cert_user.clone();
+                // Boxed: hyper keeps a stream's task as large as its service future for as long as the
+                // response streams, and a watch's streams for hours; a box is freed at the response head.
+                let handled = Box::pin(async move { proxy.handle(request, cert_user, peer.ip()).await });
+                async move { Ok::<_, Infallible>(handled.await) }
+            })
         })
         .await
     }
 
-    pub async fn handle(&self, request: Request<Incoming>, cert_user: Option<Arc<UserInfo>>) -> Response<ProxyBody> {
+    /// Answers one request; `source` is the caller's address (failed authentication is limited per source).
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        cert_user: Option<Arc<UserInfo>>,
+        source: IpAddr,
+    ) -> Response<ProxyBody> {
         let started = Instant::now();
         let mut cluster = None;
-        let response = match self.try_handle(request, cert_user, &mut cluster).await {
+        let response = match self.try_handle(request, cert_user, source, &mut cluster).await {
             Ok(response) => response,
             Err(error) => {
                 tracing::debug!(%error, "refused");
@@ -99,9 +116,10 @@ impl Proxy {
         &self,
         request: Request<Incoming>,
         cert_user: Option<Arc<UserInfo>>,
+        source: IpAddr,
         routed: &mut Option<String>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let caller = self.authenticate(&request, cert_user).await?;
+        let caller = self.authenticate(&request, cert_user, source).await?;
         let route = route::parse(request.uri()).map_err(|e| match e {
             route::RouteError::NotClusterPath => ProxyError::NotFound(e.to_string()),
             _ => ProxyError::BadRequest(e.to_string()),
@@ -127,6 +145,7 @@ impl Proxy {
         &self,
         request: &Request<Incoming>,
         cert_user: Option<Arc<UserInfo>>,
+        source: IpAddr,
     ) -> Result<Arc<UserInfo>, ProxyError> {
         if let Some(user) = cert_user {
             return Ok(user);
@@ -139,7 +158,7 @@ impl Proxy {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or(ProxyError::Unauthorized)?;
-        self.auth.authenticate_token(token).await?.ok_or(ProxyError::Unauthorized)
+        self.auth.authenticate_token(token, source).await?.ok_or(ProxyError::Unauthorized)
     }
 
     /// Incoming `Impersonate-*` headers are honoured only when the hub allows the caller every part of

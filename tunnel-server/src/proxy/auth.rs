@@ -1,7 +1,10 @@
 //! Authentication (TokenReview) and authorization (SubjectAccessReview) against the hub apiserver, each
-//! behind a short-TTL cache so that steady traffic makes no hub API call on the request path.
+//! behind a short-TTL cache so that steady traffic makes no hub API call on the request path. The caches
+//! are bounded in bytes, keyed by fixed-size digests (a caller's token or impersonation strings never make
+//! a key large), and concurrent look-ups of one key make one hub call.
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 
@@ -10,8 +13,10 @@ use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessRevie
 use kube::api::PostParams;
 use kube::Api;
 use metrics::counter;
-use moka::sync::Cache;
+use moka::future::Cache;
+use tether_runtime::throttle::Throttle;
 
+use super::failures::FailureLimiter;
 use super::identity::UserInfo;
 use super::status::ProxyError;
 use crate::metrics as m;
@@ -63,6 +68,22 @@ pub trait Reviews: Send + Sync + 'static {
 /// TokenReview and SubjectAccessReview against the hub apiserver.
 pub struct KubeReviews(pub kube::Client);
 
+/// What a caller is told when the hub apiserver failed; the error itself is logged (it may describe the
+/// hub's internals, and the caller may not even be authenticated).
+const AUTHENTICATION_UNAVAILABLE: &str = "hub authentication is unavailable, try again later";
+const AUTHORIZATION_UNAVAILABLE: &str = "hub authorization is unavailable, try again later";
+
+/// One warning per 10 s however many requests meet a failing hub.
+static HUB_ERRORS: std::sync::LazyLock<Throttle> = std::sync::LazyLock::new(|| Throttle::new(Duration::from_secs(10)));
+
+fn hub_failed(review: &'static str, error: &kube::Error, message: &'static str) -> ProxyError {
+    // The error names the request and the hub's answer, never the token (it is only in the request body).
+    if let Some(suppressed) = HUB_ERRORS.admit(Instant::now()) {
+        tracing::warn!(review, %error, suppressed, "hub apiserver review failed");
+    }
+    ProxyError::Unavailable(message.to_string())
+}
+
 impl Reviews for KubeReviews {
     fn token<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<UserInfo>, ProxyError>> {
         Box::pin(async move {
@@ -73,7 +94,7 @@ impl Reviews for KubeReviews {
             let answer = Api::<TokenReview>::all(self.0.clone())
                 .create(&PostParams::default(), &review)
                 .await
-                .map_err(|e| ProxyError::Unavailable(format!("hub authentication unavailable: {e}")))?;
+                .map_err(|e| hub_failed("TokenReview", &e, AUTHENTICATION_UNAVAILABLE))?;
             let user = answer.status.filter(|s| s.authenticated == Some(true)).and_then(|s| s.user).map(|u| UserInfo {
                 username: u.username.unwrap_or_default(),
                 uid: u.uid.unwrap_or_default(),
@@ -108,9 +129,26 @@ impl Reviews for KubeReviews {
             let answer = Api::<SubjectAccessReview>::all(self.0.clone())
                 .create(&PostParams::default(), &review)
                 .await
-                .map_err(|e| ProxyError::Unavailable(format!("hub authorization unavailable: {e}")))?;
+                .map_err(|e| hub_failed("SubjectAccessReview", &e, AUTHORIZATION_UNAVAILABLE))?;
             Ok(answer.status.is_some_and(|s| s.allowed && s.denied != Some(true)))
         })
+    }
+}
+
+/// How [`HubAuth`] caches and limits.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// How long an answer is kept.
+    pub ttl: Duration,
+    /// Estimated bytes each of the two caches (tokens, decisions) may hold.
+    pub cache_bytes: u64,
+    /// Rejected tokens per minute and source address the hub is asked to review; 0 for no limit.
+    pub failures_per_minute: u32,
+}
+
+impl AuthSettings {
+    pub fn new(ttl: Duration) -> Self {
+        Self { ttl, cache_bytes: 32 * 1024 * 1024, failures_per_minute: 30 }
     }
 }
 
@@ -120,45 +158,121 @@ pub struct HubAuth {
     reviews: Arc<dyn Reviews>,
     // Keyed by a SHA-256 of the token: the cache never holds a usable credential.
     tokens: Cache<[u8; 32], Option<Arc<UserInfo>>>,
-    decisions: Cache<(UserInfo, Attributes), bool>,
+    // Keyed by a SHA-256 of (user, attributes), both partly chosen by the caller (impersonation).
+    decisions: Cache<[u8; 32], bool>,
+    failures: Arc<FailureLimiter>,
 }
 
+/// What moka itself keeps per entry (key, value, timestamps, links), estimated.
+const ENTRY_OVERHEAD: usize = 128;
+
 impl HubAuth {
-    pub fn new(reviews: Arc<dyn Reviews>, ttl: Duration) -> Self {
+    pub fn new(reviews: Arc<dyn Reviews>, settings: AuthSettings) -> Self {
+        let weight = |bytes: usize| u32::try_from(ENTRY_OVERHEAD + bytes).unwrap_or(u32::MAX);
         Self {
             reviews,
-            tokens: Cache::builder().time_to_live(ttl).max_capacity(100_000).build(),
-            decisions: Cache::builder().time_to_live(ttl).max_capacity(100_000).build(),
+            tokens: Cache::builder()
+                .time_to_live(settings.ttl)
+                .max_capacity(settings.cache_bytes)
+                .weigher(move |_, user: &Option<Arc<UserInfo>>| weight(user.as_deref().map_or(0, user_bytes)))
+                .build(),
+            decisions: Cache::builder()
+                .time_to_live(settings.ttl)
+                .max_capacity(settings.cache_bytes)
+                .weigher(move |_, _| weight(0))
+                .build(),
+            failures: Arc::new(FailureLimiter::new(settings.failures_per_minute)),
         }
     }
 
-    /// `Ok(None)` for a token the hub does not accept.
-    pub async fn authenticate_token(&self, token: &str) -> Result<Option<Arc<UserInfo>>, ProxyError> {
+    /// `Ok(None)` for a token the hub does not accept. A token not cached is reviewed once however many
+    /// requests present it at the same time; `source` (the caller's address) pays for it if it fails.
+    pub async fn authenticate_token(&self, token: &str, source: IpAddr) -> Result<Option<Arc<UserInfo>>, ProxyError> {
         let key: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
             .as_ref()
             .try_into()
             .expect("SHA-256 digests are 32 bytes");
-        if let Some(hit) = self.tokens.get(&key) {
-            counter!(m::AUTH_LOOKUPS, "kind" => "token", "outcome" => "cached").increment(1);
-            return Ok(hit);
-        }
-        counter!(m::AUTH_LOOKUPS, "kind" => "token", "outcome" => "hub").increment(1);
-        let user = self.reviews.token(token).await?.map(Arc::new);
-        self.tokens.insert(key, user.clone());
-        Ok(user)
+        let review = async {
+            self.failures
+                .reserve(source, Instant::now())
+                .map_err(|wait| ProxyError::TooManyRequests { retry_after: wait.as_secs().max(1) })?;
+            let user = self.reviews.token(token).await?;
+            if user.is_some() {
+                self.failures.succeeded(source);
+            }
+            Ok::<_, ProxyError>(user.map(Arc::new))
+        };
+        let entry = match self.tokens.entry(key).or_try_insert_with(review).await {
+            Ok(entry) => entry,
+            Err(error) => {
+                let outcome = match error.as_ref() {
+                    ProxyError::TooManyRequests { .. } => "rate_limited",
+                    _ => "error",
+                };
+                counter!(m::AUTH_LOOKUPS, "kind" => "token", "outcome" => outcome).increment(1);
+                return Err(error.as_ref().clone());
+            }
+        };
+        let outcome = if entry.is_fresh() { "hub" } else { "cached" };
+        counter!(m::AUTH_LOOKUPS, "kind" => "token", "outcome" => outcome).increment(1);
+        Ok(entry.into_value())
     }
 
     pub async fn allowed(&self, user: &UserInfo, attributes: &Attributes) -> Result<bool, ProxyError> {
-        let key = (user.clone(), attributes.clone());
-        if let Some(hit) = self.decisions.get(&key) {
-            counter!(m::AUTH_LOOKUPS, "kind" => "access", "outcome" => "cached").increment(1);
-            return Ok(hit);
-        }
-        counter!(m::AUTH_LOOKUPS, "kind" => "access", "outcome" => "hub").increment(1);
-        let allowed = self.reviews.access(user, attributes).await?;
-        self.decisions.insert(key, allowed);
-        Ok(allowed)
+        let review = async { self.reviews.access(user, attributes).await };
+        let entry = self
+            .decisions
+            .entry(decision_key(user, attributes))
+            .or_try_insert_with(review)
+            .await
+            .map_err(|e| e.as_ref().clone())?;
+        let outcome = if entry.is_fresh() { "hub" } else { "cached" };
+        counter!(m::AUTH_LOOKUPS, "kind" => "access", "outcome" => outcome).increment(1);
+        Ok(entry.into_value())
     }
+}
+
+/// The bytes a cached identity holds, roughly: its strings and their headers.
+fn user_bytes(user: &UserInfo) -> usize {
+    const STRING: usize = std::mem::size_of::<String>();
+    let strings = |values: &[String]| values.iter().map(|v| v.len() + STRING).sum::<usize>();
+    std::mem::size_of::<UserInfo>()
+        + user.username.len()
+        + user.uid.len()
+        + strings(&user.groups)
+        + user.extra.iter().map(|(key, values)| key.len() + STRING + strings(values)).sum::<usize>()
+}
+
+/// A SHA-256 over every field, each length-prefixed so that no two questions share a key.
+fn decision_key(user: &UserInfo, attributes: &Attributes) -> [u8; 32] {
+    struct Key(ring::digest::Context);
+    impl Key {
+        fn count(&mut self, n: usize) {
+            self.0.update(&(n as u64).to_be_bytes());
+        }
+        fn text(&mut self, s: &str) {
+            self.count(s.len());
+            self.0.update(s.as_bytes());
+        }
+        fn texts(&mut self, values: &[String]) {
+            self.count(values.len());
+            values.iter().for_each(|v| self.text(v));
+        }
+    }
+    let mut key = Key(ring::digest::Context::new(&ring::digest::SHA256));
+    key.text(&user.username);
+    key.text(&user.uid);
+    key.texts(&user.groups);
+    key.count(user.extra.len());
+    for (name, values) in &user.extra {
+        key.text(name);
+        key.texts(values);
+    }
+    let Attributes { verb, namespace, group, resource, subresource, name } = attributes;
+    for field in [verb, namespace, group, resource, subresource, name] {
+        key.text(field);
+    }
+    key.0.finish().as_ref().try_into().expect("SHA-256 digests are 32 bytes")
 }
 
 #[cfg(test)]
@@ -166,6 +280,8 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
+
+    const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
     /// Accepts one token and allows one user; counts how often the "hub" is asked.
     #[derive(Default)]
@@ -195,11 +311,11 @@ mod tests {
     #[tokio::test]
     async fn answers_are_cached_including_refusals() {
         let scripted = Arc::new(Scripted::default());
-        let auth = HubAuth::new(scripted.clone(), Duration::from_secs(60));
+        let auth = HubAuth::new(scripted.clone(), AuthSettings::new(Duration::from_secs(60)));
         for _ in 0..3 {
-            let user = auth.authenticate_token("good").await.unwrap().unwrap();
+            let user = auth.authenticate_token("good", LOCAL).await.unwrap().unwrap();
             assert_eq!(user.username, "alice");
-            assert!(auth.authenticate_token("bad").await.unwrap().is_none());
+            assert!(auth.authenticate_token("bad", LOCAL).await.unwrap().is_none());
             assert!(auth.allowed(&user, &Attributes::cluster_proxy("a", "get")).await.unwrap());
             assert!(!auth.allowed(&user, &Attributes::cluster_proxy("b", "get")).await.unwrap());
         }
@@ -211,14 +327,129 @@ mod tests {
     #[tokio::test]
     async fn answers_expire() {
         let scripted = Arc::new(Scripted::default());
-        let auth = HubAuth::new(scripted.clone(), Duration::from_millis(1));
-        auth.authenticate_token("good").await.unwrap();
+        let auth = HubAuth::new(scripted.clone(), AuthSettings::new(Duration::from_millis(1)));
+        auth.authenticate_token("good", LOCAL).await.unwrap();
         // moka's clock is real time; wait for the condition (expiry), bounded.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while scripted.token_calls.load(Ordering::SeqCst) < 2 && std::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
-            auth.authenticate_token("good").await.unwrap();
+            auth.authenticate_token("good", LOCAL).await.unwrap();
         }
         assert_eq!(scripted.token_calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn decision_keys_tell_every_field_apart() {
+        let user = |name: &str, groups: &[&str]| UserInfo {
+            username: name.into(),
+            uid: String::new(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            extra: Default::default(),
+        };
+        let a = Attributes::cluster_proxy("a", "get");
+        // The same bytes split differently between fields are different questions.
+        assert_ne!(decision_key(&user("ab", &["c"]), &a), decision_key(&user("a", &["bc"]), &a));
+        assert_ne!(decision_key(&user("a", &["b", "c"]), &a), decision_key(&user("a", &["bc"]), &a));
+        assert_ne!(
+            decision_key(&user("a", &[]), &Attributes::impersonate("groups", "", "x")),
+            decision_key(&user("a", &[]), &Attributes::impersonate("groups", "x", ""))
+        );
+        assert_eq!(decision_key(&user("a", &["b"]), &a), decision_key(&user("a", &["b"]), &a));
+    }
+
+    #[tokio::test]
+    async fn caches_are_bounded_in_bytes() {
+        let scripted = Arc::new(Scripted::default());
+        let settings = AuthSettings {
+            cache_bytes: 16 * 1024,
+            failures_per_minute: 0,
+            ..AuthSettings::new(Duration::from_secs(60))
+        };
+        let auth = HubAuth::new(scripted.clone(), settings);
+        let user = auth.authenticate_token("good", LOCAL).await.unwrap().unwrap();
+        for i in 0..2_000 {
+            auth.authenticate_token(&format!("bad-{i}"), LOCAL).await.unwrap();
+            // Impersonation strings are the caller's: long ones must not make entries (or keys) large.
+            let long = format!("{i}-{}", "x".repeat(4096));
+            auth.allowed(&user, &Attributes::impersonate("groups", "", &long)).await.unwrap();
+        }
+        auth.tokens.run_pending_tasks().await;
+        auth.decisions.run_pending_tasks().await;
+        assert!(auth.tokens.weighted_size() <= 16 * 1024, "tokens: {} bytes", auth.tokens.weighted_size());
+        assert!(auth.decisions.weighted_size() <= 16 * 1024, "decisions: {} bytes", auth.decisions.weighted_size());
+        assert!(auth.decisions.entry_count() > 10, "the cache still caches");
+    }
+
+    /// Holds every TokenReview until released, counting them.
+    #[derive(Default)]
+    struct Slow {
+        calls: AtomicUsize,
+        release: tokio::sync::Notify,
+    }
+
+    impl Reviews for Slow {
+        fn token<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<UserInfo>, ProxyError>> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                self.release.notified().await;
+                Ok((token == "good").then(|| UserInfo {
+                    username: "alice".into(),
+                    uid: String::new(),
+                    groups: vec![],
+                    extra: Default::default(),
+                }))
+            })
+        }
+        fn access<'a>(&'a self, _: &'a UserInfo, _: &'a Attributes) -> BoxFuture<'a, Result<bool, ProxyError>> {
+            Box::pin(async { Ok(true) })
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_lookups_of_one_token_make_one_review() {
+        let slow = Arc::new(Slow::default());
+        let auth = HubAuth::new(slow.clone(), AuthSettings::new(Duration::from_secs(60)));
+        let lookups: Vec<_> = (0..50)
+            .map(|_| {
+                let auth = auth.clone();
+                tokio::spawn(async move { auth.authenticate_token("good", LOCAL).await })
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while slow.calls.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+            tokio::task::yield_now().await;
+        }
+        slow.release.notify_waiters();
+        for lookup in lookups {
+            // Waiters that joined late may find the answer cached; none asks the hub again.
+            let user = tokio::time::timeout(Duration::from_secs(5), lookup).await.unwrap().unwrap().unwrap();
+            assert_eq!(user.unwrap().username, "alice");
+        }
+        assert_eq!(slow.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn failed_authentication_is_limited_per_source() {
+        let scripted = Arc::new(Scripted::default());
+        let settings = AuthSettings { failures_per_minute: 3, ..AuthSettings::new(Duration::from_secs(60)) };
+        let auth = HubAuth::new(scripted.clone(), settings);
+        let other: IpAddr = "10.0.0.9".parse().unwrap();
+        // A good token first: it is no failure and is cached, so it keeps working for that source.
+        auth.authenticate_token("good", LOCAL).await.unwrap().unwrap();
+        let mut limited = 0;
+        for i in 0..20 {
+            match auth.authenticate_token(&format!("bad-{i}"), LOCAL).await {
+                Ok(user) => assert!(user.is_none()),
+                Err(ProxyError::TooManyRequests { retry_after }) => {
+                    assert!((1..=20).contains(&retry_after), "{retry_after}");
+                    limited += 1;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(limited, 17);
+        assert_eq!(scripted.token_calls.load(Ordering::SeqCst), 1 + 3, "the hub reviewed 3 bad tokens only");
+        assert!(auth.authenticate_token("good", LOCAL).await.unwrap().is_some(), "cached: no review, no limit");
+        assert!(auth.authenticate_token("bad-x", other).await.unwrap().is_none(), "another source is not limited");
     }
 }

@@ -6,7 +6,8 @@ use http_body_util::{BodyExt, Full};
 
 use super::ProxyBody;
 
-#[derive(Debug, thiserror::Error)]
+// Clone: one hub answer (or failure) is shared by every request that waited for the same look-up.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ProxyError {
     #[error("Unauthorized")]
     Unauthorized,
@@ -20,6 +21,10 @@ pub enum ProxyError {
     MethodNotAllowed(String),
     #[error("cluster {0:?} has no connected tunnel")]
     NoTunnel(String),
+    /// Too many failed authentications from the caller's address; `retry_after` in whole seconds.
+    #[error("too many failed authentication attempts from this address; retry in {retry_after}s")]
+    TooManyRequests { retry_after: u64 },
+    /// A generic message only: the detail (a hub apiserver error) is logged, never sent to the caller.
     #[error("{0}")]
     Unavailable(String),
     #[error("spoke {cluster:?}: {reason}")]
@@ -36,6 +41,7 @@ impl ProxyError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::NoTunnel(_) | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadGateway { .. } => StatusCode::BAD_GATEWAY,
             Self::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -49,6 +55,7 @@ impl ProxyError {
             Self::BadRequest(_) => "BadRequest",
             Self::NotFound(_) => "NotFound",
             Self::MethodNotAllowed(_) => "MethodNotAllowed",
+            Self::TooManyRequests { .. } => "TooManyRequests",
             Self::NoTunnel(_) | Self::Unavailable(_) => "ServiceUnavailable",
             Self::BadGateway { .. } => "InternalError",
             Self::GatewayTimeout(_) => "Timeout",
@@ -56,11 +63,29 @@ impl ProxyError {
     }
 
     pub fn into_response(self) -> Response<ProxyBody> {
-        status_response(self.code(), self.reason(), &self.to_string())
+        let mut response = status_response(self.code(), self.reason(), &self.to_string());
+        if let Self::TooManyRequests { retry_after } = self {
+            // client-go waits this long before it retries a 429.
+            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(retry_after));
+        }
+        response
     }
 }
 
 pub fn status_response(code: StatusCode, reason: &str, message: &str) -> Response<ProxyBody> {
+    status_full(code, reason, message).map(|body| body.map_err(|never| match never {}).boxed_unsync())
+}
+
+/// The answer of a connection over `--proxy-max-connections` (the listener adds `Retry-After`).
+pub fn too_many_connections() -> Response<Full<Bytes>> {
+    status_full(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "ServiceUnavailable",
+        "the hub proxy is at its connection limit, try again later",
+    )
+}
+
+fn status_full(code: StatusCode, reason: &str, message: &str) -> Response<Full<Bytes>> {
     let body = serde_json::json!({
         "kind": "Status",
         "apiVersion": "v1",
@@ -70,8 +95,7 @@ pub fn status_response(code: StatusCode, reason: &str, message: &str) -> Respons
         "reason": reason,
         "code": code.as_u16(),
     });
-    let mut response =
-        Response::new(Full::new(Bytes::from(body.to_string())).map_err(|never| match never {}).boxed_unsync());
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = code;
     response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
     response
