@@ -677,7 +677,11 @@ pub fn grant_hub_admins(cluster: &Cluster) -> Result<()> {
         yaml.push_str(&format!("- {{apiGroup: rbac.authorization.k8s.io, kind: User, name: {user}}}\n"));
     }
     cluster.apply(&yaml)?;
-    eprintln!("e2e: spoke {}: granted cluster-admin to hub users {}", cluster.name, HUB_ADMINS.join(" "));
+    eprintln!(
+        "e2e: spoke {}: granted cluster-admin to hub user(s) {} (ClusterRoleBinding tether:hub-admins)",
+        cluster.name,
+        HUB_ADMINS.join(" ")
+    );
     Ok(())
 }
 
