@@ -42,6 +42,10 @@ const FIELD_MANAGER: &str = "tether-join";
 const BOOTSTRAP_DIR: &str = "/etc/tether/bootstrap";
 /// The spoke Secret the client keeps its key and certificate in (deploy/spoke/rbac.yaml lets it).
 pub const IDENTITY_SECRET: &str = "tether-identity";
+/// The spoke ConfigMap the client reads its identity policy from (deploy/spoke/rbac.yaml lets it). Never
+/// part of the manifest: the hub writes the manifest (and applies it in auto mode), and whom the hub may act
+/// as on a spoke is the spoke's to decide. Absent, the client's default policy applies.
+pub const IDENTITY_POLICY_CONFIGMAP: &str = "tether-identity-policy";
 
 /// A bootstrap token `<id>.<secret>`: the id names the hub Secret, the whole token is hashed into it.
 ///
@@ -146,9 +150,14 @@ impl SpokeManifest<'_> {
              # It holds a single-use bootstrap token (expires {expires}): keep it secret. The tunnel-client trades the\n\
              # token for a certificate, generating its key locally; key and certificate live in the Secret\n\
              # {namespace}/{identity}, so they outlive Pods, every Pod of the DaemonSet shares them, and the client\n\
-             # renews them over its tunnel before they expire.\n",
+             # renews them over its tunnel before they expire.\n\
+             # Whom the hub may act as here is this spoke's identity policy: by default hub users keep their names\n\
+             # but system: users (ServiceAccounts, nodes) are refused and system: groups (system:masters, ...) are\n\
+             # dropped, so grant hub users rights here explicitly. Tighten it with ConfigMap {namespace}/{policy}\n\
+             # (keys usernamePrefix, groupPrefix, dropGroups, allowGroups), which this manifest never contains.\n",
             namespace = SPOKE_NAMESPACE,
             identity = IDENTITY_SECRET,
+            policy = IDENTITY_POLICY_CONFIGMAP,
             cluster = self.cluster,
             expires = rfc3339_seconds(self.expiration),
         );
@@ -205,6 +214,7 @@ impl SpokeManifest<'_> {
             ("--bootstrap-token-file", file(BOOTSTRAP_DIR, "token")),
             ("--hub-ca", file(BOOTSTRAP_DIR, "hub-ca.crt")),
             ("--identity-secret", format!("{SPOKE_NAMESPACE}/{IDENTITY_SECRET}")),
+            ("--identity-policy-configmap", format!("{SPOKE_NAMESPACE}/{IDENTITY_POLICY_CONFIGMAP}")),
         ];
         let env = vec![
             EnvVar {
@@ -544,10 +554,55 @@ mod tests {
         assert_eq!(flag("--bootstrap-token-file"), "/etc/tether/bootstrap/token");
         assert_eq!(flag("--hub-ca"), "/etc/tether/bootstrap/hub-ca.crt");
         assert_eq!(flag("--identity-secret"), "tether-system/tether-identity");
+        assert_eq!(flag("--identity-policy-configmap"), "tether-system/tether-identity-policy");
         assert!(!args.contains(&"--cert") && !args.contains(&"--key"));
+        // The policy is the spoke's: no policy flag in what the hub writes.
+        for policy_flag in [
+            "--identity-username-prefix",
+            "--identity-group-prefix",
+            "--identity-drop-groups",
+            "--identity-allow-groups",
+        ] {
+            assert!(!args.contains(&policy_flag), "{policy_flag}");
+        }
         assert_eq!(container["env"][0]["name"], "TETHER_HUB");
         assert_eq!(container["env"][0]["valueFrom"]["secretKeyRef"]["key"], "hub-address");
         assert_eq!(daemon_set["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"], "tunnel-client");
+    }
+
+    #[test]
+    fn the_manifest_lets_the_client_impersonate_no_serviceaccount_and_only_read_its_policy() {
+        let token = BootstrapToken::generate();
+        let docs = documents(&manifest(&token));
+        assert!(!docs.iter().any(|d| d["kind"] == "ConfigMap"), "the identity policy is never set by the hub");
+        let impersonator = docs
+            .iter()
+            .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == "tether:impersonator")
+            .expect("ClusterRole tether:impersonator");
+        let rules = impersonator["rules"].as_sequence().unwrap();
+        for rule in rules {
+            let verbs = rule["verbs"].as_sequence().unwrap();
+            assert_eq!(verbs.len(), 1, "{rule:?}");
+            assert_eq!(verbs[0], "impersonate");
+            let resources: Vec<&str> =
+                rule["resources"].as_sequence().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
+            assert!(!resources.contains(&"serviceaccounts"), "hub identities never become spoke ServiceAccounts");
+            if rule["apiGroups"][0] == "" {
+                assert!(resources.iter().all(|r| ["users", "groups"].contains(r)), "{resources:?}");
+            }
+        }
+        let role = docs.iter().find(|d| d["kind"] == "Role" && d["metadata"]["name"] == "tether:identity").unwrap();
+        let policy_rule = role["rules"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|r| r["resources"][0] == "configmaps")
+            .expect("a rule for the policy ConfigMap");
+        assert_eq!(policy_rule["resourceNames"].as_sequence().unwrap().len(), 1);
+        assert_eq!(policy_rule["resourceNames"][0], IDENTITY_POLICY_CONFIGMAP);
+        let verbs: Vec<&str> =
+            policy_rule["verbs"].as_sequence().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        assert_eq!(verbs, ["get", "list", "watch"]);
     }
 
     #[test]

@@ -4,6 +4,8 @@
 #   - as root, each spoke in its own network namespace whose firewall drops every new connection from the
 #     hub side: the spokes can only be reached through the tunnels they dial out;
 #   - tunnel-server on the hub, a tunnel-client per spoke holding only an impersonate-only ServiceAccount;
+#   - on each spoke, cluster-admin for the hub's admin user (its identity policy never passes the hub's
+#     system:masters, so the spoke grants the hub admin explicitly; the grant is printed);
 #   - a kubeconfig with one context per spoke, through the hub, printed at the end.
 # Usage: deploy/dev/up.sh [up|down]      State in $TETHER_DEV_DIR (default: .tether in the repository).
 set -euo pipefail
@@ -94,7 +96,10 @@ for s in "${SPOKES[@]}"; do ips+=(--ip "$(hub_ip_for "$s")"); done
 "$BIN/tether-certs" serving --ca-dir "$DEV/pki" --dns localhost "${ips[@]}" --out "$DEV/pki/hub" >/dev/null
 for s in "${SPOKES[@]}"; do
   "$BIN/tether-certs" issue-spoke --ca-dir "$DEV/pki" --cluster "$s" --out "$DEV/pki/$s" >/dev/null
-  in_ns "$s" bash "$ROOT/deploy/dev/spoke-credentials.sh" "$DEV/$s/kubeconfig" "$DEV/$s/tether-client.kubeconfig"
+  # The hub admin is user `admin` (client certificate CN=admin, O=system:masters); the default identity
+  # policy maps it to `admin` without system:masters on the spoke.
+  in_ns "$s" bash "$ROOT/deploy/dev/spoke-credentials.sh" "$DEV/$s/kubeconfig" "$DEV/$s/tether-client.kubeconfig" \
+    admin | sed 's/^/    /'
 done
 
 say "starting tunnel-server (proxy https://localhost:$PROXY_PORT, QUIC udp/$QUIC_PORT)"
@@ -118,6 +123,7 @@ for s in "${SPOKES[@]}"; do
   daemon "tunnel-client-$s" "${prefix[@]}" "$BIN/tunnel-client" \
     --hub "$(hub_ip_for "$s"):$QUIC_PORT" --hub-ca "$DEV/pki/ca.crt" \
     --cert "$DEV/pki/$s/tls.crt" --key "$DEV/pki/$s/tls.key" --kubeconfig "$DEV/$s/tether-client.kubeconfig" \
+    --identity-policy-configmap tether-system/tether-identity-policy \
     --ops-addr 127.0.0.1:0 --ready-file "$DEV/client-$s.ready"
   wait_file "$DEV/client-$s.ready" "tunnel-client $s" "$DEV/logs/tunnel-client-$s.log"
 done
@@ -134,6 +140,12 @@ tether is up. Every context below goes kubectl -> hub proxy -> QUIC tunnel -> sp
   export KUBECONFIG=$DEV/kubeconfig
   kubectl --context spoke-a get namespaces
   kubectl --context spoke-b get pods -A
+
+You act on the spokes as hub user "admin", whom each spoke granted cluster-admin (ClusterRoleBinding
+tether:hub-admins); the hub's system:masters is never passed to a spoke. A spoke's identity policy is its
+ConfigMap tether-system/tether-identity-policy, followed live, e.g. only hub group "devs" passes:
+  $KUBECTL --kubeconfig $DEV/spoke-a/kubeconfig -n tether-system create configmap tether-identity-policy \
+    --from-literal=allowGroups=devs
 
 The hub itself: KUBECONFIG=$HUB_KUBECONFIG ($KUBECTL get managedclusters shows each spoke's state).
 A kubectl of the clusters' version: $KUBECTL

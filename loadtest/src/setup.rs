@@ -167,6 +167,9 @@ impl Spoke {
             // A DaemonSet Pod keeps its name across container restarts; the hub routes to its newest tunnel.
             "--instance",
             "loadtest-spoke",
+            // The hub's loadtest user is in system:masters so that a real apiserver serves it without RBAC
+            // set-up, exactly as the direct path's impersonation does: this spoke passes every group.
+            "--identity-drop-groups=",
             "--ready-file",
             &dir.join("spoke.ready").display().to_string(),
         ]

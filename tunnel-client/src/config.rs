@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::policy::{self, GroupNames, GroupPatterns, Naming, Policy, Prefix};
+
 #[derive(Debug, Clone, Parser)]
 #[command(name = "tunnel-client", version, about = "tether spoke agent: dials the hub and serves its streams")]
 pub struct Config {
@@ -70,4 +72,83 @@ pub struct Config {
     /// Write the ops address and cluster as JSON here once the first tunnel is up (for scripts and tests).
     #[arg(long, env = "TETHER_READY_FILE")]
     pub ready_file: Option<PathBuf>,
+    /// Identity policy: prepended to every hub username before it is impersonated here, like the apiserver's
+    /// --oidc-username-prefix (`hub:` makes hub user alice `hub:alice` on this spoke). Empty by default: hub
+    /// users keep their names. A mapped name starting with `system:` is never impersonated (403), so hub
+    /// ServiceAccounts reach this spoke only under a prefix, and never as this spoke's own ServiceAccounts.
+    #[arg(long, env = "TETHER_IDENTITY_USERNAME_PREFIX", default_value = "", value_parser = Prefix::parse)]
+    pub identity_username_prefix: Prefix,
+    /// Identity policy: prepended to every hub group passed to this spoke (`system:authenticated` is passed
+    /// as it is). Empty by default.
+    #[arg(long, env = "TETHER_IDENTITY_GROUP_PREFIX", default_value = "", value_parser = Prefix::parse)]
+    pub identity_group_prefix: Prefix,
+    /// Identity policy: hub groups never passed to this spoke, comma-separated; an entry ending in `*` is a
+    /// prefix. Checked against the hub's name and the prefixed name. The default drops every `system:` group
+    /// (system:masters, system:nodes, system:serviceaccounts*, system:bootstrappers*, ...) but
+    /// system:authenticated, which always passes, and kubeadm's cluster-admin group.
+    #[arg(long, env = "TETHER_IDENTITY_DROP_GROUPS", default_value = policy::DEFAULT_DROP_GROUPS,
+          value_parser = GroupPatterns::parse)]
+    pub identity_drop_groups: GroupPatterns,
+    /// Identity policy: when set, the only hub groups passed to this spoke (exact names, comma-separated; empty:
+    /// none but system:authenticated). Unset by default: every group not dropped passes.
+    #[arg(long, env = "TETHER_IDENTITY_ALLOW_GROUPS", value_parser = GroupNames::parse)]
+    pub identity_allow_groups: Option<GroupNames>,
+    /// Read the identity policy from this ConfigMap of the spoke (NAMESPACE/NAME; keys usernamePrefix,
+    /// groupPrefix, dropGroups, allowGroups, as the flags) and follow its changes; the flags' policy applies
+    /// while it does not exist. The client's ServiceAccount needs get, list and watch on it.
+    #[arg(long, env = "TETHER_IDENTITY_POLICY_CONFIGMAP")]
+    pub identity_policy_configmap: Option<String>,
+}
+
+impl Config {
+    /// The identity policy of the flags (the default policy when none is given).
+    pub fn identity_policy(&self) -> crate::Result<Policy> {
+        Policy::new(
+            self.identity_username_prefix.clone(),
+            self.identity_group_prefix.clone(),
+            self.identity_drop_groups.clone(),
+            self.identity_allow_groups.clone(),
+            Naming::Flags,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<Config, clap::Error> {
+        let base = ["tunnel-client", "--hub", "hub:1", "--hub-ca", "ca.crt", "--cert", "c", "--key", "k"];
+        Config::try_parse_from(base.iter().chain(extra))
+    }
+
+    #[test]
+    fn without_policy_flags_the_policy_is_the_default() {
+        assert_eq!(parse(&[]).unwrap().identity_policy().unwrap(), Policy::default());
+    }
+
+    #[test]
+    fn policy_flags_are_typed_and_bad_values_name_the_flag() {
+        // `--identity-drop-groups=` (empty) drops nothing, as loadtest's spoke uses it.
+        let config = parse(&["--identity-allow-groups", "devs,ops", "--identity-drop-groups="]).unwrap();
+        let expected = Policy::from_data(
+            &[("allowGroups", "devs,ops"), ("dropGroups", "")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+        .unwrap();
+        assert_eq!(config.identity_policy().unwrap(), expected);
+        for (flag, value) in [
+            ("--identity-allow-groups", "dev*"),
+            ("--identity-drop-groups", "a*b"),
+            ("--identity-username-prefix", "system:"),
+        ] {
+            let error = parse(&[flag, value]).unwrap_err().to_string();
+            assert!(error.contains(flag), "{error}");
+        }
+        let contradiction =
+            parse(&["--identity-allow-groups", "system:masters"]).unwrap().identity_policy().unwrap_err();
+        assert!(contradiction.to_string().contains("--identity-allow-groups: system:masters"), "{contradiction}");
+    }
 }

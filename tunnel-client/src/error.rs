@@ -6,6 +6,9 @@ pub enum Error {
     Runtime(#[from] tether_runtime::Error),
     #[error("{flag}: {reason}")]
     Config { flag: &'static str, reason: String },
+    /// An identity policy that cannot be used; `field` is the flag or ConfigMap key at fault.
+    #[error("identity policy: {field}: {reason}")]
+    Policy { field: String, reason: String },
     #[error("spoke apiserver credentials: {0}")]
     Upstream(String),
     #[error("QUIC client configuration: {0}")]

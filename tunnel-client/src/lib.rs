@@ -8,6 +8,7 @@ mod error;
 mod h2_pool;
 pub mod identity;
 pub mod metrics;
+pub mod policy;
 pub mod renewal;
 pub mod request;
 pub mod tunnel;
@@ -29,8 +30,12 @@ pub use error::{Error, Result};
 
 use crate::identity::{FileStore, Identity, SecretStore, Store};
 use crate::metrics as m;
+use crate::policy::watch::{ConfigMapPolicy, PolicyHandle};
 use crate::tunnel::{Ended, Report};
 use crate::upstream::Upstream;
+
+/// How long the first dial waits for the identity policy's ConfigMap to be read.
+const POLICY_READ_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Runs until `shutdown`: dial, serve, and on loss dial again with jittered exponential backoff (at once
 /// after a go-away). A tunnel whose identity was renewed keeps serving until the tunnel with the new
@@ -39,8 +44,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     tls::install_crypto_provider();
     metrics::describe();
     let prometheus = tether_runtime::telemetry::install_metrics()?;
+    // Checked first, so that a bad policy flag fails at start with the flag's name.
+    let flags_policy = config.identity_policy()?;
+    let (policy_watch, policy) = match &config.identity_policy_configmap {
+        Some(reference) => {
+            let (watch, handle) = ConfigMapPolicy::new(reference, flags_policy)?;
+            (Some(watch), handle)
+        }
+        None => {
+            tracing::info!(policy = %flags_policy, impersonation_rbac = %flags_policy.impersonation_rules(), "identity policy from the flags");
+            (None, PolicyHandle::fixed(flags_policy))
+        }
+    };
     let upstream =
-        Upstream::from_kubeconfig(config.kubeconfig.as_ref(), config.apiserver_streams_per_connection).await?;
+        Upstream::from_kubeconfig(config.kubeconfig.as_ref(), config.apiserver_streams_per_connection, policy.clone())
+            .await?;
+    if let Some(watch) = policy_watch {
+        tokio::spawn(watch.run(upstream.kube_client(), shutdown.clone()));
+    }
     let server_name = server_name(&config)?;
     let instance = config.instance.clone().unwrap_or_else(default_instance);
     let transport = TransportSettings { stream_window: config.stream_window, ..Default::default() };
@@ -106,6 +127,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         upstream: upstream.clone(),
         spoke_info: Some(upstream.describe().await),
     });
+    if config.identity_policy_configmap.is_some() && !policy.clone().wait_read(POLICY_READ_WAIT).await {
+        // Dial anyway: the hub sees the cluster, and its callers get a 503 naming the cause until it is read.
+        tracing::warn!("the identity policy ConfigMap is not read yet; requests are refused until it is");
+    }
     let mut backoff = Backoff::new(config.backoff_base, config.backoff_cap);
     let mut first = true;
     // The tunnel that renewed its identity, still serving until its successor is up.

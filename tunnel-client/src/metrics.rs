@@ -10,6 +10,8 @@ pub const REQUEST_DURATION: &str = "tether_client_request_duration_seconds";
 pub const TUNNEL_BYTES: &str = "tether_client_tunnel_bytes_total";
 pub const RENEWALS: &str = "tether_client_renewals_total";
 pub const CERTIFICATE_EXPIRY: &str = "tether_client_certificate_expiry_seconds";
+pub const IDENTITY_REFUSALS: &str = "tether_client_identity_refusals_total";
+pub const IDENTITY_POLICY_UPDATES: &str = "tether_client_identity_policy_updates_total";
 
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
@@ -30,4 +32,13 @@ pub fn describe() {
         "Not-after of the client certificate in use, in seconds since the Unix epoch"
     );
     describe_counter!(TUNNEL_BYTES, Unit::Bytes, "UDP payload bytes of the tunnel, by direction (rx/tx)");
+    describe_counter!(
+        IDENTITY_REFUSALS,
+        "Requests from the hub refused by the identity policy, by reason (system_user, no_user, malformed, \
+         invalid_policy, not_ready)"
+    );
+    describe_counter!(
+        IDENTITY_POLICY_UPDATES,
+        "Changes of the identity policy read from its ConfigMap, by outcome (applied, absent, invalid)"
+    );
 }

@@ -17,6 +17,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tether_runtime::stream_http::RecvBody;
 
 use crate::h2_pool::Pool;
+use crate::policy::watch::PolicyHandle;
 use crate::{Error, Result};
 
 pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
@@ -36,11 +37,18 @@ struct Inner {
     kube: kube::Client,
     /// The apiserver's CA bundle (PEM), as configured; empty when the system roots are used.
     ca_bundle: Arc<str>,
+    /// Whom the hub may act as here: maps the hub's `Impersonate-*` headers before anything is forwarded.
+    policy: PolicyHandle,
 }
 
 impl Upstream {
-    /// `streams_per_connection`: requests carried at once by one HTTP/2 connection to the apiserver.
-    pub async fn from_kubeconfig(path: Option<&PathBuf>, streams_per_connection: u32) -> Result<Self> {
+    /// `streams_per_connection`: requests carried at once by one HTTP/2 connection to the apiserver; `policy`
+    /// maps the identity of every request from the hub.
+    pub async fn from_kubeconfig(
+        path: Option<&PathBuf>,
+        streams_per_connection: u32,
+        policy: PolicyHandle,
+    ) -> Result<Self> {
         let config = match path {
             Some(path) => {
                 let kubeconfig = kube::config::Kubeconfig::read_from(path)
@@ -51,10 +59,10 @@ impl Upstream {
             }
             None => kube::Config::incluster().map_err(|e| Error::Upstream(format!("in-cluster configuration: {e}")))?,
         };
-        Self::from_config(config, streams_per_connection)
+        Self::from_config(config, streams_per_connection, policy)
     }
 
-    fn from_config(config: kube::Config, streams_per_connection: u32) -> Result<Self> {
+    fn from_config(config: kube::Config, streams_per_connection: u32, policy: PolicyHandle) -> Result<Self> {
         use secrecy::ExposeSecret;
         let ca_bundle: String = config.root_cert.iter().flatten().map(|der| pem_certificate(der)).collect();
         let kube = kube::Client::try_from(config.clone()).map_err(|e| Error::Upstream(e.to_string()))?;
@@ -100,6 +108,7 @@ impl Upstream {
             token: Arc::new(token),
             kube,
             ca_bundle: ca_bundle.into(),
+            policy,
         })))
     }
 
@@ -127,8 +136,8 @@ impl Upstream {
 
     /// Forwards one request from the hub. Failures reaching the apiserver become a 502 `Status`.
     pub async fn forward(&self, mut request: Request<RecvBody>) -> Response<Body> {
-        if let Err(reason) = self.prepare(&mut request) {
-            return status(StatusCode::BAD_GATEWAY, &reason);
+        if let Err(unsent) = self.prepare(&mut request) {
+            return unsent.response();
         }
         match self.0.pooled.request(request).await {
             Ok(response) => response.map(|b| b.map_err(Into::into).boxed_unsync()),
@@ -139,8 +148,8 @@ impl Upstream {
     /// Forwards an upgrade request (exec, attach, port-forward) over HTTP/1.1. On `101 Switching Protocols`
     /// also returns the apiserver's side of the upgraded connection.
     pub async fn upgrade(&self, mut request: Request<RecvBody>) -> (Response<Body>, Option<OnUpgrade>) {
-        if let Err(reason) = self.prepare(&mut request) {
-            return (status(StatusCode::BAD_GATEWAY, &reason), None);
+        if let Err(unsent) = self.prepare(&mut request) {
+            return (unsent.response(), None);
         }
         let mut response = match self.0.upgrades.request(request).await {
             Ok(response) => response,
@@ -155,18 +164,43 @@ impl Upstream {
         (Response::from_parts(parts, empty), Some(upgraded))
     }
 
-    fn prepare(&self, request: &mut Request<RecvBody>) -> Result<(), String> {
+    /// Points the request at the apiserver with this client's credentials and the identity the policy maps
+    /// the hub's to; a refused identity is answered here (403), never forwarded.
+    fn prepare(&self, request: &mut Request<RecvBody>) -> Result<(), Unsent> {
+        self.0.policy.apply(request.headers_mut()).map_err(Unsent::Refused)?;
+        let bad_gateway = Unsent::BadGateway;
         let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let base = self.0.base.to_string();
         let uri = format!("{}{}", base.trim_end_matches('/'), path);
-        *request.uri_mut() = uri.parse().map_err(|_| "invalid request path".to_string())?;
+        *request.uri_mut() = uri.parse().map_err(|_| bad_gateway("invalid request path".into()))?;
         let headers = request.headers_mut();
         headers.remove(header::HOST);
         headers.remove(header::AUTHORIZATION);
-        if let Some(value) = self.0.token.header().map_err(|e| e.to_string())? {
+        if let Some(value) = self.0.token.header().map_err(|e| bad_gateway(e.to_string()))? {
             headers.insert(header::AUTHORIZATION, value);
         }
         Ok(())
+    }
+}
+
+/// Why a request from the hub was answered here instead of forwarded.
+enum Unsent {
+    /// The identity policy refused the hub's identity.
+    Refused(crate::policy::Refusal),
+    BadGateway(String),
+}
+
+impl Unsent {
+    fn response(self) -> Response<Body> {
+        match self {
+            Unsent::Refused(refusal) => {
+                tracing::debug!(%refusal, "identity refused by the spoke's policy");
+                let code = refusal.code();
+                let reason = if code == StatusCode::FORBIDDEN { "Forbidden" } else { "ServiceUnavailable" };
+                status_with_reason(code, reason, &refusal.to_string())
+            }
+            Unsent::BadGateway(reason) => status(StatusCode::BAD_GATEWAY, &reason),
+        }
     }
 }
 
@@ -268,9 +302,14 @@ fn pem_certificate(der: &[u8]) -> String {
 }
 
 pub fn status(code: StatusCode, message: &str) -> Response<Body> {
+    status_with_reason(code, "InternalError", message)
+}
+
+/// A Kubernetes `Status` with its `reason` (`Forbidden`, `ServiceUnavailable`, ...).
+pub fn status_with_reason(code: StatusCode, reason: &str, message: &str) -> Response<Body> {
     let body = serde_json::json!({
         "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-        "message": message, "reason": "InternalError", "code": code.as_u16(),
+        "message": message, "reason": reason, "code": code.as_u16(),
     });
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())).map_err(|n| match n {}).boxed_unsync());
     *response.status_mut() = code;

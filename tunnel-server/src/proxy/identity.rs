@@ -5,7 +5,9 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 /// A verified identity: from a client certificate of the hub's client CA, a TokenReview, or an
-/// impersonation the hub allowed.
+/// impersonation the hub allowed. Every field is verified, `uid` included: a certificate user has none, a
+/// token user the TokenReview's, an impersonated user only a uid the hub authorized (`uids`), never the
+/// caller's.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct UserInfo {
     pub username: String,
@@ -68,10 +70,23 @@ impl Impersonation {
     }
 }
 
-/// Keys of `Impersonate-Extra-<key>` are percent-encoded, as the apiserver decodes them.
-const EXTRA_KEY: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+/// Keys of `Impersonate-Extra-<key>` are percent-encoded, as the apiserver decodes them. It lowercases the
+/// header name before decoding (and HTTP/2 sends names in lowercase anyway), so uppercase letters are
+/// encoded too: the spoke then sees the key exactly as the hub checked it.
+const EXTRA_KEY: &AsciiSet = &{
+    let mut set = NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+    let mut letter = b'A';
+    while letter <= b'Z' {
+        set = set.add(letter);
+        letter += 1;
+    }
+    set
+};
 
-/// Drops every `Impersonate-*` and `Authorization` header, then states `user` for the spoke apiserver.
+/// Drops every `Impersonate-*` and `Authorization` header, then states `user` for the spoke apiserver:
+/// `Impersonate-User`, each group, `Impersonate-Uid` when the user has one (Kubernetes before 1.22 ignores
+/// it; from 1.22 the spoke's RBAC must allow impersonating `uids`, as deploy/spoke/rbac.yaml does) and each
+/// extra with its key's case kept.
 pub fn set_impersonation(headers: &mut HeaderMap, user: &UserInfo) -> Result<(), String> {
     let stale: Vec<HeaderName> = headers.keys().filter(|k| k.as_str().starts_with("impersonate-")).cloned().collect();
     for name in stale {
@@ -83,8 +98,11 @@ pub fn set_impersonation(headers: &mut HeaderMap, user: &UserInfo) -> Result<(),
     for group in &user.groups {
         headers.append("impersonate-group", value(group)?);
     }
+    if !user.uid.is_empty() {
+        headers.insert("impersonate-uid", value(&user.uid)?);
+    }
     for (key, values) in &user.extra {
-        let name = format!("impersonate-extra-{}", utf8_percent_encode(&key.to_lowercase(), EXTRA_KEY));
+        let name = format!("impersonate-extra-{}", utf8_percent_encode(key, EXTRA_KEY));
         let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("extra key {key:?} is not usable"))?;
         for v in values {
             headers.append(name.clone(), value(v)?);
@@ -143,6 +161,46 @@ mod tests {
         assert_eq!(groups, ["devs", "system:authenticated"]);
         assert!(h.get("impersonate-extra-foo").is_none());
         assert_eq!(h.get("impersonate-extra-scopes.example%2Fk").unwrap(), "v");
+        assert_eq!(h.get("impersonate-uid").unwrap(), "1");
         assert_eq!(h.get("accept").unwrap(), "application/json");
+    }
+
+    #[test]
+    fn a_user_without_a_uid_sends_none_even_when_the_caller_asked_for_one() {
+        let mut h = headers(&[("Impersonate-Uid", "forged")]);
+        let user = UserInfo { username: "admin".into(), uid: String::new(), groups: vec![], extra: BTreeMap::new() };
+        set_impersonation(&mut h, &user).unwrap();
+        assert!(h.get("impersonate-uid").is_none());
+    }
+
+    /// What the spoke apiserver makes of an `Impersonate-Extra-*` header name: lowercased, then
+    /// percent-decoded (k8s.io/apiserver's impersonation filter).
+    fn apiserver_extra_key(name: &str) -> String {
+        let encoded = name.to_lowercase();
+        let encoded = encoded.strip_prefix("impersonate-extra-").unwrap();
+        percent_encoding::percent_decode_str(encoded).decode_utf8().unwrap().into_owned()
+    }
+
+    #[test]
+    fn extra_keys_reach_the_spoke_as_the_hub_checked_them() {
+        // A key as a client sends it (`%4B` is `K`), as the hub decodes and checks it, then as it is forwarded.
+        let incoming = headers(&[("Impersonate-User", "a"), ("Impersonate-Extra-Acme.io%2F%4Bey_x", "v")]);
+        let wanted = Impersonation::from_headers(&incoming).unwrap().unwrap();
+        assert_eq!(wanted.extra.keys().collect::<Vec<_>>(), ["acme.io/Key_x"]);
+        let user = UserInfo {
+            extra: BTreeMap::from([
+                ("acme.io/Key_x".to_string(), vec!["v".to_string()]),
+                ("Department Name".to_string(), vec!["R&D".to_string()]),
+            ]),
+            ..wanted.into_user()
+        };
+        let mut h = HeaderMap::new();
+        set_impersonation(&mut h, &user).unwrap();
+        let keys: Vec<String> = h
+            .keys()
+            .filter(|k| k.as_str().starts_with("impersonate-extra-"))
+            .map(|k| apiserver_extra_key(k.as_str()))
+            .collect();
+        assert_eq!(keys, ["Department Name", "acme.io/Key_x"]);
     }
 }

@@ -6,6 +6,7 @@ mod deploy;
 mod kubectl;
 mod leases;
 mod ops;
+mod policy;
 mod register;
 mod revocation;
 mod rotation;
@@ -28,6 +29,7 @@ pub fn all() -> Vec<(&'static str, Case)> {
     all.extend(register::cases());
     all.extend(rotation::cases());
     all.extend(auto::cases());
+    all.extend(policy::cases());
     // Restarts last: every other case has run against the first processes.
     all.extend(revocation::cases());
     all.extend(tunnel::cases());

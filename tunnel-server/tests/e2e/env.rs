@@ -23,6 +23,16 @@ pub const SPOKES: [&str; 2] = ["spoke-a", "spoke-b"];
 pub const AUTO_SPOKE: &str = "spoke-c";
 /// The tunnel-server's `--replica-id`: its Leases are `tether-<cluster>-e2e-hub` in `tether-system`.
 pub const HUB_REPLICA: &str = "e2e-hub";
+/// The hub's admins as the cases use them: the client certificate (CN=admin) and the static token
+/// (`admin-token`), both in `system:masters` on the hub. The spokes' identity policy never passes
+/// `system:masters`, so every spoke grants these users cluster-admin explicitly, as `up.sh` does.
+pub const HUB_ADMINS: [&str; 2] = ["admin", "admin-token"];
+/// More hub token users, for the identity-policy cases: (user, groups).
+pub const POLICY_USERS: [(&str, &str); 3] = [
+    ("carol", "system:masters"),
+    ("system:serviceaccount:deploy:ci", "system:serviceaccounts,system:serviceaccounts:deploy"),
+    ("bob", "devs,ops"),
+];
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
@@ -196,6 +206,8 @@ pub struct Env {
     pub hub_ca_pem: String,
     pub admin_token: String,
     pub alice_token: String,
+    /// Bearer tokens of [`POLICY_USERS`], by user.
+    pub policy_tokens: HashMap<&'static str, String>,
     /// Contexts `spoke-a`, `spoke-b`, `echo` through the hub, as the hub's admin (client certificate).
     pub kubeconfig: PathBuf,
     /// The same contexts as alice (bearer token): allowed on spoke-a only.
@@ -235,7 +247,14 @@ impl Env {
 
         let alice_token = format!("alice-{}", rand_suffix());
         let tokens = dir.join("hub-extra-tokens.csv");
-        std::fs::write(&tokens, format!("{alice_token},alice,alice-uid,\"devs\"\n"))?;
+        let mut lines = format!("{alice_token},alice,alice-uid,\"devs\"\n");
+        let mut policy_tokens = HashMap::new();
+        for (i, (user, groups)) in POLICY_USERS.iter().enumerate() {
+            let token = format!("policy{i}-{}", rand_suffix());
+            lines.push_str(&format!("{token},{user},policy{i}-uid,\"{groups}\"\n"));
+            policy_tokens.insert(*user, token);
+        }
+        std::fs::write(&tokens, lines)?;
 
         // Network namespaces first, then all four clusters start side by side.
         let base = 20 + (std::process::id() % 100) * 2;
@@ -279,6 +298,8 @@ impl Env {
         for spoke in &spokes {
             setup_spoke(spoke)?;
         }
+        // spoke-c gets its client's RBAC from the controller's manifest; only the hub admins' grant is set up.
+        grant_hub_admins(&auto_spoke)?;
 
         // The hub CA, the hub's serving certificate (loopback and every veth host address), spoke identities.
         let now = SystemTime::now();
@@ -320,6 +341,7 @@ impl Env {
             hub_ca_pem: ca.cert_pem().to_string(),
             admin_token,
             alice_token,
+            policy_tokens,
             addrs: ServerAddrs { quic_port: 0, proxy: "127.0.0.1:0".parse()? },
             server: Mutex::new(None),
             controller: Mutex::new(None),
@@ -557,7 +579,9 @@ impl Env {
         Proc::spawn(&format!("tunnel-client-{cluster}-{}", rand_suffix()), c, &self.logs)
     }
 
-    fn spoke_b_client(&self, cluster: &str, token: Option<&str>) -> Result<Command> {
+    /// A client command for `cluster` beside spoke-b's apiserver, with spoke-b's impersonate-only
+    /// ServiceAccount; the caller adds where the identity lives.
+    pub fn spoke_b_client(&self, cluster: &str, token: Option<&str>) -> Result<Command> {
         let spoke = self.spoke("spoke-b");
         let mut c = in_netns(spoke.cluster.netns.as_deref(), client_bin());
         c.args(["--hub", &format!("{}:{}", spoke.hub_ip, self.addrs.quic_port)])
@@ -690,11 +714,32 @@ fn setup_spoke(spoke: &Spoke) -> Result<()> {
     command
         .arg(repo_root().join("deploy/dev/spoke-credentials.sh"))
         .arg(c.kubeconfig())
-        .arg(c.dir.join("tether-client.kubeconfig"));
-    run_ok(command)?;
+        .arg(c.dir.join("tether-client.kubeconfig"))
+        .args(HUB_ADMINS);
+    let granted = run_ok(command)?;
+    eprintln!("e2e: {}", granted.trim());
     // Objects that exist on exactly one spoke, to tell the spokes apart through the hub.
     c.kubectl_ok(&["create", "namespace", &format!("only-on-{}", &c.name[6..])])?;
     c.kubectl_ok(&["create", "configmap", "marker", "-n", "default", &format!("--from-literal=cluster={}", c.name)])?;
+    Ok(())
+}
+
+/// Binds [`HUB_ADMINS`] to cluster-admin on `cluster` (ClusterRoleBinding `tether:hub-admins`), as
+/// `deploy/dev/spoke-credentials.sh` does: their only rights there.
+pub fn grant_hub_admins(cluster: &Cluster) -> Result<()> {
+    let mut yaml = String::from(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: \"tether:hub-admins\"}\n\
+         roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cluster-admin}\nsubjects:\n",
+    );
+    for user in HUB_ADMINS {
+        yaml.push_str(&format!("- {{apiGroup: rbac.authorization.k8s.io, kind: User, name: {user}}}\n"));
+    }
+    cluster.apply(&yaml)?;
+    eprintln!(
+        "e2e: spoke {}: granted cluster-admin to hub user(s) {} (ClusterRoleBinding tether:hub-admins)",
+        cluster.name,
+        HUB_ADMINS.join(" ")
+    );
     Ok(())
 }
 
