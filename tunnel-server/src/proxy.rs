@@ -3,6 +3,7 @@
 pub mod auth;
 mod forward;
 pub mod identity;
+mod redirect;
 pub mod route;
 mod status;
 
