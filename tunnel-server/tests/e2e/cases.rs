@@ -9,6 +9,7 @@ mod ops;
 mod register;
 mod revocation;
 mod rotation;
+mod streams;
 mod tunnel;
 mod unregister;
 mod upgrade;
@@ -20,6 +21,7 @@ pub fn all() -> Vec<(&'static str, Case)> {
     all.extend(kubectl::cases());
     all.extend(auth::cases());
     all.extend(upgrade::cases());
+    all.extend(streams::cases());
     all.extend(ops::cases());
     all.extend(leases::cases());
     all.extend(controller::cases());
