@@ -250,7 +250,10 @@ async fn serve_request(mut send: quinn::SendStream, recv: quinn::RecvStream, res
     let stopped = hub_gave_up(send.stopped());
     tokio::select! {
         () = return_answer(send, answer) => {}
-        reason = stopped => tracing::debug!(%reason, "the hub gave up on the stream"),
+        reason = stopped => {
+            counter!(m::STREAMS_ABANDONED, "stage" => "answering").increment(1);
+            tracing::debug!(%reason, "the hub gave up on the stream");
+        }
     }
 }
 
@@ -334,6 +337,7 @@ async fn answer(
     let (response, upgraded) = tokio::select! {
         answered = asked => answered,
         reason = stopped => {
+            counter!(m::STREAMS_ABANDONED, "stage" => "waiting").increment(1);
             tracing::debug!(%reason, "the hub gave up before the apiserver answered");
             return None;
         }

@@ -77,6 +77,10 @@ fn upgrade_with_a_body(env: &Env) -> Result<()> {
 
 fn abandoned_request(env: &Env) -> Result<()> {
     let baseline = streams_open(env, "echo")?;
+    let abandoned = |env: &Env| -> Result<f64> {
+        Ok(sample_sum(&env.metrics(Some("echo"))?, "tether_client_streams_abandoned_total"))
+    };
+    let abandoned_before = abandoned(env)?;
     let path = format!("/hang/{}", rand_suffix());
     let request = format!(
         "GET /clusters/echo{path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\r\n",
@@ -101,6 +105,9 @@ fn abandoned_request(env: &Env) -> Result<()> {
     wait_for("echo's open streams back at their baseline", PROMPT, || {
         Ok((streams_open(env, "echo")? <= baseline).then_some(()))
     })?;
+    if abandoned(env)? <= abandoned_before {
+        bail!("tether_client_streams_abandoned_total did not count the stream");
+    }
     Ok(())
 }
 
