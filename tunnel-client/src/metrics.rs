@@ -5,6 +5,7 @@ pub const CONNECTS: &str = "tether_client_connects_total";
 pub const RECONNECTS: &str = "tether_client_reconnects_total";
 pub const HANDSHAKE_FAILURES: &str = "tether_client_handshake_failures_total";
 pub const STREAMS_OPEN: &str = "tether_client_streams_open";
+pub const STREAMS_ABANDONED: &str = "tether_client_streams_abandoned_total";
 pub const APISERVER_CONNECTIONS: &str = "tether_client_apiserver_connections";
 pub const REQUEST_DURATION: &str = "tether_client_request_duration_seconds";
 pub const TUNNEL_BYTES: &str = "tether_client_tunnel_bytes_total";
@@ -20,6 +21,10 @@ pub fn describe() {
     describe_counter!(RECONNECTS, "Connection attempts after the first, by cause (go_away, lost, failed)");
     describe_counter!(HANDSHAKE_FAILURES, "Dials that failed before the tunnel was established, by reason");
     describe_gauge!(STREAMS_OPEN, "Streams from the hub currently being served");
+    describe_counter!(
+        STREAMS_ABANDONED,
+        "Streams the hub gave up on while they were served, by stage (waiting: before the apiserver answered; answering: while its answer went back)"
+    );
     describe_gauge!(
         APISERVER_CONNECTIONS,
         "HTTP/2 connections started to the local apiserver, each for up to --apiserver-streams-per-connection requests"

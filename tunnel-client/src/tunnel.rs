@@ -245,6 +245,19 @@ async fn serve_request(mut send: quinn::SendStream, recv: quinn::RecvStream, res
     // Boxed: reading the head and asking the apiserver take far more state than streaming the answer back,
     // which a watch does for hours. Inline, every idle watch would keep that state.
     let Some(answer) = Box::pin(answer(&mut send, recv, rest, upstream)).await else { return };
+    // A watch may not send a byte for many minutes: without watching for the hub's STOP_SENDING, a watch its
+    // caller closed would hold the stream and the apiserver's watch until its next event.
+    let stopped = hub_gave_up(send.stopped());
+    tokio::select! {
+        () = return_answer(send, answer) => {}
+        reason = stopped => {
+            counter!(m::STREAMS_ABANDONED, "stage" => "answering").increment(1);
+            tracing::debug!(%reason, "the hub gave up on the stream");
+        }
+    }
+}
+
+async fn return_answer(mut send: quinn::SendStream, answer: Answer) {
     match answer {
         Answer::Body { head, body } => {
             if let Err(e) = send_with_body(&mut send, head, body).await {
@@ -260,6 +273,21 @@ async fn serve_request(mut send: quinn::SendStream, recv: quinn::RecvStream, res
             let mut hub = Prefixed::new(rest, quic_io(send, recv));
             let _ = tokio::io::copy_bidirectional(&mut hub, &mut TokioIo::new(apiserver)).await;
         }
+    }
+}
+
+/// Resolves when the hub stops the stream (it gave up: no answer in time, its caller gone) or the connection
+/// is lost, with the reason; never for a stream that ended normally. Dropping what the request waits on then
+/// drops the apiserver's HTTP/2 stream (or HTTP/1.1 connection) with it.
+///
+/// quinn keeps the waker of a watched stream until the stream is stopped or finished, not when it is reset
+/// here (a body that failed half-way): about 100 bytes per such stream for the life of the connection.
+/// Watching starts after a good request head, so a hub's malformed streams cost nothing.
+async fn hub_gave_up(stopped: impl Future<Output = Result<Option<quinn::VarInt>, quinn::StoppedError>>) -> String {
+    match stopped.await {
+        Ok(Some(code)) => format!("stopped with code {code}"),
+        Ok(None) => std::future::pending().await,
+        Err(e) => e.to_string(),
     }
 }
 
@@ -284,6 +312,7 @@ async fn answer(
             return None;
         }
     };
+    let stopped = hub_gave_up(send.stopped());
     let started = Instant::now();
     let upgrade = head.headers.contains_key(http::header::UPGRADE);
     // Without a body the hub finished its side with the head, and `recv` is kept only for an upgrade.
@@ -296,8 +325,23 @@ async fn answer(
     *request.uri_mut() = head.path_and_query.into();
     *request.headers_mut() = head.headers;
 
-    let (response, upgraded) =
-        if upgrade { upstream.upgrade(request).await } else { (upstream.forward(request).await, None) };
+    let asked = async {
+        if upgrade {
+            upstream.upgrade(request).await
+        } else {
+            (upstream.forward(request).await, None)
+        }
+    };
+    // The apiserver may take its time (a Go server waits for a declared body before it answers): if the hub
+    // gives up meanwhile, the request goes at once rather than when the apiserver answers.
+    let (response, upgraded) = tokio::select! {
+        answered = asked => answered,
+        reason = stopped => {
+            counter!(m::STREAMS_ABANDONED, "stage" => "waiting").increment(1);
+            tracing::debug!(%reason, "the hub gave up before the apiserver answered");
+            return None;
+        }
+    };
     histogram!(m::REQUEST_DURATION, "code" => response.status().as_u16().to_string())
         .record(started.elapsed().as_secs_f64());
     let (parts, body) = response.into_parts();
@@ -324,3 +368,6 @@ impl Drop for OpenStream {
         gauge!(m::STREAMS_OPEN).decrement(1.0);
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -62,7 +62,7 @@ impl Upstream {
         Self::from_config(config, streams_per_connection, policy)
     }
 
-    fn from_config(config: kube::Config, streams_per_connection: u32, policy: PolicyHandle) -> Result<Self> {
+    pub(crate) fn from_config(config: kube::Config, streams_per_connection: u32, policy: PolicyHandle) -> Result<Self> {
         use secrecy::ExposeSecret;
         let ca_bundle: String = config.root_cert.iter().flatten().map(|der| pem_certificate(der)).collect();
         let kube = kube::Client::try_from(config.clone()).map_err(|e| Error::Upstream(e.to_string()))?;

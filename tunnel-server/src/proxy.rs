@@ -4,6 +4,7 @@ pub mod auth;
 mod failures;
 mod forward;
 pub mod identity;
+mod redirect;
 pub mod route;
 mod status;
 

@@ -14,9 +14,11 @@ use hyper_util::rt::TokioIo;
 use tether_proto::{RequestHead, ResponseHead, StreamHeader, Target};
 use tether_runtime::io::{quic_io, Prefixed};
 use tether_runtime::stream_http::{read_head, send_with_body, Holding, RecvBody};
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::Instrument;
 
 use super::identity::{set_impersonation, UserInfo};
+use super::redirect;
 use super::status::ProxyError;
 use super::ProxyBody;
 use crate::registry::Tunnel;
@@ -40,6 +42,10 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::TRANSFER_ENCODING,
 ];
 
+/// Reset and stop code of a stream the hub gave up on before the spoke's answer was whole: no response head
+/// in time, a refused answer, or a caller that went away.
+pub const RESET_ABANDONED: u32 = 0x13;
+
 pub async fn forward(
     tunnel: Arc<Tunnel>,
     mut request: Request<Incoming>,
@@ -51,10 +57,13 @@ pub async fn forward(
     let cluster = tunnel.cluster.clone();
     let bad_gateway = |reason: String| ProxyError::BadGateway { cluster: cluster.clone(), reason };
     let upgrade = request.headers().get(header::UPGRADE).cloned();
+    if upgrade.is_some() {
+        upgrade_without_body(request.headers_mut()).map_err(ProxyError::BadRequest)?;
+    }
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
     let (head, body) = outgoing_request(request, path_and_query, user, upgrade.as_ref())?;
 
-    let (send, mut recv) = tokio::time::timeout(settings.open_timeout, tunnel.connection.open_bi())
+    let (send, recv) = tokio::time::timeout(settings.open_timeout, tunnel.connection.open_bi())
         .await
         .map_err(|_| ProxyError::GatewayTimeout(cluster.clone()))?
         .map_err(|e| bad_gateway(format!("tunnel lost: {e}")))?;
@@ -64,42 +73,52 @@ pub async fn forward(
     StreamHeader { target: Target::ApiServer, request_id }.encode(&mut opening);
     head.encode(&mut opening);
     let opening = opening.freeze();
-    // The send side stays here only for an upgrade, whose bytes follow the switch.
-    let send = match (head.body, upgrade.is_some()) {
-        (true, _) => {
+    let send = match head.body {
+        true => {
             // The request body flows on its own while the response comes back: a response may start before
             // the body ended.
+            let abandoned = CancellationToken::new();
+            let cancelled = abandoned.clone();
             let mut send = send;
             tokio::spawn(
                 async move {
-                    if let Err(e) = send_with_body(&mut send, opening, body).await {
-                        tracing::debug!(error = %e, "request body not forwarded whole");
+                    tokio::select! {
+                        sent = send_with_body(&mut send, opening, body) => if let Err(e) = sent {
+                            tracing::debug!(error = %e, "request body not forwarded whole");
+                        },
+                        () = cancelled.cancelled() => {
+                            let _ = send.reset(RESET_ABANDONED.into());
+                        }
                     }
                 }
                 .instrument(span.clone()),
             );
-            None
+            SendSide::Streaming(abandoned.drop_guard())
         }
-        (false, upgrading) => {
+        false => {
             let mut send = send;
             send.write_chunk(opening).await.map_err(|e| bad_gateway(format!("stream refused: {e}")))?;
-            if !upgrading {
-                // The FIN joins the head in its packet.
+            // The FIN joins the head in its packet; an upgrade's bytes follow the switch.
+            if upgrade.is_none() {
                 let _ = send.finish();
             }
-            upgrading.then_some(send)
+            SendSide::Held(send)
         }
     };
+    let mut stream = Unanswered { send: Some(send), recv: Some(recv) };
 
-    let (response, rest) =
-        tokio::time::timeout(settings.response_timeout, read_head(&mut recv, Bytes::new(), ResponseHead::decode))
+    let (mut response, rest) =
+        tokio::time::timeout(settings.response_timeout, read_head(stream.recv(), Bytes::new(), ResponseHead::decode))
             .await
             .map_err(|_| ProxyError::GatewayTimeout(cluster.clone()))?
             .map_err(|e| bad_gateway(e.to_string()))?
             .ok_or_else(|| bad_gateway("the spoke ended the stream without answering".into()))?;
+    let request_path = path_and_query.split('?').next().unwrap_or("/");
+    redirect::check_response(response.status, &mut response.headers, upgrade.is_some(), &cluster, request_path)
+        .map_err(bad_gateway)?;
 
     if response.status == StatusCode::SWITCHING_PROTOCOLS {
-        let (Some(client_upgrade), Some(send)) = (client_upgrade, send) else {
+        let Some(client_upgrade) = client_upgrade else {
             return Err(bad_gateway("switched protocols without being asked to".into()));
         };
         tokio::spawn(
@@ -108,6 +127,8 @@ pub async fn forward(
                 let Ok(client) = client_upgrade.await else {
                     return tracing::debug!("upgrade abandoned by the client");
                 };
+                // An upgrade request has no body, so the hub holds its send side.
+                let (SendSide::Held(send), recv) = stream.answered() else { return };
                 let mut spoke = Prefixed::new(rest, quic_io(send, recv));
                 let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut spoke).await;
             }
@@ -122,11 +143,82 @@ pub async fn forward(
     // authenticated and authorized on its own (the lesson of CVE-2018-1002105).
     let ResponseHead { status, mut headers } = response;
     strip_hop_by_hop(&mut headers);
-    let body = Holding::new(RecvBody::new(rest, recv), guard);
+    let (send, recv) = stream.answered();
+    // A request body still on its way when the response is dropped (read whole, or the caller gone) is
+    // abandoned with it; a send side the hub holds has finished already.
+    let streaming = match send {
+        SendSide::Streaming(abandon) => Some(abandon),
+        SendSide::Held(_) => None,
+    };
+    let body = Holding::new(RecvBody::new(rest, recv), (guard, streaming));
     let mut forwarded = Response::new(body.map_err(Into::into).boxed_unsync());
     *forwarded.status_mut() = status;
     *forwarded.headers_mut() = headers;
     Ok(forwarded)
+}
+
+/// An upgrade request's bytes after its head belong to the upgraded protocol, so a body it declares would
+/// never be forwarded, and the spoke's apiserver would wait for it (Go's net/http reads a declared body
+/// before it answers) until the hub gave up, with the stream, its task and an apiserver connection pinned
+/// meanwhile. Such a request is refused; a declared empty body, and an `Expect` (nothing follows to
+/// continue), are dropped.
+fn upgrade_without_body(headers: &mut HeaderMap) -> Result<(), String> {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        return Err("an upgrade request cannot carry a body, and this one has Transfer-Encoding".into());
+    }
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        match value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) {
+            Some(0) => {}
+            Some(length) => {
+                return Err(format!("an upgrade request cannot carry a body, and this one has {length} bytes"));
+            }
+            None => return Err("an upgrade request cannot carry a body, and this one has a Content-Length".into()),
+        }
+    }
+    headers.remove(header::CONTENT_LENGTH);
+    headers.remove(header::EXPECT);
+    Ok(())
+}
+
+/// The hub's side of a stream until the spoke's answer is in. Dropped before [`Unanswered::answered`] — no
+/// response head in time, a refused answer, the caller gone — it resets the send side and stops the receive
+/// side, so the spoke drops its apiserver request at once. Dropping quinn's streams would not do: a dropped
+/// `SendStream` finishes gracefully, and the spoke would go on waiting on its apiserver.
+struct Unanswered {
+    send: Option<SendSide>,
+    recv: Option<quinn::RecvStream>,
+}
+
+/// Who holds the send side of a stream.
+enum SendSide {
+    /// The hub: a request without a body (finished already), or an upgrade's (whose bytes follow the switch).
+    Held(quinn::SendStream),
+    /// The task streaming the request body, which resets the stream when this guard drops first.
+    Streaming(DropGuard),
+}
+
+impl Unanswered {
+    fn recv(&mut self) -> &mut quinn::RecvStream {
+        self.recv.as_mut().expect("taken only by answered, which consumes self")
+    }
+
+    /// The answer is in: the streams go on to carry the response (or the upgraded bytes).
+    fn answered(mut self) -> (SendSide, quinn::RecvStream) {
+        let taken = "taken only here, which consumes self";
+        (self.send.take().expect(taken), self.recv.take().expect(taken))
+    }
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(recv) = &mut self.recv {
+            let _ = recv.stop(RESET_ABANDONED.into());
+        }
+        // A `Streaming` guard cancels its task as it drops, and the task resets the stream.
+        if let Some(SendSide::Held(send)) = &mut self.send {
+            let _ = send.reset(RESET_ABANDONED.into());
+        }
+    }
 }
 
 fn outgoing_request(
@@ -180,3 +272,6 @@ impl Drop for StreamGauge {
         self.0.decrement(1.0);
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -10,6 +10,7 @@ mod policy;
 mod register;
 mod revocation;
 mod rotation;
+mod streams;
 mod tunnel;
 mod unregister;
 mod upgrade;
@@ -21,6 +22,7 @@ pub fn all() -> Vec<(&'static str, Case)> {
     all.extend(kubectl::cases());
     all.extend(auth::cases());
     all.extend(upgrade::cases());
+    all.extend(streams::cases());
     all.extend(ops::cases());
     all.extend(leases::cases());
     all.extend(controller::cases());

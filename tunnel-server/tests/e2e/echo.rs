@@ -1,5 +1,7 @@
-//! A stand-in "apiserver" on the spoke side for what the test clusters cannot do (they have no kubelet):
-//! it answers upgrades like exec does, refuses some, and records every request it receives.
+//! A stand-in "apiserver" on the spoke side for what the test clusters cannot do (they have no kubelet) or a
+//! real apiserver never does: it answers upgrades like exec does, refuses some, redirects where it is told
+//! (`/redirect?status=307&location=...`), never answers `/hang/...`, and records every request it receives
+//! and every unanswered one dropped.
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -17,6 +19,7 @@ use tokio_rustls::TlsAcceptor;
 
 #[derive(Debug, Clone)]
 pub struct Seen {
+    pub method: String,
     pub path: String,
     pub authorization: Option<String>,
     pub impersonate_user: Option<String>,
@@ -27,6 +30,8 @@ pub struct EchoBackend {
     pub ca_pem: String,
     pub token: String,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// Paths of `/hang/...` requests dropped before an answer (the connection to the client closed).
+    pub dropped: Arc<Mutex<Vec<String>>>,
 }
 
 impl EchoBackend {
@@ -40,16 +45,24 @@ impl EchoBackend {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let recorded = seen.clone();
+        let dropped = Arc::new(Mutex::new(Vec::new()));
+        let (recorded, unanswered) = (seen.clone(), dropped.clone());
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let acceptor = acceptor.clone();
-                let recorded = recorded.clone();
+                let (recorded, unanswered) = (recorded.clone(), unanswered.clone());
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else { return };
-                    let service = hyper::service::service_fn(move |req| {
-                        let recorded = recorded.clone();
-                        async move { Ok::<_, Infallible>(answer(req, &recorded)) }
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let (recorded, unanswered) = (recorded.clone(), unanswered.clone());
+                        async move {
+                            if req.uri().path().starts_with("/hang/") {
+                                record(&req, &recorded);
+                                let _dropped = OnDrop(req.uri().path().to_string(), unanswered);
+                                std::future::pending::<()>().await;
+                            }
+                            Ok::<_, Infallible>(answer(req, &recorded))
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(tls), service)
@@ -58,11 +71,15 @@ impl EchoBackend {
                 });
             }
         });
-        Ok(Self { addr, ca_pem: cert.cert.pem(), token: "echo-spoke-token".into(), seen })
+        Ok(Self { addr, ca_pem: cert.cert.pem(), token: "echo-spoke-token".into(), seen, dropped })
     }
 
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
+    }
+
+    pub fn dropped(&self) -> Vec<String> {
+        self.dropped.lock().unwrap().clone()
     }
 
     /// A kubeconfig with which a tunnel-client reaches this backend as if it were its apiserver.
@@ -77,14 +94,37 @@ impl EchoBackend {
     }
 }
 
-fn answer(mut req: Request<Incoming>, seen: &Mutex<Vec<Seen>>) -> Response<Full<Bytes>> {
+/// Records `path` as dropped when it goes.
+struct OnDrop(String, Arc<Mutex<Vec<String>>>);
+
+impl Drop for OnDrop {
+    fn drop(&mut self) {
+        self.1.lock().unwrap().push(std::mem::take(&mut self.0));
+    }
+}
+
+fn record(req: &Request<Incoming>, seen: &Mutex<Vec<Seen>>) -> Seen {
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(String::from);
     let record = Seen {
+        method: req.method().to_string(),
         path: req.uri().path().to_string(),
         authorization: header("authorization"),
         impersonate_user: header("impersonate-user"),
     };
     seen.lock().unwrap().push(record.clone());
+    record
+}
+
+/// The value of `name` in the request's query, percent-decoded.
+fn query_value(req: &Request<Incoming>, name: &str) -> Option<String> {
+    req.uri().query()?.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key == name).then(|| percent_encoding::percent_decode_str(value).decode_utf8_lossy().into_owned())
+    })
+}
+
+fn answer(mut req: Request<Incoming>, seen: &Mutex<Vec<Seen>>) -> Response<Full<Bytes>> {
+    let record = record(&req, seen);
     let wants_upgrade = req.headers().contains_key("upgrade");
     match (record.path.as_str(), wants_upgrade) {
         ("/exec", true) => {
@@ -104,6 +144,17 @@ fn answer(mut req: Request<Incoming>, seen: &Mutex<Vec<Seen>>) -> Response<Full<
             *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
             response.headers_mut().insert("connection", "Upgrade".parse().unwrap());
             response.headers_mut().insert("upgrade", "SPDY/3.1".parse().unwrap());
+            response
+        }
+        ("/redirect", _) => {
+            let mut response = Response::new(Full::new(Bytes::from_static(b"redirected")));
+            *response.status_mut() = query_value(&req, "status")
+                .and_then(|s| s.parse().ok())
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .unwrap_or(StatusCode::TEMPORARY_REDIRECT);
+            if let Some(location) = query_value(&req, "location") {
+                response.headers_mut().insert("location", location.parse().unwrap());
+            }
             response
         }
         ("/refuse", _) => {
