@@ -170,7 +170,7 @@ pub async fn serve_https<M, S, B>(
             Err(_) => {
                 let answer = match refusing.clone().try_acquire_owned() {
                     Ok(permit) => {
-                        tokio::spawn(edge.clone().refuse(tcp, permit));
+                        tokio::spawn(edge.clone().refuse(tcp, peer, permit));
                         "status"
                     }
                     // Past the refusal budget an answer would cost a handshake per connection: close at once.

@@ -162,7 +162,7 @@ pub async fn serve(config: ServeConfig, hub: Hub, shutdown: CancellationToken) -
 }
 
 /// The proxy listener's limits from its flags.
-pub fn proxy_limits(config: &ServeConfig) -> Limits {
+fn proxy_limits(config: &ServeConfig) -> Limits {
     let max_connections = config.proxy_max_connections as usize;
     Limits {
         handshake_timeout: config.proxy_handshake_timeout,

@@ -29,6 +29,25 @@ use tunnel_server::registry::Registry;
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
+/// The process's metrics (one recorder for all tests of this binary; counters only grow, so tests check
+/// that a series appears, never its value).
+fn metrics() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| tether_runtime::telemetry::install_metrics().expect("a recorder"))
+}
+
+/// Waits for a series (name and labels as rendered) to be counted; the server counts a close just after it.
+async fn counted(series: &str) -> Result<()> {
+    let deadline = Instant::now() + DEADLINE;
+    while !metrics().render().lines().any(|line| line.starts_with(series)) {
+        if Instant::now() > deadline {
+            bail!("{series} not counted:\n{}", metrics().render());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
 /// Accepts `good` and `slow` (the latter answered once `release` is set) as alice; allows everything.
 struct Scripted {
     token_calls: AtomicUsize,
@@ -94,6 +113,7 @@ impl Drop for Edge {
 impl Edge {
     async fn start(reviews: Arc<dyn Reviews>, auth: AuthSettings, limits: Limits) -> Result<Self> {
         tether_runtime::tls::install_crypto_provider();
+        metrics();
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
         let key = PrivateKeyDer::try_from(cert.signing_key.serialize_der()).map_err(anyhow::Error::msg)?;
         let mut server = rustls::ServerConfig::builder()
@@ -195,7 +215,7 @@ async fn a_peer_that_never_handshakes_is_closed_after_the_handshake_timeout() ->
     let mut tcp = TcpStream::connect(edge.addr).await?;
     let after = closed_within(&mut tcp, DEADLINE).await?;
     assert!(after >= Duration::from_millis(250), "closed after {after:?}, before the timeout");
-    Ok(())
+    counted(r#"tether_server_proxy_handshake_failures_total{reason="timeout"}"#).await
 }
 
 #[tokio::test]
@@ -210,7 +230,7 @@ async fn a_half_sent_head_is_closed_after_the_header_timeout() -> Result<()> {
     let tcp = TcpStream::connect(edge.addr).await?;
     let mut h2 = edge.h2.connect(ServerName::try_from("localhost")?, tcp).await?;
     closed_within(&mut h2, DEADLINE).await?;
-    Ok(())
+    counted(r#"tether_server_proxy_connections_closed_total{reason="header_timeout"}"#).await
 }
 
 #[tokio::test]
@@ -236,6 +256,8 @@ async fn a_connection_over_the_limit_gets_a_503_status_and_is_closed() -> Result
     assert_eq!((status["kind"].as_str(), status["code"].as_u64()), (Some("Status"), Some(503)));
     assert!(status["message"].as_str().unwrap_or_default().contains("connection limit"), "{status}");
     closed_within(&mut third, DEADLINE).await?;
+    counted(r#"tether_server_proxy_connections_refused_total{answer="status"}"#).await?;
+    counted("tether_server_proxy_connections ").await?;
 
     // A place freed is a place for the next connection.
     drop(held.pop());
@@ -260,6 +282,7 @@ async fn an_oversized_head_gets_431() -> Result<()> {
     let mut tls = edge.connect().await?;
     let request = format!("GET /clusters/a/api HTTP/1.1\r\nhost: localhost\r\nx-big: {big}\r\n\r\n");
     assert_eq!(exchange(&mut tls, &request).await?.status, 431);
+    counted(r#"tether_server_proxy_connections_closed_total{reason="headers_too_large"}"#).await?;
 
     // HTTP/2: the stream gets 431 and the connection goes on.
     let tcp = TcpStream::connect(edge.addr).await?;
@@ -303,6 +326,7 @@ async fn an_idle_connection_is_closed_but_one_with_a_request_in_flight_is_not() 
     assert_eq!(exchange(&mut idle_one, &get("/clusters/x/api", "good")).await?.status, 404);
     let after = closed_within(&mut idle_one, DEADLINE).await?;
     assert!(after >= idle.mul_f32(0.8), "closed after {after:?}");
+    counted(r#"tether_server_proxy_connections_closed_total{reason="idle"}"#).await?;
 
     // By now the busy connection has had no response for longer than the idle timeout; it still gets one.
     assert!(busy_since.elapsed() > idle);

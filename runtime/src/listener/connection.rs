@@ -66,11 +66,10 @@ impl<M> Edge<M> {
     }
 
     /// Answers the first request of a connection over the limit with the refusal, then closes it.
-    pub async fn refuse(self: Arc<Self>, tcp: TcpStream, permit: OwnedSemaphorePermit)
+    pub async fn refuse(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit)
     where
         M: Send + Sync + 'static,
     {
-        let peer = tcp.peer_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let Some(tls) = self.handshake(tcp, peer).await else { return };
         let edge = self.clone();
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
