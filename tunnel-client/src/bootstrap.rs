@@ -70,7 +70,7 @@ pub async fn obtain_certificate(
         };
         let named_before = pending.csr_name.clone();
         let answer = request::exchange(&connection, &request, store, &mut pending, shutdown).await;
-        connection.close(0u32.into(), b"bye");
+        connection.close(tether_runtime::transport::code(tether_proto::Code::Normal), b"bye");
         if pending.csr_name != named_before {
             backoff.reset();
         }

@@ -221,7 +221,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
 
 async fn close(endpoint: Option<quinn::Endpoint>) {
     if let Some(endpoint) = endpoint {
-        endpoint.close(0u32.into(), b"bye");
+        endpoint.close(tether_runtime::transport::code(tether_proto::Code::Normal), b"bye");
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;
     }
 }

@@ -1,6 +1,9 @@
 use super::*;
 use k8s_openapi::api::certificates::v1::{CertificateSigningRequestCondition, CertificateSigningRequestStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+
+const MINUTE: Duration = Duration::from_secs(60);
 
 const TOKEN: &str = "abc123.0123456789abcdef";
 
@@ -215,7 +218,7 @@ fn csr_states() {
 
 #[test]
 fn the_rate_limit_refills_over_a_minute() {
-    let mut limiter = RateLimiter::new(3);
+    let mut limiter = RateLimiter::new(3, MINUTE);
     let t0 = Instant::now();
     let a: IpAddr = "192.0.2.1".parse().unwrap();
     let b: IpAddr = "192.0.2.2".parse().unwrap();
@@ -227,27 +230,28 @@ fn the_rate_limit_refills_over_a_minute() {
     assert!(!limiter.allow(a, t0 + Duration::from_secs(22)));
     assert!((0..3).all(|_| limiter.allow(a, t0 + Duration::from_secs(300))));
     assert!(!limiter.allow(a, t0 + Duration::from_secs(300)), "a long pause does not bank more than the rate");
-    let mut unlimited = RateLimiter::new(0);
+    let mut unlimited = RateLimiter::new(0, MINUTE);
     assert!((0..1000).all(|_| unlimited.allow(a, t0)));
 }
 
 #[test]
 fn ipv6_clients_are_limited_per_64() {
-    let mut limiter = RateLimiter::new(1);
+    let mut limiter = RateLimiter::new(1, MINUTE);
     let t0 = Instant::now();
-    assert!(limiter.allow("2001:db8:1:2::1".parse().unwrap(), t0));
-    assert!(!limiter.allow("2001:db8:1:2:ffff::9".parse().unwrap(), t0));
-    assert!(limiter.allow("2001:db8:1:3::1".parse().unwrap(), t0));
+    let mut allow = |ip: &str| limiter.allow(client_key(ip.parse().unwrap()), t0);
+    assert!(allow("2001:db8:1:2::1"));
+    assert!(!allow("2001:db8:1:2:ffff::9"));
+    assert!(allow("2001:db8:1:3::1"));
     // A v4-mapped address is its IPv4 address.
-    assert!(limiter.allow("192.0.2.7".parse().unwrap(), t0));
-    assert!(!limiter.allow("::ffff:192.0.2.7".parse().unwrap(), t0));
+    assert!(allow("192.0.2.7"));
+    assert!(!allow("::ffff:192.0.2.7"));
 }
 
 #[test]
 fn full_buckets_are_pruned() {
-    let mut limiter = RateLimiter::new(2);
+    let mut limiter = RateLimiter::new(2, MINUTE);
     let t0 = Instant::now();
-    for i in 0..=RateLimiter::PRUNE_ABOVE as u32 {
+    for i in 0..=RateLimiter::<IpAddr>::PRUNE_ABOVE as u32 {
         limiter.allow(IpAddr::V4(i.into()), t0);
     }
     limiter.allow("192.0.2.1".parse().unwrap(), t0 + Duration::from_secs(61));
