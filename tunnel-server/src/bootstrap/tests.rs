@@ -281,3 +281,86 @@ fn renewals_are_for_the_tunnels_own_cluster_without_a_token() {
     let csr = csr_object("tether-spoke-a-00000002", "spoke-a", &csr_pem, REQUESTED_VIA_RENEWAL);
     assert_eq!(csr.metadata.annotations.as_ref().unwrap()["tether.io/requested-via"], "renewal");
 }
+
+#[test]
+fn a_tokens_request_is_named_after_the_whole_token() {
+    let name = token_csr_name("spoke-a", &token());
+    assert_eq!(name, token_csr_name("spoke-a", &token()), "the same token names the same request");
+    let hex = name.strip_prefix("tether-spoke-a-").expect("tether-<cluster>-");
+    assert!(hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()), "{name}");
+    // Another secret under the same id (what an attacker who knows the id would try) names another one.
+    let other = Token::parse("abc123.0123456789abcdee").unwrap();
+    assert_ne!(token_csr_name("spoke-a", &other), name);
+    // Not the stored token-hash: a reader of the Secret cannot derive the request's name from it.
+    assert!(!token_hash(TOKEN).starts_with(hex));
+    // A valid object name (a DNS subdomain) for the longest cluster name.
+    let longest = "a".repeat(63);
+    assert!(token_csr_name(&longest, &token()).len() <= 253);
+}
+
+fn decide(secret: Option<&Secret>, paid: Option<&CertificateSigningRequest>, csr_pem: &str) -> TokenDecision {
+    token_decision(secret, paid, &token(), "spoke-a", csr_pem, now())
+}
+
+fn refused(decision: TokenDecision) -> (&'static str, String) {
+    match decision {
+        TokenDecision::Refuse(r) => (r.outcome, r.reason),
+        other => panic!("not refused: {other:?}"),
+    }
+}
+
+#[test]
+fn a_valid_unspent_token_is_spent() {
+    let (_key, csr) = tether_certs::spoke_key_and_csr("spoke-a").unwrap();
+    assert_eq!(decide(Some(&valid_secret()), None, &csr), TokenDecision::Spend);
+}
+
+#[test]
+fn unknown_wrong_and_spent_tokens_get_the_same_answer() {
+    let (_key, csr) = tether_certs::spoke_key_and_csr("spoke-a").unwrap();
+    let unknown = refused(decide(None, None, &csr));
+    assert_eq!(unknown, ("unknown_token", UNKNOWN_TOKEN.to_string()));
+    let wrong_hash = secret("spoke-a", &token_hash("abc123.0123456789abcdee"), &rfc3339(now() + MINUTE));
+    assert_eq!(refused(decide(Some(&wrong_hash), None, &csr)), unknown);
+    // Spent for another client's request: the same answer as an unknown token.
+    let (_key, other_csr) = tether_certs::spoke_key_and_csr("spoke-a").unwrap();
+    let name = token_csr_name("spoke-a", &token());
+    let theirs = csr_object(&name, "spoke-a", &other_csr, REQUESTED_VIA_TOKEN);
+    assert_eq!(refused(decide(None, Some(&theirs), &csr)).1, UNKNOWN_TOKEN);
+    // Still unspent, but its name is taken by another request: refused too, nothing created.
+    assert_eq!(refused(decide(Some(&valid_secret()), Some(&theirs), &csr)), ("spent", UNKNOWN_TOKEN.to_string()));
+}
+
+#[test]
+fn a_spent_token_resumes_the_request_it_paid_for() {
+    let (_key, csr) = tether_certs::spoke_key_and_csr("spoke-a").unwrap();
+    let name = token_csr_name("spoke-a", &token());
+    let paid = csr_object(&name, "spoke-a", &csr, REQUESTED_VIA_TOKEN);
+    assert_eq!(decide(None, Some(&paid), &csr), TokenDecision::Resume);
+    assert_eq!(decide(Some(&valid_secret()), Some(&paid), &csr), TokenDecision::Resume);
+    // Only a request the token paid for, for this cluster.
+    let renewal = csr_object(&name, "spoke-a", &csr, REQUESTED_VIA_RENEWAL);
+    assert_eq!(refused(decide(None, Some(&renewal), &csr)).0, "unknown_token");
+    let elsewhere = csr_object(&name, "spoke-b", &csr, REQUESTED_VIA_TOKEN);
+    assert_eq!(refused(decide(None, Some(&elsewhere), &csr)).0, "unknown_token");
+}
+
+#[test]
+fn a_spendable_token_still_needs_a_good_csr_and_a_live_secret() {
+    let (_key, csr_b) = tether_certs::spoke_key_and_csr("spoke-b").unwrap();
+    assert_eq!(refused(decide(Some(&valid_secret()), None, &csr_b)).0, "bad_csr");
+    let (_key, csr) = tether_certs::spoke_key_and_csr("spoke-a").unwrap();
+    let expired = secret("spoke-a", &token_hash(TOKEN), &rfc3339(now()));
+    assert_eq!(refused(decide(Some(&expired), None, &csr)).0, "expired");
+}
+
+#[test]
+fn renewal_budgets_are_per_cluster_per_hour() {
+    let hour = Duration::from_secs(3600);
+    let mut budget = RateLimiter::new(2, hour);
+    let t0 = Instant::now();
+    assert!(budget.allow("spoke-a".to_string(), t0) && budget.allow("spoke-a".to_string(), t0));
+    assert!(!budget.allow("spoke-a".to_string(), t0 + Duration::from_secs(60)), "two an hour, whatever the tunnel");
+    assert!(budget.allow("spoke-b".to_string(), t0));
+    assert!(budget.allow("spoke-a".to_string(), t0 + hour / 2), "one back after half an hour");
+}
