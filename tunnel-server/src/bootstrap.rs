@@ -70,6 +70,8 @@ pub const CSR_USAGES: [&str; 3] = ["digital signature", "key encipherment", "cli
 /// How much a peer not verified yet (every bootstrap connection; a tunnel before its certificate is
 /// checked) may send ahead of what the hub has read, over all its streams: one bootstrap request frame.
 pub const UNAUTHENTICATED_WINDOW: u64 = 4 + MAX_BOOTSTRAP_FRAME as u64;
+/// How long one look-up on the hub apiserver may take before the client is told to try again.
+const API_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a new connection may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the client gets to read the final answer and close the connection itself.
@@ -322,9 +324,9 @@ impl Bootstrap {
         send: &mut quinn::SendStream,
         shutdown: &CancellationToken,
     ) -> Outcome {
-        // Not cut short when the client goes or the hub stops: between spending the token and creating the
-        // certificate request nothing may interrupt.
-        let (csrs, name) = match self.prepare(request).await {
+        // Not cut short when the hub stops, nor after the look-ups when the client goes: between spending the
+        // token and creating the certificate request nothing may interrupt.
+        let (csrs, name) = match self.prepare(request, connection).await {
             Ok(prepared) => prepared,
             Err(outcome) => return outcome,
         };
@@ -359,15 +361,19 @@ impl Bootstrap {
     }
 
     /// The checks in order, then the certificate request: created (token) or found (resume).
-    async fn prepare(&self, request: &BootstrapRequest) -> Result<(Api<CertificateSigningRequest>, String), Outcome> {
+    async fn prepare(
+        &self,
+        request: &BootstrapRequest,
+        connection: &quinn::Connection,
+    ) -> Result<(Api<CertificateSigningRequest>, String), Outcome> {
         check_request(request).map_err(Outcome::Refused)?;
         let Some(client) = &self.client else {
             return Err(Outcome::Refused(Refusal::new("unavailable", "bootstrap not available")));
         };
         let csrs: Api<CertificateSigningRequest> = Api::all(client.clone());
         let name = match &request.resume {
-            Some(name) => resume(&csrs, name, request).await.map(|()| name.clone())?,
-            None => self.create(client, &csrs, request).await?,
+            Some(name) => resume(&csrs, name, request, connection).await.map(|()| name.clone())?,
+            None => self.create(client, &csrs, request, connection).await?,
         };
         Ok((csrs, name))
     }
@@ -379,18 +385,24 @@ impl Bootstrap {
         client: &kube::Client,
         csrs: &Api<CertificateSigningRequest>,
         request: &BootstrapRequest,
+        connection: &quinn::Connection,
     ) -> Result<String, Outcome> {
         let cluster = &request.cluster;
         let token = Token::parse(request.token.as_deref().unwrap_or_default()).map_err(Outcome::Refused)?;
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &self.settings.namespace);
         let secret_name = token.secret_name();
         let name = token_csr_name(cluster, &token);
-        let (secret, paid) = tokio::join!(secrets.get_opt(&secret_name), csrs.get_opt(&name));
-        // No answer is not a refusal: the client tries again.
-        let secret = secret.map_err(|e| hub_error("reading the bootstrap token", &e))?;
-        let paid = paid.map_err(|e| hub_error("looking up the token's certificate request", &e))?;
-        match token_decision(secret.as_ref(), paid.as_ref(), &token, cluster, &request.csr_pem, SystemTime::now()) {
+        let (secret, paid) =
+            before_writing(connection, async { tokio::join!(secrets.get_opt(&secret_name), csrs.get_opt(&name)) })
+                .await?;
+        let (looked_up, found) = (secret.as_ref().map(Option::as_ref), paid.as_ref().map(Option::as_ref));
+        match token_decision(looked_up, found, &token, cluster, &request.csr_pem, SystemTime::now()) {
             TokenDecision::Refuse(refusal) => return Err(Outcome::Refused(refusal)),
+            TokenDecision::Retry(reason) => {
+                // No answer is not a refusal: the client tries again.
+                warn!(%cluster, %reason, "bootstrap look-up failed on the hub apiserver");
+                return Err(Outcome::Abandoned { outcome: "error", reason: "the hub apiserver failed".into() });
+            }
             TokenDecision::Resume => {
                 // Spent already by this very client, which lost the connection before our `Pending`.
                 info!(%cluster, csr = %name, "token already spent for this request: resuming it");
@@ -398,7 +410,7 @@ impl Bootstrap {
             }
             TokenDecision::Spend => {}
         }
-        let secret = secret.expect("a token is spent only when its Secret exists");
+        let secret = secret.ok().flatten().expect("a token is spent only when its Secret was read");
 
         // Spent before anything is created: of two clients racing with one token only one deletes it.
         let preconditions = Preconditions {
@@ -477,9 +489,30 @@ fn is_gone_or_changed(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(status) if status.code == 404 || status.code == 409)
 }
 
+/// A look-up on the hub apiserver before anything is written, bounded by [`API_TIMEOUT`] and given up when
+/// the client goes (nothing is lost: it tries again), so that a slow apiserver cannot make bootstrap slots
+/// wait on clients long gone. Either way there is no answer.
+async fn before_writing<T>(
+    connection: &quinn::Connection,
+    lookup: impl std::future::Future<Output = T>,
+) -> Result<T, Outcome> {
+    tokio::select! {
+        looked_up = tokio::time::timeout(API_TIMEOUT, lookup) => looked_up.map_err(|_| Outcome::Abandoned {
+            outcome: "api_timeout",
+            reason: "the hub apiserver did not answer in time".into(),
+        }),
+        _ = connection.closed() => Err(Outcome::Abandoned { outcome: "closed", reason: "client went away".into() }),
+    }
+}
+
 /// The resume path: the CSR must exist and be this client's.
-async fn resume(csrs: &Api<CertificateSigningRequest>, name: &str, request: &BootstrapRequest) -> Result<(), Outcome> {
-    match csrs.get_opt(name).await {
+async fn resume(
+    csrs: &Api<CertificateSigningRequest>,
+    name: &str,
+    request: &BootstrapRequest,
+    connection: &quinn::Connection,
+) -> Result<(), Outcome> {
+    match before_writing(connection, csrs.get_opt(name)).await? {
         Ok(Some(csr)) => check_resume(&csr, &request.cluster, &request.csr_pem).map_err(Outcome::Refused),
         Ok(None) => Err(Outcome::Refused(Refusal::new("unknown_csr", format!("no certificate request {name}")))),
         Err(e) => Err(hub_error("reading the certificate request", &e)),

@@ -35,7 +35,7 @@ impl Bootstrap {
         let outcome = match tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut recv)).await {
             Err(_) => Outcome::Abandoned { outcome: "no_request", reason: "no renewal request".into() },
             Ok(Err(refusal)) => Outcome::Refused(refusal),
-            Ok(Ok(request)) => match self.prepare_renewal(&cluster, &request).await {
+            Ok(Ok(request)) => match self.prepare_renewal(&cluster, &request, &connection).await {
                 Ok((csrs, name)) => {
                     self.wait_and_answer(&csrs, &name, &cluster, &connection, &mut send, &shutdown).await
                 }
@@ -73,6 +73,7 @@ impl Bootstrap {
         &self,
         cluster: &str,
         request: &BootstrapRequest,
+        connection: &quinn::Connection,
     ) -> Result<(Api<CertificateSigningRequest>, String), Outcome> {
         check_renewal(request, cluster).map_err(Outcome::Refused)?;
         let Some(client) = &self.client else {
@@ -80,7 +81,7 @@ impl Bootstrap {
         };
         let csrs: Api<CertificateSigningRequest> = Api::all(client.clone());
         let name = match &request.resume {
-            Some(name) => resume(&csrs, name, request).await.map(|()| name.clone())?,
+            Some(name) => resume(&csrs, name, request, connection).await.map(|()| name.clone())?,
             None => {
                 if !self.renewal_allowed(cluster) {
                     let limit = self.settings.renewal_rate;

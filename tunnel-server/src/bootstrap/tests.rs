@@ -299,7 +299,13 @@ fn a_tokens_request_is_named_after_the_whole_token() {
 }
 
 fn decide(secret: Option<&Secret>, paid: Option<&CertificateSigningRequest>, csr_pem: &str) -> TokenDecision {
-    token_decision(secret, paid, &token(), "spoke-a", csr_pem, now())
+    token_decision(Ok(secret), Ok(paid), &token(), "spoke-a", csr_pem, now())
+}
+
+fn apiserver_error() -> kube::Error {
+    kube::Error::Api(
+        kube::core::Status::failure("etcdserver: request timed out", "InternalError").with_code(500).boxed(),
+    )
 }
 
 fn refused(decision: TokenDecision) -> (&'static str, String) {
@@ -363,4 +369,21 @@ fn renewal_budgets_are_per_cluster_per_hour() {
     assert!(!budget.allow("spoke-a".to_string(), t0 + Duration::from_secs(60)), "two an hour, whatever the tunnel");
     assert!(budget.allow("spoke-b".to_string(), t0));
     assert!(budget.allow("spoke-a".to_string(), t0 + hour / 2), "one back after half an hour");
+}
+
+#[test]
+fn a_failed_look_up_is_no_answer_never_a_refusal() {
+    let (_key, csr) = tether_certs::spoke_key_and_csr("spoke-a").unwrap();
+    let error = apiserver_error();
+    let secret = valid_secret();
+    let decide = |secret, paid| token_decision(secret, paid, &token(), "spoke-a", &csr, now());
+    // The Secret is gone (spent by this client) and the request it paid for cannot be read: the client
+    // must try again, not give up on "unknown or spent token".
+    assert!(matches!(decide(Ok(None), Err(&error)), TokenDecision::Retry(_)));
+    assert!(matches!(decide(Err(&error), Ok(None)), TokenDecision::Retry(_)));
+    assert!(matches!(decide(Ok(Some(&secret)), Err(&error)), TokenDecision::Retry(_)));
+    assert!(matches!(decide(Err(&error), Err(&error)), TokenDecision::Retry(_)));
+    // The request it paid for is enough to resume, whatever the Secret's look-up said.
+    let paid = csr_object(&token_csr_name("spoke-a", &token()), "spoke-a", &csr, REQUESTED_VIA_TOKEN);
+    assert_eq!(decide(Err(&error), Ok(Some(&paid))), TokenDecision::Resume);
 }

@@ -111,28 +111,36 @@ pub enum TokenDecision {
     /// The token already paid for this client's request (byte-identical CSR): resume it.
     Resume,
     Refuse(Refusal),
+    /// A look-up failed (the hub apiserver is unreachable, slow, failing): no answer, the client tries again.
+    /// Never a refusal: the token may be perfectly good.
+    Retry(String),
 }
 
-/// Decides a token request from the two objects the hub looked up for it, whatever the token: its
-/// Secret (`None`: missing) and the request [`token_csr_name`] names (`None`: none yet). Because both
+/// Decides a token request from the two look-ups the hub made for it, whatever the token: its Secret
+/// (`Ok(None)`: missing) and the request [`token_csr_name`] names (`Ok(None)`: none yet). Because both
 /// are always looked up, an unknown token id, a wrong secret and a spent token cost the hub the same
-/// two GETs, and the answers for them are the same. Transient errors of those look-ups never get here:
-/// they are no answer at all (the client tries again).
+/// two GETs, and the answers for them are the same. A failed look-up is [`TokenDecision::Retry`] unless
+/// the other one already shows this client's request.
 pub fn token_decision(
-    secret: Option<&Secret>,
-    paid: Option<&CertificateSigningRequest>,
+    secret: Result<Option<&Secret>, &kube::Error>,
+    paid: Result<Option<&CertificateSigningRequest>, &kube::Error>,
     token: &Token<'_>,
     cluster: &str,
     csr_pem: &str,
     now: SystemTime,
 ) -> TokenDecision {
-    if let Some(csr) = paid {
+    if let Ok(Some(csr)) = paid {
         // A CSR is not a secret, but the certificate is useless without the key, which never left the client.
         let via = csr.metadata.annotations.as_ref().and_then(|a| a.get(REQUESTED_VIA_ANNOTATION));
         if via.map(String::as_str) == Some(REQUESTED_VIA_TOKEN) && check_resume(csr, cluster, csr_pem).is_ok() {
             return TokenDecision::Resume;
         }
     }
+    let (secret, paid) = match (secret, paid) {
+        (Ok(secret), Ok(paid)) => (secret, paid),
+        (Err(e), _) => return TokenDecision::Retry(format!("reading the bootstrap token failed: {e}")),
+        (_, Err(e)) => return TokenDecision::Retry(format!("looking up the token's certificate request failed: {e}")),
+    };
     let Some(secret) = secret else {
         return TokenDecision::Refuse(Refusal::new("unknown_token", UNKNOWN_TOKEN));
     };
