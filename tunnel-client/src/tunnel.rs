@@ -159,7 +159,11 @@ pub async fn serve(
             streams.cancel();
         }
         _ => {
-            connection.close(tether_runtime::transport::code(tether_proto::Code::Normal), b"bye");
+            // A connection the hub closed keeps the hub's close code (a local close would replace it with
+            // LocallyClosed): the dial loop reads it to decide whether to redial.
+            if connection.close_reason().is_none() {
+                connection.close(tether_runtime::transport::code(tether_proto::Code::Normal), b"bye");
+            }
             streams.cancel();
         }
     }
