@@ -25,8 +25,10 @@
 //! connection, never as a refusal.
 //!
 //! A [`VersionMismatch`](Code::VersionMismatch) close carries [`version_reason`] as its reason, so that the
-//! receiver can name both versions ([`version_in_reason`]).
+//! receiver can name both versions ([`version_in_reason`]). A [`RateLimited`](Code::RateLimited) close may
+//! end its reason with [`retry_reason`]'s hint of when an attempt will be allowed ([`retry_in_reason`]).
 use std::fmt;
+use std::time::Duration;
 
 use crate::Error;
 
@@ -150,6 +152,22 @@ pub fn version_in_reason(reason: &[u8]) -> Option<u16> {
 
 const VERSION_PREFIX: &str = "protocol version mismatch: this end speaks tether/";
 
+/// A close reason saying `what` happened and that an attempt after `after` (whole seconds, rounded up) will
+/// be allowed.
+pub fn retry_reason(what: &str, after: Duration) -> String {
+    let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+    format!("{what}{RETRY_PREFIX}{seconds}s")
+}
+
+/// The wait a [`retry_reason`] names, if `reason` ends with one.
+pub fn retry_in_reason(reason: &[u8]) -> Option<Duration> {
+    let reason = std::str::from_utf8(reason).ok()?;
+    let (_, hint) = reason.rsplit_once(RETRY_PREFIX)?;
+    hint.strip_suffix('s')?.parse().ok().map(Duration::from_secs)
+}
+
+const RETRY_PREFIX: &str = "; retry in ";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +219,18 @@ mod tests {
         assert_eq!(version_in_reason(b"protocol error"), None);
         assert_eq!(version_in_reason(b"protocol version mismatch: this end speaks tether/x"), None);
         assert_eq!(version_in_reason(&[0xff, 0xfe]), None);
+    }
+
+    #[test]
+    fn retry_hints_round_up_to_seconds() {
+        let reason = retry_reason("too many bootstrap attempts", Duration::from_millis(5_200));
+        assert_eq!(reason, "too many bootstrap attempts; retry in 6s");
+        assert_eq!(retry_in_reason(reason.as_bytes()), Some(Duration::from_secs(6)));
+        assert_eq!(retry_in_reason(retry_reason("x", Duration::ZERO).as_bytes()), Some(Duration::ZERO));
+        assert_eq!(retry_in_reason(b"too many bootstrap attempts"), None);
+        assert_eq!(retry_in_reason(b"x; retry in soon"), None);
+        assert_eq!(retry_in_reason(b"x; retry in 5"), None);
+        assert_eq!(retry_in_reason(&[0xff]), None);
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //! Anything else is no answer and is retried: a failed dial or a connection lost without an answer,
 //! including a wait for approval that the hub ends and any error of the hub's apiserver (the hub closes
 //! with `Abandoned`), after the usual backoff; a connection the hub closed as rate-limited or busy after
-//! [`crate::reaction::limited_delay`]. A hub that refuses the bootstrap protocol's ALPN ends the process
+//! [`crate::reaction::limited_delay`] (as long as the hub's hint says, when it gives one). A hub that refuses the bootstrap protocol's ALPN ends the process
 //! as a version mismatch.
 use std::path::Path;
 
@@ -55,9 +55,10 @@ pub async fn obtain_certificate(
         if let Some(closed) = last.take() {
             let delay = match reaction::reaction(&closed) {
                 Reaction::Retry => backoff.next_delay(rand::random::<f64>()),
-                Reaction::BackOff => {
-                    warn!(?closed, "the hub is at a limit: backing off longer");
-                    reaction::limited_delay(rand::random::<f64>())
+                Reaction::BackOff(hint) => {
+                    let delay = reaction::limited_delay(hint, rand::random::<f64>());
+                    warn!(?closed, retry_in_ms = delay.as_millis() as u64, "the hub is at a limit: backing off longer");
+                    delay
                 }
                 Reaction::Stop(Stop::VersionMismatch { .. }) => {
                     return Err(Error::VersionMismatch {

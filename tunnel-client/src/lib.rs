@@ -18,6 +18,7 @@ pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ::metrics::counter;
 use tether_proto::Backoff;
@@ -122,7 +123,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         let delay = match wait {
             Wait::Now => None,
             Wait::Backoff => Some(backoff.next_delay(rand::random::<f64>())),
-            Wait::Limited => Some(reaction::limited_delay(rand::random::<f64>())),
+            Wait::Limited(hint) => Some(reaction::limited_delay(hint, rand::random::<f64>())),
         };
         if let Some(delay) = delay {
             tracing::info!(delay_ms = delay.as_millis() as u64, attempt = backoff.attempt(), "reconnecting");
@@ -248,8 +249,8 @@ enum Wait {
     Now,
     /// The usual jittered exponential backoff.
     Backoff,
-    /// The hub is at a limit: [`reaction::limited_delay`].
-    Limited,
+    /// The hub is at a limit: [`reaction::limited_delay`] of its hint.
+    Limited(Option<Duration>),
 }
 
 /// What the dial loop does after the hub said `closed`: the wait before the next dial, or the error to stop
@@ -258,9 +259,9 @@ enum Wait {
 async fn after_hub_closed(closed: Closed, store: &Store, identity: &mut Identity) -> Result<Wait> {
     match reaction::reaction(&closed) {
         Reaction::Retry => Ok(Wait::Backoff),
-        Reaction::BackOff => {
+        Reaction::BackOff(hint) => {
             tracing::warn!(?closed, "the hub is at a limit: backing off longer");
-            Ok(Wait::Limited)
+            Ok(Wait::Limited(hint))
         }
         Reaction::Stop(Stop::Revoked) => Err(Error::Revoked { cluster: request::cluster_of(identity)? }),
         Reaction::Stop(Stop::VersionMismatch { hub }) => Err(Error::VersionMismatch {

@@ -7,7 +7,7 @@
 //! | [`Code::Revoked`] | stops: exits with an error saying the hub revoked this spoke's certificate |
 //! | [`Code::Expired`], TLS alert `certificate_expired` | reloads its identity (another client sharing it may have renewed it); stops if that one is no newer |
 //! | [`Code::VersionMismatch`] (the reason names the hub's version), TLS alert `no_application_protocol` | stops, naming both versions |
-//! | [`Code::RateLimited`], [`Code::Busy`] | waits [`LIMITED_DELAY`] to twice that before trying again |
+//! | [`Code::RateLimited`], [`Code::Busy`] | waits as long as the hub's hint says (up to half again, at random), or without one [`LIMITED_DELAY`] to twice that |
 //! | anything else (a go-away is seen on the control stream, not here) | dials again with the usual backoff |
 //!
 //! Why stop rather than stay up unready: in a DaemonSet an exit shows as `CrashLoopBackOff` with the reason
@@ -19,9 +19,12 @@ use std::time::Duration;
 
 use tether_proto::Code;
 
-/// The shortest wait after the hub said it is at a limit ([`Code::RateLimited`], [`Code::Busy`]): far
-/// above the usual first backoff, so that clients turned away do not come back at once, all together.
+/// The shortest wait after the hub said it is at a limit ([`Code::RateLimited`], [`Code::Busy`]) without
+/// saying for how long: far above the usual first backoff, so that clients turned away do not come back at
+/// once, all together.
 pub const LIMITED_DELAY: Duration = Duration::from_secs(30);
+/// The longest wait a hint of the hub is followed for.
+pub const MAX_HINT: Duration = Duration::from_secs(600);
 
 /// TLS alerts (RFC 8446) the hub's handshake may end with, carried as QUIC crypto errors `0x100 + alert`.
 const ALERT_CERTIFICATE_REVOKED: u8 = 44;
@@ -31,8 +34,8 @@ const ALERT_NO_APPLICATION_PROTOCOL: u8 = 120;
 /// Why the hub ended a connection or stream, as far as the client can tell.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Closed {
-    /// A code of tether's table, and the hub's protocol version when the reason names it.
-    Code { code: Code, hub_version: Option<u16> },
+    /// A code of tether's table; the hub's protocol version and when to try again, where the reason says.
+    Code { code: Code, hub_version: Option<u16>, retry_in: Option<Duration> },
     /// The hub ended the TLS handshake with this alert.
     TlsAlert(u8),
     /// Nothing the hub said: a timeout, a network error, a local error, a code this build does not know.
@@ -44,8 +47,8 @@ pub enum Closed {
 pub enum Reaction {
     /// Try again after the usual backoff.
     Retry,
-    /// Try again after [`limited_delay`].
-    BackOff,
+    /// Try again after [`limited_delay`] of the hub's hint.
+    BackOff(Option<Duration>),
     /// Trying again cannot help.
     Stop(Stop),
 }
@@ -65,7 +68,11 @@ pub enum Stop {
 pub fn closed(error: &quinn::ConnectionError) -> Closed {
     match error {
         quinn::ConnectionError::ApplicationClosed(close) => match Code::try_from(close.error_code.into_inner()) {
-            Ok(code) => Closed::Code { code, hub_version: tether_proto::codes::version_in_reason(&close.reason) },
+            Ok(code) => Closed::Code {
+                code,
+                hub_version: tether_proto::codes::version_in_reason(&close.reason),
+                retry_in: tether_proto::codes::retry_in_reason(&close.reason),
+            },
             Err(_) => Closed::Lost,
         },
         quinn::ConnectionError::ConnectionClosed(close) => {
@@ -84,7 +91,7 @@ pub fn closed(error: &quinn::ConnectionError) -> Closed {
 pub fn reset(error: &quinn::ReadError) -> Closed {
     match error {
         quinn::ReadError::Reset(code) => match Code::try_from(code.into_inner()) {
-            Ok(code) => Closed::Code { code, hub_version: None },
+            Ok(code) => Closed::Code { code, hub_version: None, retry_in: None },
             Err(_) => Closed::Lost,
         },
         quinn::ReadError::ConnectionLost(error) => closed(error),
@@ -101,19 +108,24 @@ pub fn reaction(closed: &Closed) -> Reaction {
         Closed::Code { code: Code::Expired, .. } | Closed::TlsAlert(ALERT_CERTIFICATE_EXPIRED) => {
             Reaction::Stop(Stop::Expired)
         }
-        Closed::Code { code: Code::VersionMismatch, hub_version } => {
+        Closed::Code { code: Code::VersionMismatch, hub_version, .. } => {
             Reaction::Stop(Stop::VersionMismatch { hub: *hub_version })
         }
         Closed::TlsAlert(ALERT_NO_APPLICATION_PROTOCOL) => Reaction::Stop(Stop::VersionMismatch { hub: None }),
-        Closed::Code { code: Code::RateLimited | Code::Busy, .. } => Reaction::BackOff,
+        Closed::Code { code: Code::RateLimited | Code::Busy, retry_in, .. } => Reaction::BackOff(*retry_in),
         Closed::Code { .. } | Closed::TlsAlert(_) | Closed::Lost => Reaction::Retry,
     }
 }
 
-/// The wait after the hub said it is at a limit: [`LIMITED_DELAY`] to twice that, by `unit` in [0, 1).
-pub fn limited_delay(unit: f64) -> Duration {
+/// The wait after the hub said it is at a limit, by `unit` in [0, 1): its `hint` (at most [`MAX_HINT`]) to
+/// half again as long, so that clients told the same do not come back together; without a hint
+/// [`LIMITED_DELAY`] to twice that.
+pub fn limited_delay(hint: Option<Duration>, unit: f64) -> Duration {
     let unit = if unit.is_nan() { 0.0 } else { unit.clamp(0.0, 1.0) };
-    LIMITED_DELAY.mul_f64(1.0 + unit)
+    match hint {
+        Some(hint) => hint.min(MAX_HINT).mul_f64(1.0 + unit / 2.0),
+        None => LIMITED_DELAY.mul_f64(1.0 + unit),
+    }
 }
 
 #[cfg(test)]
@@ -121,7 +133,7 @@ mod tests {
     use super::*;
 
     fn code(code: Code) -> Closed {
-        Closed::Code { code, hub_version: None }
+        Closed::Code { code, hub_version: None, retry_in: None }
     }
 
     #[test]
@@ -138,19 +150,26 @@ mod tests {
 
     #[test]
     fn a_version_mismatch_stops_naming_the_hubs_version() {
-        let said = Closed::Code { code: Code::VersionMismatch, hub_version: Some(3) };
+        let said = Closed::Code { code: Code::VersionMismatch, hub_version: Some(3), retry_in: None };
         assert_eq!(reaction(&said), Reaction::Stop(Stop::VersionMismatch { hub: Some(3) }));
         assert_eq!(reaction(&Closed::TlsAlert(120)), Reaction::Stop(Stop::VersionMismatch { hub: None }));
     }
 
     #[test]
     fn limits_back_off_longer() {
-        assert_eq!(reaction(&code(Code::RateLimited)), Reaction::BackOff);
-        assert_eq!(reaction(&code(Code::Busy)), Reaction::BackOff);
-        assert_eq!(limited_delay(0.0), LIMITED_DELAY);
-        assert_eq!(limited_delay(1.0), LIMITED_DELAY * 2);
-        assert_eq!(limited_delay(f64::NAN), LIMITED_DELAY);
-        assert!(limited_delay(0.5) > LIMITED_DELAY && limited_delay(0.5) < LIMITED_DELAY * 2);
+        assert_eq!(reaction(&code(Code::RateLimited)), Reaction::BackOff(None));
+        assert_eq!(reaction(&code(Code::Busy)), Reaction::BackOff(None));
+        let hinted =
+            Closed::Code { code: Code::RateLimited, hub_version: None, retry_in: Some(Duration::from_secs(6)) };
+        assert_eq!(reaction(&hinted), Reaction::BackOff(Some(Duration::from_secs(6))));
+        assert_eq!(limited_delay(None, 0.0), LIMITED_DELAY);
+        assert_eq!(limited_delay(None, 1.0), LIMITED_DELAY * 2);
+        assert_eq!(limited_delay(None, f64::NAN), LIMITED_DELAY);
+        assert!(limited_delay(None, 0.5) > LIMITED_DELAY && limited_delay(None, 0.5) < LIMITED_DELAY * 2);
+        let six = Some(Duration::from_secs(6));
+        assert_eq!(limited_delay(six, 0.0), Duration::from_secs(6));
+        assert_eq!(limited_delay(six, 1.0), Duration::from_secs(9));
+        assert_eq!(limited_delay(Some(Duration::from_secs(86_400)), 0.0), MAX_HINT, "a hint is followed so far");
     }
 
     #[test]
@@ -183,7 +202,12 @@ mod tests {
         let mismatch = tether_proto::codes::version_reason(2);
         assert_eq!(
             closed(&app(9, mismatch.as_bytes())),
-            Closed::Code { code: Code::VersionMismatch, hub_version: Some(2) }
+            Closed::Code { code: Code::VersionMismatch, hub_version: Some(2), retry_in: None }
+        );
+        let limited = tether_proto::codes::retry_reason("too many bootstrap attempts", Duration::from_secs(6));
+        assert_eq!(
+            closed(&app(7, limited.as_bytes())),
+            Closed::Code { code: Code::RateLimited, hub_version: None, retry_in: Some(Duration::from_secs(6)) }
         );
         assert_eq!(closed(&app(0xbeef, b"")), Closed::Lost, "an unknown code is no refusal");
         assert_eq!(closed(&quinn::ConnectionError::TimedOut), Closed::Lost);

@@ -23,7 +23,8 @@ const JITTER_PERCENT: u32 = 5;
 /// Waits after a refused renewal: the refusal may be lifted (the cluster accepted again) before expiry.
 const AFTER_REFUSAL: Duration = Duration::from_secs(60);
 /// How many times [`reaction::limited_delay`] a renewal waits when the hub says the cluster's budget of
-/// renewal requests is used up (`--renewal-rate`, by default 10 an hour: one comes back every 6 minutes).
+/// renewal requests is used up (`--renewal-rate`, by default 10 an hour: one comes back every 6 minutes; a
+/// stream reset carries no hint).
 const LIMITED_FACTOR: u32 = 10;
 
 /// When `identity` is due for renewal, with this client's jitter (`random` in [0, 1)).
@@ -84,7 +85,7 @@ pub async fn renew(
             Ok(Attempt::Again) => delay = backoff.next_delay(rand::random::<f64>()),
             Ok(Attempt::Limited) => {
                 counter!(m::RENEWALS, "outcome" => "limited").increment(1);
-                delay = reaction::limited_delay(rand::random::<f64>()) * LIMITED_FACTOR;
+                delay = reaction::limited_delay(None, rand::random::<f64>()) * LIMITED_FACTOR;
                 warn!(retry_in_s = delay.as_secs(), "certificate renewal refused for now: the hub is at a limit");
             }
             Err(e @ Error::Refused(_)) => {
@@ -139,7 +140,9 @@ async fn attempt(
             request::forget_refused(store, &mut pending).await?;
             Err(Error::Refused(reason))
         }
-        Answer::Lost { closed, .. } if reaction::reaction(&closed) == Reaction::BackOff => Ok(Attempt::Limited),
+        Answer::Lost { closed, .. } if matches!(reaction::reaction(&closed), Reaction::BackOff(_)) => {
+            Ok(Attempt::Limited)
+        }
         Answer::Lost { reason, .. } => {
             counter!(m::RENEWALS, "outcome" => "lost").increment(1);
             warn!(%reason, "certificate renewal ended without an answer; trying again");

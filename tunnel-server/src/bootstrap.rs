@@ -270,12 +270,17 @@ impl Bootstrap {
             connection.close(code(Code::Busy), b"too many bootstrap connections");
             return;
         };
-        let ip = connection.remote_address().ip();
-        let allowed = self.limiter.lock().unwrap_or_else(|e| e.into_inner()).allow(client_key(ip), Instant::now());
-        if !allowed {
+        let key = client_key(connection.remote_address().ip());
+        let refused_for = {
+            let mut limiter = self.limiter.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            (!limiter.allow(key, now)).then(|| limiter.wait(&key, now))
+        };
+        if let Some(wait) = refused_for {
             counter!(m::BOOTSTRAPS, "outcome" => "rate_limited").increment(1);
-            warn!("bootstrap refused: too many attempts from this address");
-            connection.close(code(Code::RateLimited), b"too many bootstrap attempts");
+            warn!(retry_in_ms = wait.as_millis() as u64, "bootstrap refused: too many attempts from this address");
+            let reason = tether_proto::codes::retry_reason("too many bootstrap attempts", wait);
+            connection.close(code(Code::RateLimited), reason.as_bytes());
             return;
         }
         let (mut send, mut recv) = match tokio::time::timeout(REQUEST_TIMEOUT, connection.accept_bi()).await {

@@ -270,8 +270,8 @@ async fn an_unauthenticated_peer_gets_one_stream_and_a_small_window_and_the_cap_
     // The cap of one bootstrap connection is taken: the next one is closed as busy, and its client backs off.
     let second = hub.dial(BOOTSTRAP_ALPN).await?;
     let closed = close_code(&second).await?;
-    assert_eq!(closed, Closed::Code { code: Code::Busy, hub_version: None });
-    assert_eq!(reaction::reaction(&closed), Reaction::BackOff);
+    assert_eq!(closed, Closed::Code { code: Code::Busy, hub_version: None, retry_in: None });
+    assert_eq!(reaction::reaction(&closed), Reaction::BackOff(None));
 
     // Once the first goes, its slot is free again (the hub gives up its look-up when the client goes): a
     // request is answered, here refused for its version, instead of the connection being closed as busy.
@@ -311,7 +311,7 @@ async fn a_hub_apiserver_error_is_no_refusal_the_client_tries_again() -> Result<
     let Answer::Lost { closed, reason } = answer else {
         bail!("a hub that cannot reach its apiserver answered {answer:?}: it must close without an answer");
     };
-    assert_eq!(closed, Closed::Code { code: Code::Abandoned, hub_version: None }, "{reason}");
+    assert_eq!(closed, Closed::Code { code: Code::Abandoned, hub_version: None, retry_in: None }, "{reason}");
     assert_eq!(reaction::reaction(&closed), Reaction::Retry);
     hub.stop().await
 }

@@ -29,21 +29,37 @@ impl<K: Hash + Eq> RateLimiter<K> {
         if self.rate == 0 {
             return true;
         }
-        let rate = f64::from(self.rate);
-        let period = self.period.as_secs_f64();
-        let refill = |(tokens, at): (f64, Instant)| {
-            (rate.min(tokens + now.saturating_duration_since(at).as_secs_f64() * rate / period), now)
-        };
         if self.buckets.len() > Self::PRUNE_ABOVE {
-            self.buckets.retain(|_, bucket| refill(*bucket).0 < rate);
+            let full = f64::from(self.rate);
+            self.buckets.retain(|_, bucket| Self::refill(self.rate, self.period, *bucket, now) < full);
         }
-        let bucket = self.buckets.entry(key).or_insert((rate, now));
-        *bucket = refill(*bucket);
+        let (rate, period) = (self.rate, self.period);
+        let bucket = self.buckets.entry(key).or_insert((f64::from(rate), now));
+        *bucket = (Self::refill(rate, period, *bucket, now), now);
         if bucket.0 < 1.0 {
             return false;
         }
         bucket.0 -= 1.0;
         true
+    }
+
+    /// How long until `key` may make an attempt, from `now` (zero if it may now): the hint a refusal
+    /// gives, so that clients come back when they will be let in rather than after a guess.
+    pub fn wait(&self, key: &K, now: Instant) -> Duration {
+        let Some(&bucket) = self.buckets.get(key).filter(|_| self.rate > 0) else {
+            return Duration::ZERO;
+        };
+        let missing = 1.0 - Self::refill(self.rate, self.period, bucket, now);
+        if missing <= 0.0 {
+            return Duration::ZERO;
+        }
+        Duration::try_from_secs_f64(missing * self.period.as_secs_f64() / f64::from(self.rate)).unwrap_or(self.period)
+    }
+
+    /// The tokens of `(tokens, at)` at `now`: refilled at `rate` per `period`, never above `rate`.
+    fn refill(rate: u32, period: Duration, (tokens, at): (f64, Instant), now: Instant) -> f64 {
+        let rate = f64::from(rate);
+        rate.min(tokens + now.saturating_duration_since(at).as_secs_f64() * rate / period.as_secs_f64())
     }
 }
 

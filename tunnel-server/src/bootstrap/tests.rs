@@ -230,6 +230,12 @@ fn the_rate_limit_refills_over_a_minute() {
     assert!(!limiter.allow(a, t0 + Duration::from_secs(22)));
     assert!((0..3).all(|_| limiter.allow(a, t0 + Duration::from_secs(300))));
     assert!(!limiter.allow(a, t0 + Duration::from_secs(300)), "a long pause does not bank more than the rate");
+    // A refusal says when the next attempt will be let in.
+    let t1 = t0 + Duration::from_secs(300);
+    assert_eq!(limiter.wait(&a, t1), Duration::from_secs(20));
+    assert_eq!(limiter.wait(&a, t1 + Duration::from_secs(15)), Duration::from_secs(5));
+    assert_eq!(limiter.wait(&a, t1 + Duration::from_secs(20)), Duration::ZERO);
+    assert_eq!(limiter.wait(&b, t1), Duration::ZERO, "a full bucket waits for nothing");
     let mut unlimited = RateLimiter::new(0, MINUTE);
     assert!((0..1000).all(|_| unlimited.allow(a, t0)));
 }
