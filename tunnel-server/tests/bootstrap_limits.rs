@@ -11,7 +11,10 @@ use anyhow::{bail, Context, Result};
 use bytes::BytesMut;
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use tether_proto::{BootstrapRequest, BootstrapResponse, Code, ResponseDecoder, BOOTSTRAP_ALPN, BOOTSTRAP_VERSION};
+use tether_proto::{
+    BootstrapRequest, BootstrapResponse, Code, Event, ResponseDecoder, Role, Session, SessionConfig, BOOTSTRAP_ALPN,
+    BOOTSTRAP_VERSION,
+};
 use tether_runtime::transport::TransportSettings;
 use tokio_util::sync::CancellationToken;
 use tunnel_client::reaction::{self, Closed, Reaction, Stop};
@@ -42,6 +45,8 @@ impl Reviews for Nobody {
 struct Hub {
     quic: SocketAddr,
     ca: PathBuf,
+    /// Signs spoke certificates for tunnels.
+    authority: tether_certs::CertificateAuthority,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<tunnel_server::Result<()>>>,
     _dir: tempfile::TempDir,
@@ -92,7 +97,7 @@ impl Hub {
         })
         .await?;
         let quic = json["quic"].as_str().context("quic address")?.parse()?;
-        Ok(Self { quic, ca: path("ca.crt"), shutdown, task: Some(task), _dir: dir })
+        Ok(Self { quic, ca: path("ca.crt"), authority: ca, shutdown, task: Some(task), _dir: dir })
     }
 
     /// A bootstrap connection (no client certificate), with the client's own transport settings.
@@ -102,13 +107,46 @@ impl Hub {
 
     fn connecting(&self, alpn: &[u8]) -> quinn::Connecting {
         let roots = tether_runtime::tls::root_store(&self.ca).expect("CA");
-        let mut crypto = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+        let crypto = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+        self.connect_with(crypto, alpn)
+    }
+
+    fn connect_with(&self, mut crypto: rustls::ClientConfig, alpn: &[u8]) -> quinn::Connecting {
         crypto.alpn_protocols = vec![alpn.to_vec()];
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).expect("QUIC crypto");
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(Arc::new(TransportSettings::default().to_quinn()));
         let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).expect("client endpoint");
         endpoint.connect_with(config, self.quic, "localhost").expect("connect")
+    }
+
+    /// A tunnel of `cluster` (a certificate of the hub CA), up to the hub's Welcome. The control stream is
+    /// returned so that it stays open.
+    async fn tunnel(&self, cluster: &str) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream)> {
+        let (key_pem, csr) = tether_certs::spoke_key_and_csr(cluster)?;
+        let cert_pem = self.authority.sign_spoke_csr(&csr, cluster, SystemTime::now(), Duration::from_secs(3600))?;
+        let roots = tether_runtime::tls::root_store(&self.ca)?;
+        let chain = tether_runtime::tls::certs_from_pem(cert_pem.as_bytes()).map_err(anyhow::Error::msg)?;
+        let key = tether_runtime::tls::key_from_pem(key_pem.as_bytes()).map_err(anyhow::Error::msg)?;
+        let crypto = rustls::ClientConfig::builder().with_root_certificates(roots).with_client_auth_cert(chain, key)?;
+        let connection = self.connect_with(crypto, tether_proto::ALPN).await?;
+        let (mut send, mut recv) = connection.open_bi().await?;
+        let role = Role::Client { client_version: "test".into(), instance: cluster.into() };
+        let config = SessionConfig { heartbeat_interval: Duration::from_secs(10), dead_after: Duration::from_secs(30) };
+        let mut session = Session::new(role, config, Instant::now());
+        let mut buf = vec![0u8; 4096];
+        loop {
+            while let Some(bytes) = session.poll_transmit() {
+                send.write_all(&bytes).await?;
+            }
+            while let Some(event) = session.poll_event() {
+                if let Event::Established { .. } = event {
+                    return Ok((connection, send, recv));
+                }
+            }
+            let n = tokio::time::timeout(DEADLINE, recv.read(&mut buf)).await?.context("control stream")?;
+            session.handle_input(Instant::now(), &buf[..n.context("control stream ended")?])?;
+        }
     }
 
     async fn stop(mut self) -> Result<()> {
@@ -323,5 +361,44 @@ async fn a_client_of_another_protocol_version_stops() -> Result<()> {
     let closed = reaction::closed(&error);
     assert_eq!(closed, Closed::TlsAlert(120), "{error}");
     assert_eq!(reaction::reaction(&closed), Reaction::Stop(Stop::VersionMismatch { hub: None }));
+    hub.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewals_are_budgeted_per_cluster_not_per_tunnel() -> Result<()> {
+    // The first renewal's certificate request hangs on the silent apiserver, after it was counted.
+    let apiserver = Silent::start().await?;
+    let hub = Hub::start(apiserver.addr, &["--renewal-rate", "1"]).await?;
+    let (first, _control1, _) = hub.tunnel("spoke-a").await?;
+    let (second, _control2, _) = hub.tunnel("spoke-a").await?;
+    let (_key, csr_pem) = tether_certs::spoke_key_and_csr("spoke-a")?;
+    let renewal =
+        BootstrapRequest { version: BOOTSTRAP_VERSION, cluster: "spoke-a".into(), token: None, csr_pem, resume: None };
+    let mut out = BytesMut::new();
+    renewal.encode(&mut out);
+
+    // A verified tunnel was lifted out of the unauthenticated settings: a second stream opens at once.
+    let (mut send1, mut recv1) =
+        first.open_bi().now_or_never().context("a tunnel cannot open its renewal stream")??;
+    send1.write_all(&out).await?;
+    // The same cluster's other tunnel buys no more requests: of the two renewals (in whichever order the hub
+    // takes them) one files its request, the other is reset as rate-limited.
+    let (mut send2, mut recv2) = second.open_bi().await?;
+    send2.write_all(&out).await?;
+    let (mut buf1, mut buf2) = ([0u8; 64], [0u8; 64]);
+    let error = tokio::time::timeout(DEADLINE, async {
+        tokio::select! {
+            read = recv1.read(&mut buf1) => read,
+            read = recv2.read(&mut buf2) => read,
+        }
+    })
+    .await?
+    .err()
+    .context("a renewal answered")?;
+    let closed = reaction::reset(&error);
+    assert_eq!(closed, Closed::Code { code: Code::RateLimited, hub_version: None, retry_in: None }, "{error}");
+    assert_eq!(reaction::reaction(&closed), Reaction::BackOff(None));
+    first.close(0u32.into(), b"done");
+    second.close(0u32.into(), b"done");
     hub.stop().await
 }
