@@ -1,5 +1,5 @@
-//! What an unauthenticated peer can cost the hub, and how its bootstrap answers read to a client: the real
-//! hub (`tunnel_server::serve`) on loopback, real quinn clients. The hub's apiserver is a TCP listener that
+//! What an unauthenticated peer can cost the hub, and how the hub's answers (bootstrap answers, close and
+//! reset codes) read to a client: the real hub (`tunnel_server::serve`) on loopback, real quinn clients. The hub's apiserver is a TCP listener that
 //! never answers (a request waits as long as the test wants) or a closed port (every call fails at once).
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,8 +12,8 @@ use bytes::BytesMut;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use tether_proto::{
-    BootstrapRequest, BootstrapResponse, Code, Event, ResponseDecoder, Role, Session, SessionConfig, BOOTSTRAP_ALPN,
-    BOOTSTRAP_VERSION,
+    BootstrapRequest, BootstrapResponse, Code, ControlMessage, Event, ResponseDecoder, Role, Session, SessionConfig,
+    BOOTSTRAP_ALPN, BOOTSTRAP_VERSION, PROTOCOL_VERSION,
 };
 use tether_runtime::transport::TransportSettings;
 use tokio_util::sync::CancellationToken;
@@ -123,13 +123,7 @@ impl Hub {
     /// A tunnel of `cluster` (a certificate of the hub CA), up to the hub's Welcome. The control stream is
     /// returned so that it stays open.
     async fn tunnel(&self, cluster: &str) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream)> {
-        let (key_pem, csr) = tether_certs::spoke_key_and_csr(cluster)?;
-        let cert_pem = self.authority.sign_spoke_csr(&csr, cluster, SystemTime::now(), Duration::from_secs(3600))?;
-        let roots = tether_runtime::tls::root_store(&self.ca)?;
-        let chain = tether_runtime::tls::certs_from_pem(cert_pem.as_bytes()).map_err(anyhow::Error::msg)?;
-        let key = tether_runtime::tls::key_from_pem(key_pem.as_bytes()).map_err(anyhow::Error::msg)?;
-        let crypto = rustls::ClientConfig::builder().with_root_certificates(roots).with_client_auth_cert(chain, key)?;
-        let connection = self.connect_with(crypto, tether_proto::ALPN).await?;
+        let connection = self.mtls(cluster).await?;
         let (mut send, mut recv) = connection.open_bi().await?;
         let role = Role::Client { client_version: "test".into(), instance: cluster.into() };
         let config = SessionConfig { heartbeat_interval: Duration::from_secs(10), dead_after: Duration::from_secs(30) };
@@ -147,6 +141,17 @@ impl Hub {
             let n = tokio::time::timeout(DEADLINE, recv.read(&mut buf)).await?.context("control stream")?;
             session.handle_input(Instant::now(), &buf[..n.context("control stream ended")?])?;
         }
+    }
+
+    /// A `tether/2` connection with a certificate of the hub CA for `cluster`, before any stream.
+    async fn mtls(&self, cluster: &str) -> Result<quinn::Connection> {
+        let (key_pem, csr) = tether_certs::spoke_key_and_csr(cluster)?;
+        let cert_pem = self.authority.sign_spoke_csr(&csr, cluster, SystemTime::now(), Duration::from_secs(3600))?;
+        let roots = tether_runtime::tls::root_store(&self.ca)?;
+        let chain = tether_runtime::tls::certs_from_pem(cert_pem.as_bytes()).map_err(anyhow::Error::msg)?;
+        let key = tether_runtime::tls::key_from_pem(key_pem.as_bytes()).map_err(anyhow::Error::msg)?;
+        let crypto = rustls::ClientConfig::builder().with_root_certificates(roots).with_client_auth_cert(chain, key)?;
+        Ok(self.connect_with(crypto, tether_proto::ALPN).await?)
     }
 
     async fn stop(mut self) -> Result<()> {
@@ -400,5 +405,21 @@ async fn renewals_are_budgeted_per_cluster_not_per_tunnel() -> Result<()> {
     assert_eq!(reaction::reaction(&closed), Reaction::BackOff(None));
     first.close(0u32.into(), b"done");
     second.close(0u32.into(), b"done");
+    hub.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_of_another_version_is_closed_naming_the_hubs_version() -> Result<()> {
+    let hub = Hub::start(closed_port().await?, &[]).await?;
+    let connection = hub.mtls("spoke-a").await?;
+    let (mut send, _recv) = connection.open_bi().await?;
+    let mut hello = BytesMut::new();
+    let version = PROTOCOL_VERSION + 1;
+    ControlMessage::Hello { version, client_version: "future".into(), instance: "spoke-a".into() }.encode(&mut hello);
+    send.write_all(&hello).await?;
+    let closed = close_code(&connection).await?;
+    let hub_version = Some(PROTOCOL_VERSION);
+    assert_eq!(closed, Closed::Code { code: Code::VersionMismatch, hub_version, retry_in: None });
+    assert_eq!(reaction::reaction(&closed), Reaction::Stop(Stop::VersionMismatch { hub: hub_version }));
     hub.stop().await
 }
