@@ -265,19 +265,22 @@ async fn after_hub_closed(closed: Closed, store: &Store, identity: &mut Identity
         }
         Reaction::Stop(Stop::Revoked) => Err(Error::Revoked { cluster: request::cluster_of(identity)? }),
         Reaction::Stop(Stop::VersionMismatch { hub }) => Err(Error::VersionMismatch {
-            hub: hub.map_or_else(|| "another protocol (it refused ALPN tether/2)".into(), |v| format!("tether/{v}")),
+            hub: hub.map_or_else(
+                || format!("another protocol (it refused ALPN {})", String::from_utf8_lossy(tether_proto::ALPN)),
+                |v| format!("tether/{v}"),
+            ),
             ours: format!("tether/{}", tether_proto::PROTOCOL_VERSION),
         }),
         Reaction::Stop(Stop::Expired) => {
             if let Some(stored) = store.load().await? {
-                let newer = renewal::expiry(&stored)? > renewal::expiry(identity)?;
+                let newer = renewal::not_after(&stored)? > renewal::not_after(identity)?;
                 if newer {
                     tracing::info!("the certificate expired, but the store holds a newer one: dialling with it");
                     *identity = stored;
                     return Ok(Wait::Now);
                 }
             }
-            let not_after = renewal::expiry(identity)?;
+            let not_after = renewal::not_after(identity)?;
             let not_after =
                 k8s_openapi::jiff::Timestamp::try_from(not_after).map_or_else(|_| "?".into(), |t| t.to_string());
             Err(Error::Expired { not_after })
@@ -391,4 +394,58 @@ fn server_name(config: &Config) -> Result<String> {
 fn default_instance() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     format!("{}-{}", host.trim(), std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use tether_proto::Code;
+
+    fn identity(ca: &tether_certs::CertificateAuthority, life: Duration) -> Identity {
+        let (key_pem, csr) = tether_certs::spoke_key_and_csr("spoke-a").unwrap();
+        let cert_pem = ca.sign_spoke_csr(&csr, "spoke-a", SystemTime::now(), life).unwrap();
+        Identity { cert_pem, key_pem }
+    }
+
+    fn said(code: Code) -> Closed {
+        Closed::Code { code, hub_version: None, retry_in: None }
+    }
+
+    #[tokio::test]
+    async fn what_the_dial_loop_does_after_each_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = FileStore::new(&dir.path().join("tls.key"), &dir.path().join("tls.crt"));
+        let store = Store::Files(files.clone());
+        let day = Duration::from_secs(86_400);
+        let ca = tether_certs::CertificateAuthority::generate("ca", SystemTime::now(), day).unwrap();
+        let mut current = identity(&ca, Duration::from_secs(60));
+        let save = |identity: &Identity| {
+            std::fs::write(&files.cert, &identity.cert_pem).unwrap();
+            std::fs::write(&files.key, &identity.key_pem).unwrap();
+        };
+        save(&current);
+
+        assert_eq!(after_hub_closed(Closed::Lost, &store, &mut current).await.unwrap(), Wait::Backoff);
+        assert_eq!(after_hub_closed(said(Code::Abandoned), &store, &mut current).await.unwrap(), Wait::Backoff);
+        let hint = Closed::Code { code: Code::RateLimited, hub_version: None, retry_in: Some(Duration::from_secs(6)) };
+        let waited = after_hub_closed(hint, &store, &mut current).await.unwrap();
+        assert_eq!(waited, Wait::Limited(Some(Duration::from_secs(6))));
+
+        let revoked = after_hub_closed(said(Code::Revoked), &store, &mut current).await.unwrap_err().to_string();
+        assert!(revoked.contains("revoked this spoke's certificate (cluster spoke-a)"), "{revoked}");
+        let mismatch = Closed::Code { code: Code::VersionMismatch, hub_version: Some(3), retry_in: None };
+        let mismatch = after_hub_closed(mismatch, &store, &mut current).await.unwrap_err().to_string();
+        assert!(mismatch.contains("the hub speaks tether/3, this client speaks tether/2"), "{mismatch}");
+
+        // Expired, and the store holds nothing newer: stop, saying so.
+        let expired = after_hub_closed(said(Code::Expired), &store, &mut current).await.unwrap_err().to_string();
+        assert!(expired.contains("expired"), "{expired}");
+        // Expired, but another client sharing the store renewed it: dial at once with that one.
+        let renewed = identity(&ca, day);
+        save(&renewed);
+        assert_eq!(after_hub_closed(said(Code::Expired), &store, &mut current).await.unwrap(), Wait::Now);
+        assert_eq!(current, renewed);
+    }
 }

@@ -41,11 +41,17 @@ pub fn due_time(identity: &Identity, random: f64) -> Result<SystemTime> {
 
 /// The certificate's not-after, also exported as `tether_client_certificate_expiry_seconds`.
 pub fn expiry(identity: &Identity) -> Result<SystemTime> {
+    let not_after = not_after(identity)?;
+    let unix = not_after.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    gauge!(m::CERTIFICATE_EXPIRY).set(unix.as_secs_f64());
+    Ok(not_after)
+}
+
+/// The certificate's not-after.
+pub fn not_after(identity: &Identity) -> Result<SystemTime> {
     let der = leaf_der(identity)?;
     let (_, not_after) =
         tether_certs::validity(&der).map_err(|e| Error::Config { flag: "--cert", reason: e.to_string() })?;
-    let unix = not_after.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    gauge!(m::CERTIFICATE_EXPIRY).set(unix.as_secs_f64());
     Ok(not_after)
 }
 
