@@ -55,6 +55,10 @@ pub enum Error {
     #[error("protocol version mismatch: the peer speaks tether/{theirs}, this end speaks tether/{ours}")]
     VersionMismatch { ours: u16, theirs: u16 },
 
+    /// A QUIC application error code that is not in [`crate::Code`] (a newer peer's).
+    #[error("unknown QUIC application error code {0:#x}")]
+    UnknownCode(u64),
+
     /// A well-formed message that is not allowed in the session's current state.
     #[error("unexpected {message} message {state}")]
     UnexpectedMessage { message: &'static str, state: &'static str },

@@ -56,11 +56,18 @@
 //! [`BootstrapResponse`]s (`Pending`, then `Issued` or `Refused`) in frames laid out as control
 //! frames, at most [`MAX_BOOTSTRAP_FRAME`] bytes.
 //!
+//! # Close and reset codes
+//!
+//! Every QUIC application error code either end sends, on a connection close or a stream reset, is a
+//! [`Code`]; [`codes`] holds the table with each code's number, sender and meaning. The client turns the
+//! code its tunnel was closed with into what it does next (redial, back off longer, or stop and say why).
+//!
 //! # Versions
 //!
 //! [`PROTOCOL_VERSION`] is the major version, also carried in the ALPN. Hello and Welcome
 //! start with it in every version; a peer with another one is a protocol error that names
-//! both versions. A compatible addition within a major version uses a new extension type.
+//! both versions, and the hub closes the connection with [`Code::VersionMismatch`]. A
+//! compatible addition within a major version uses a new extension type.
 //!
 //! # Errors
 //!
@@ -71,6 +78,7 @@
 
 pub mod backoff;
 pub mod bootstrap;
+pub mod codes;
 pub mod control;
 mod error;
 pub mod header;
@@ -82,6 +90,7 @@ pub use backoff::Backoff;
 pub use bootstrap::{
     BootstrapRequest, BootstrapResponse, ResponseDecoder, BOOTSTRAP_ALPN, BOOTSTRAP_VERSION, MAX_BOOTSTRAP_FRAME,
 };
+pub use codes::Code;
 pub use control::{ControlMessage, FrameDecoder, MAX_PEM_LEN, MAX_STRING_LEN};
 pub use error::{Error, Result};
 pub use header::{StreamHeader, Target, MAX_HEADER_LEN, MAX_NAME_LEN};

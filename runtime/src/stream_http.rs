@@ -13,7 +13,7 @@ use crate::{Error, Result};
 
 /// The reset code of a stream whose body failed half-way: the peer must not take what it got for the
 /// whole body.
-pub const RESET_BODY_FAILED: u32 = 0x10;
+pub const RESET_BODY_FAILED: u32 = tether_proto::Code::BodyFailed.value();
 
 /// Reads one head (a stream header, a request or a response head) that starts with `pending` and goes on in
 /// `recv`. Returns it with the bytes read past it, or `None` if the stream ended before a whole head.

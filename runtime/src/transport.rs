@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use quinn::{TransportConfig, VarInt};
+use tether_proto::Code;
 
 /// Bidirectional streams a spoke may open on its tunnel: the control stream and one renewal at a time, with
 /// room for a retried renewal. quinn keeps an entry for every stream the peer may open, from the start: the
@@ -35,6 +36,23 @@ impl Default for TransportSettings {
 }
 
 impl TransportSettings {
+    /// These settings for a connection whose peer is not known yet: the peer may open one stream and have
+    /// at most `window` bytes in flight to us over all its streams. An endpoint that takes both
+    /// authenticated and unauthenticated peers (the hub: tunnels and bootstrap) accepts every connection
+    /// with these and [`lifts`](Self::lift) it once the peer is verified. Stream windows stay as they are:
+    /// quinn fixes them in the handshake, the streams a hub opens on a tunnel later need them for bulk
+    /// transfers, and the connection window bounds what all streams of a peer may buffer together.
+    pub fn unauthenticated(&self, window: u64) -> Self {
+        Self { max_concurrent_streams: 1, connection_window: window.min(self.connection_window), ..self.clone() }
+    }
+
+    /// Raises a connection accepted with [`unauthenticated`](Self::unauthenticated) settings to these.
+    pub fn lift(&self, connection: &quinn::Connection) {
+        connection.set_receive_window(VarInt::from_u64(self.connection_window).unwrap_or(VarInt::MAX));
+        connection.set_send_window(self.connection_window);
+        connection.set_max_concurrent_bi_streams(VarInt::from_u32(self.max_concurrent_streams));
+    }
+
     pub fn to_quinn(&self) -> TransportConfig {
         let mut config = TransportConfig::default();
         config
@@ -45,8 +63,26 @@ impl TransportSettings {
             .receive_window(VarInt::from_u64(self.connection_window).unwrap_or(VarInt::MAX))
             .send_window(self.connection_window)
             .keep_alive_interval(Some(self.keep_alive))
-            .max_idle_timeout(self.idle_timeout.try_into().ok());
+            .max_idle_timeout(self.idle_timeout.try_into().ok())
+            // tether sends no datagrams: quinn would otherwise buffer 1.25 MB of a peer's unread ones.
+            .datagram_receive_buffer_size(None);
         config
+    }
+}
+
+/// A tether [`Code`] as the `VarInt` quinn's `close` and `reset` take.
+pub fn code(code: Code) -> VarInt {
+    VarInt::from_u32(code.value())
+}
+
+/// The tether [`Code`] a connection was closed with by its peer, if it was closed that way (`None` for a
+/// timeout, a reset, a transport error, or a code this build does not know).
+pub fn peer_code(error: &quinn::ConnectionError) -> Option<(Code, &[u8])> {
+    match error {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            Code::try_from(close.error_code.into_inner()).ok().map(|code| (code, &close.reason[..]))
+        }
+        _ => None,
     }
 }
 

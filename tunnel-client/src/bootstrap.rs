@@ -11,9 +11,12 @@
 //!    certificate as its identity.
 //!
 //! `Refused` ends the process with the hub's reason: a refused token or request does not get better by
-//! retrying (after a refused resume the request's name is forgotten, so a new token starts a new request). A
-//! failed dial or a connection lost without an answer, including a wait for approval that the hub ends, is
-//! retried with the usual backoff.
+//! retrying (after a refused resume the request's name is forgotten, so a new token starts a new request).
+//! Anything else is no answer and is retried: a failed dial or a connection lost without an answer,
+//! including a wait for approval that the hub ends and any error of the hub's apiserver (the hub closes
+//! with `Abandoned`), after the usual backoff; a connection the hub closed as rate-limited or busy after
+//! [`crate::reaction::limited_delay`] (as long as the hub's hint says, when it gives one). A hub that refuses the bootstrap protocol's ALPN ends the process
+//! as a version mismatch.
 use std::path::Path;
 
 use tether_proto::Backoff;
@@ -23,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::identity::{Identity, Store};
+use crate::reaction::{self, Closed, Reaction, Stop};
 use crate::request::{self, Answer};
 use crate::{Config, Error, Result};
 
@@ -45,16 +49,31 @@ pub async fn obtain_certificate(
     let mut pending = request::pending_or_new(store, cluster).await?;
     let client_config = client_config(config, transport)?;
     let mut backoff = Backoff::new(config.backoff_base, config.backoff_cap);
-    let mut first = true;
+    // None: at once (the first attempt, or one resuming another client's request).
+    let mut last: Option<Closed> = None;
     loop {
-        if !first {
-            let delay = backoff.next_delay(rand::random::<f64>());
+        if let Some(closed) = last.take() {
+            let delay = match reaction::reaction(&closed) {
+                Reaction::Retry => backoff.next_delay(rand::random::<f64>()),
+                Reaction::BackOff(hint) => {
+                    let delay = reaction::limited_delay(hint, rand::random::<f64>());
+                    warn!(?closed, retry_in_ms = delay.as_millis() as u64, "the hub is at a limit: backing off longer");
+                    delay
+                }
+                Reaction::Stop(Stop::VersionMismatch { .. }) => {
+                    return Err(Error::VersionMismatch {
+                        hub: "another protocol (it refused ALPN tether-bootstrap/1)".into(),
+                        ours: String::from_utf8_lossy(tether_proto::BOOTSTRAP_ALPN).into_owned(),
+                    })
+                }
+                // Nothing a bootstrap connection, which has no certificate, can be told.
+                Reaction::Stop(Stop::Revoked | Stop::Expired) => backoff.next_delay(rand::random::<f64>()),
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(None),
                 _ = tokio::time::sleep(delay) => {}
             }
         }
-        first = false;
         // The token is read only when it is needed: a resumed request was paid for already.
         let token = match &pending.csr_name {
             Some(_) => None,
@@ -63,14 +82,15 @@ pub async fn obtain_certificate(
         let request = request::request(cluster, &pending, token);
         let connection = match crate::dial(config, server_name, endpoint, client_config.clone()).await {
             Ok(c) => c,
-            Err(reason) => {
-                warn!(hub = %config.hub, %reason, "bootstrap dial failed");
+            Err(e) => {
+                warn!(hub = %config.hub, reason = %e, "bootstrap dial failed");
+                last = Some(e.closed());
                 continue;
             }
         };
         let named_before = pending.csr_name.clone();
         let answer = request::exchange(&connection, &request, store, &mut pending, shutdown).await;
-        connection.close(0u32.into(), b"bye");
+        connection.close(tether_runtime::transport::code(tether_proto::Code::Normal), b"bye");
         if pending.csr_name != named_before {
             backoff.reset();
         }
@@ -93,8 +113,9 @@ pub async fn obtain_certificate(
                 }
                 return Err(Error::Refused(reason));
             }
-            Answer::Lost(reason) => {
-                warn!(%reason, resume = pending.csr_name.is_some(), "bootstrap attempt ended without an answer")
+            Answer::Lost { reason, closed } => {
+                warn!(%reason, resume = pending.csr_name.is_some(), "bootstrap attempt ended without an answer");
+                last = Some(closed);
             }
             Answer::Shutdown => return Ok(None),
         }

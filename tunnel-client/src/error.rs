@@ -18,6 +18,22 @@ pub enum Error {
     Refused(String),
     #[error("bootstrap: {0}")]
     Bootstrap(String),
+    /// The hub closed the tunnel (or refused the handshake) because this spoke's certificate is revoked.
+    #[error(
+        "the hub revoked this spoke's certificate (cluster {cluster}), as it does when the cluster is unregistered: \
+         not redialling; register the cluster again (remove the identity and give a new bootstrap token) to reconnect"
+    )]
+    Revoked { cluster: String },
+    /// The client certificate expired before it was renewed.
+    #[error(
+        "the hub refused the client certificate as expired (not-after {not_after}; or not valid yet: check the \
+         clocks): it should have been renewed at 80 % of its life (see tether_client_renewals_total and the \
+         cluster's CertificateSigningRequests on the hub); a new identity is needed"
+    )]
+    Expired { not_after: String },
+    /// The hub speaks another protocol version.
+    #[error("protocol version mismatch: the hub speaks {hub}, this client speaks {ours}; run matching versions")]
+    VersionMismatch { hub: String, ours: String },
     #[error("writing {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
     #[error(transparent)]

@@ -1,7 +1,9 @@
 //! tether's spoke agent. Dials the hub over QUIC with its client certificate, keeps one tunnel per process,
 //! and serves the streams the hub opens by forwarding them to the local apiserver. Without a certificate but
 //! with a bootstrap token it first obtains one from the hub ([`bootstrap`]); at 80 % of the certificate's life
-//! it renews it over the tunnel ([`renewal`]) and moves to a tunnel with the new identity.
+//! it renews it over the tunnel ([`renewal`]) and moves to a tunnel with the new identity. When the hub ends a
+//! connection it says why with a close code, and [`reaction`] decides what comes next: dial again, back off
+//! longer, or stop with an error that says why (a revoked certificate, a protocol version mismatch).
 pub mod bootstrap;
 pub mod config;
 mod error;
@@ -9,6 +11,7 @@ mod h2_pool;
 pub mod identity;
 pub mod metrics;
 pub mod policy;
+pub mod reaction;
 pub mod renewal;
 pub mod request;
 pub mod tunnel;
@@ -16,6 +19,7 @@ pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ::metrics::counter;
 use tether_proto::Backoff;
@@ -31,6 +35,7 @@ pub use error::{Error, Result};
 use crate::identity::{FileStore, Identity, SecretStore, Store};
 use crate::metrics as m;
 use crate::policy::watch::{ConfigMapPolicy, PolicyHandle};
+use crate::reaction::{Closed, Reaction, Stop};
 use crate::tunnel::{Ended, Report};
 use crate::upstream::Upstream;
 
@@ -38,8 +43,9 @@ use crate::upstream::Upstream;
 const POLICY_READ_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Runs until `shutdown`: dial, serve, and on loss dial again with jittered exponential backoff (at once
-/// after a go-away). A tunnel whose identity was renewed keeps serving until the tunnel with the new
-/// identity is up, then drains.
+/// after a go-away, longer when the hub is at a limit). A tunnel whose identity was renewed keeps serving
+/// until the tunnel with the new identity is up, then drains. Returns an error when the hub said that
+/// redialling cannot help ([`reaction::Stop`]).
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     tls::install_crypto_provider();
     metrics::describe();
@@ -132,29 +138,39 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         tracing::warn!("the identity policy ConfigMap is not read yet; requests are refused until it is");
     }
     let mut backoff = Backoff::new(config.backoff_base, config.backoff_cap);
-    let mut first = true;
+    let mut wait = Wait::Now;
     // The tunnel that renewed its identity, still serving until its successor is up.
     let mut retiring: Option<CancellationToken> = None;
-    while !shutdown.is_cancelled() {
-        if !first {
-            let delay = backoff.next_delay(rand::random::<f64>());
+    let stopped = loop {
+        if shutdown.is_cancelled() {
+            break None;
+        }
+        let delay = match wait {
+            Wait::Now => None,
+            Wait::Backoff => Some(backoff.next_delay(rand::random::<f64>())),
+            Wait::Limited(hint) => Some(reaction::limited_delay(hint, rand::random::<f64>())),
+        };
+        if let Some(delay) = delay {
             tracing::info!(delay_ms = delay.as_millis() as u64, attempt = backoff.attempt(), "reconnecting");
             tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = shutdown.cancelled() => break None,
                 _ = tokio::time::sleep(delay) => {}
             }
         }
-        first = false;
         let dialed = match quic_client_config(&config, &identity, &transport) {
             Ok(client_config) => dial(&config, &server_name, &mut endpoint, client_config).await,
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(DialError::Setup(e.to_string())),
         };
         let connection = match dialed {
             Ok(c) => c,
-            Err(reason) => {
+            Err(e) => {
                 counter!(m::HANDSHAKE_FAILURES).increment(1);
                 counter!(m::RECONNECTS, "cause" => "failed").increment(1);
-                tracing::warn!(hub = %config.hub, %reason, "dial failed");
+                tracing::warn!(hub = %config.hub, reason = %e, "dial failed");
+                match after_hub_closed(e.closed(), &store, &mut identity).await {
+                    Ok(next) => wait = next,
+                    Err(stop) => break Some(stop),
+                }
                 continue;
             }
         };
@@ -173,7 +189,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         let span = tracing::info_span!("tunnel", hub = %config.hub);
         let mut task = tokio::spawn(
             tunnel::serve(
-                connection,
+                connection.clone(),
                 params.clone(),
                 Some(renewal),
                 retire.clone(),
@@ -218,7 +234,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
                 None => tracing::warn!("the renewed identity vanished from the store; keeping the old one"),
             }
             retiring = Some(retire);
-            first = true;
+            wait = Wait::Now;
             continue;
         }
         readiness.set(false);
@@ -226,28 +242,111 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
             backoff.reset();
         }
         match ended.expect("not renewed") {
-            Ended::Shutdown | Ended::Retired => break,
+            Ended::Shutdown | Ended::Retired => break None,
             Ended::GoAway => {
                 counter!(m::RECONNECTS, "cause" => "go_away").increment(1);
                 // A new endpoint gets a new UDP port: the hub (or its load balancer) sees a new flow.
                 endpoint = None;
-                first = true;
+                wait = Wait::Now;
             }
             Ended::Lost(reason) => {
                 counter!(m::RECONNECTS, "cause" => "lost").increment(1);
                 tracing::warn!(%reason, "tunnel lost");
+                let closed = connection.close_reason().map_or(Closed::Lost, |e| reaction::closed(&e));
+                match after_hub_closed(closed, &store, &mut identity).await {
+                    Ok(next) => wait = next,
+                    Err(stop) => break Some(stop),
+                }
             }
         }
-    }
+    };
     close(endpoint).await;
     ops_task.abort();
-    Ok(())
+    match stopped {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+/// How long to wait before the next dial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    Now,
+    /// The usual jittered exponential backoff.
+    Backoff,
+    /// The hub is at a limit: [`reaction::limited_delay`] of its hint.
+    Limited(Option<Duration>),
+}
+
+/// What the dial loop does after the hub said `closed`: the wait before the next dial, or the error to stop
+/// with. An expired certificate is first looked for anew in the store, where another client sharing the
+/// identity may have put a renewed one.
+async fn after_hub_closed(closed: Closed, store: &Store, identity: &mut Identity) -> Result<Wait> {
+    match reaction::reaction(&closed) {
+        Reaction::Retry => Ok(Wait::Backoff),
+        Reaction::BackOff(hint) => {
+            tracing::warn!(?closed, "the hub is at a limit: backing off longer");
+            Ok(Wait::Limited(hint))
+        }
+        Reaction::Stop(Stop::Revoked) => Err(Error::Revoked { cluster: request::cluster_of(identity)? }),
+        Reaction::Stop(Stop::VersionMismatch { hub }) => Err(Error::VersionMismatch {
+            hub: hub.map_or_else(
+                || format!("another protocol (it refused ALPN {})", String::from_utf8_lossy(tether_proto::ALPN)),
+                |v| format!("tether/{v}"),
+            ),
+            ours: format!("tether/{}", tether_proto::PROTOCOL_VERSION),
+        }),
+        Reaction::Stop(Stop::Expired) => {
+            if let Some(stored) = store.load().await? {
+                let newer = renewal::not_after(&stored)? > renewal::not_after(identity)?;
+                if newer {
+                    tracing::info!("the certificate expired, but the store holds a newer one: dialling with it");
+                    *identity = stored;
+                    return Ok(Wait::Now);
+                }
+            }
+            let not_after = renewal::not_after(identity)?;
+            let not_after =
+                k8s_openapi::jiff::Timestamp::try_from(not_after).map_or_else(|_| "?".into(), |t| t.to_string());
+            Err(Error::Expired { not_after })
+        }
+    }
 }
 
 async fn close(endpoint: Option<quinn::Endpoint>) {
     if let Some(endpoint) = endpoint {
-        endpoint.close(0u32.into(), b"bye");
+        endpoint.close(tether_runtime::transport::code(tether_proto::Code::Normal), b"bye");
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;
+    }
+}
+
+/// Why a dial failed.
+#[derive(Debug)]
+enum DialError {
+    /// Before anything was sent: the address, the socket, the configuration.
+    Setup(String),
+    TimedOut,
+    /// The handshake failed, or the hub closed the connection during it.
+    Connection(quinn::ConnectionError),
+}
+
+impl DialError {
+    /// What the hub said, if it said anything.
+    fn closed(&self) -> Closed {
+        match self {
+            DialError::Connection(e) => reaction::closed(e),
+            DialError::Setup(_) | DialError::TimedOut => Closed::Lost,
+        }
+    }
+}
+
+impl std::fmt::Display for DialError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DialError::Setup(reason) => f.write_str(reason),
+            DialError::TimedOut => f.write_str("handshake timed out"),
+            DialError::Connection(e) => write!(f, "{e}"),
+        }
     }
 }
 
@@ -257,25 +356,26 @@ async fn dial(
     server_name: &str,
     endpoint: &mut Option<quinn::Endpoint>,
     client_config: quinn::ClientConfig,
-) -> std::result::Result<quinn::Connection, String> {
+) -> std::result::Result<quinn::Connection, DialError> {
+    let setup = DialError::Setup;
     let addr: SocketAddr = tokio::net::lookup_host(&config.hub)
         .await
-        .map_err(|e| format!("resolving {}: {e}", config.hub))?
+        .map_err(|e| setup(format!("resolving {}: {e}", config.hub)))?
         .next()
-        .ok_or_else(|| format!("{} resolves to no address", config.hub))?;
+        .ok_or_else(|| setup(format!("{} resolves to no address", config.hub)))?;
     if endpoint.as_ref().and_then(|e| e.local_addr().ok()).is_none_or(|l| l.is_ipv4() != addr.is_ipv4()) {
         let bind: SocketAddr =
             if addr.is_ipv4() { "0.0.0.0:0".parse() } else { "[::]:0".parse() }.expect("literal address");
-        let socket = tether_runtime::transport::udp_socket(bind).map_err(|e| format!("UDP socket: {e}"))?;
+        let socket = tether_runtime::transport::udp_socket(bind).map_err(|e| setup(format!("UDP socket: {e}")))?;
         let client = quinn::Endpoint::new(Default::default(), None, socket, Arc::new(quinn::TokioRuntime));
-        *endpoint = Some(client.map_err(|e| format!("UDP socket: {e}"))?);
+        *endpoint = Some(client.map_err(|e| setup(format!("UDP socket: {e}")))?);
     }
     let endpoint = endpoint.as_ref().expect("set above");
-    let connecting = endpoint.connect_with(client_config, addr, server_name).map_err(|e| e.to_string())?;
+    let connecting = endpoint.connect_with(client_config, addr, server_name).map_err(|e| setup(e.to_string()))?;
     tokio::time::timeout(std::time::Duration::from_secs(10), connecting)
         .await
-        .map_err(|_| "handshake timed out".to_string())?
-        .map_err(|e| e.to_string())
+        .map_err(|_| DialError::TimedOut)?
+        .map_err(DialError::Connection)
 }
 
 fn quic_client_config(
@@ -319,4 +419,58 @@ fn server_name(config: &Config) -> Result<String> {
 fn default_instance() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     format!("{}-{}", host.trim(), std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use tether_proto::Code;
+
+    fn identity(ca: &tether_certs::CertificateAuthority, life: Duration) -> Identity {
+        let (key_pem, csr) = tether_certs::spoke_key_and_csr("spoke-a").unwrap();
+        let cert_pem = ca.sign_spoke_csr(&csr, "spoke-a", SystemTime::now(), life).unwrap();
+        Identity { cert_pem, key_pem }
+    }
+
+    fn said(code: Code) -> Closed {
+        Closed::Code { code, hub_version: None, retry_in: None }
+    }
+
+    #[tokio::test]
+    async fn what_the_dial_loop_does_after_each_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = FileStore::new(&dir.path().join("tls.key"), &dir.path().join("tls.crt"));
+        let store = Store::Files(files.clone());
+        let day = Duration::from_secs(86_400);
+        let ca = tether_certs::CertificateAuthority::generate("ca", SystemTime::now(), day).unwrap();
+        let mut current = identity(&ca, Duration::from_secs(60));
+        let save = |identity: &Identity| {
+            std::fs::write(&files.cert, &identity.cert_pem).unwrap();
+            std::fs::write(&files.key, &identity.key_pem).unwrap();
+        };
+        save(&current);
+
+        assert_eq!(after_hub_closed(Closed::Lost, &store, &mut current).await.unwrap(), Wait::Backoff);
+        assert_eq!(after_hub_closed(said(Code::Abandoned), &store, &mut current).await.unwrap(), Wait::Backoff);
+        let hint = Closed::Code { code: Code::RateLimited, hub_version: None, retry_in: Some(Duration::from_secs(6)) };
+        let waited = after_hub_closed(hint, &store, &mut current).await.unwrap();
+        assert_eq!(waited, Wait::Limited(Some(Duration::from_secs(6))));
+
+        let revoked = after_hub_closed(said(Code::Revoked), &store, &mut current).await.unwrap_err().to_string();
+        assert!(revoked.contains("revoked this spoke's certificate (cluster spoke-a)"), "{revoked}");
+        let mismatch = Closed::Code { code: Code::VersionMismatch, hub_version: Some(3), retry_in: None };
+        let mismatch = after_hub_closed(mismatch, &store, &mut current).await.unwrap_err().to_string();
+        assert!(mismatch.contains("the hub speaks tether/3, this client speaks tether/2"), "{mismatch}");
+
+        // Expired, and the store holds nothing newer: stop, saying so.
+        let expired = after_hub_closed(said(Code::Expired), &store, &mut current).await.unwrap_err().to_string();
+        assert!(expired.contains("expired"), "{expired}");
+        // Expired, but another client sharing the store renewed it: dial at once with that one.
+        let renewed = identity(&ca, day);
+        save(&renewed);
+        assert_eq!(after_hub_closed(said(Code::Expired), &store, &mut current).await.unwrap(), Wait::Now);
+        assert_eq!(current, renewed);
+    }
 }

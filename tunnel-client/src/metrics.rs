@@ -30,7 +30,7 @@ pub fn describe() {
         "HTTP/2 connections started to the local apiserver, each for up to --apiserver-streams-per-connection requests"
     );
     describe_histogram!(REQUEST_DURATION, Unit::Seconds, "Time to response headers from the local apiserver, by code");
-    describe_counter!(RENEWALS, "Certificate renewals, by outcome (issued, shared, refused, lost, error)");
+    describe_counter!(RENEWALS, "Certificate renewals, by outcome (issued, shared, refused, limited, lost, error)");
     describe_gauge!(
         CERTIFICATE_EXPIRY,
         Unit::Seconds,

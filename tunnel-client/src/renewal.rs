@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use crate::identity::{Identity, Store};
 use crate::metrics as m;
+use crate::reaction::{self, Reaction};
 use crate::request::{self, Answer};
 use crate::{Error, Result};
 
@@ -21,6 +22,10 @@ use crate::{Error, Result};
 const JITTER_PERCENT: u32 = 5;
 /// Waits after a refused renewal: the refusal may be lifted (the cluster accepted again) before expiry.
 const AFTER_REFUSAL: Duration = Duration::from_secs(60);
+/// How many times [`reaction::limited_delay`] a renewal waits when the hub says the cluster's budget of
+/// renewal requests is used up (`--renewal-rate`, by default 10 an hour: one comes back every 6 minutes; a
+/// stream reset carries no hint).
+const LIMITED_FACTOR: u32 = 10;
 
 /// When `identity` is due for renewal, with this client's jitter (`random` in [0, 1)).
 pub fn due_time(identity: &Identity, random: f64) -> Result<SystemTime> {
@@ -36,11 +41,17 @@ pub fn due_time(identity: &Identity, random: f64) -> Result<SystemTime> {
 
 /// The certificate's not-after, also exported as `tether_client_certificate_expiry_seconds`.
 pub fn expiry(identity: &Identity) -> Result<SystemTime> {
+    let not_after = not_after(identity)?;
+    let unix = not_after.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    gauge!(m::CERTIFICATE_EXPIRY).set(unix.as_secs_f64());
+    Ok(not_after)
+}
+
+/// The certificate's not-after.
+pub fn not_after(identity: &Identity) -> Result<SystemTime> {
     let der = leaf_der(identity)?;
     let (_, not_after) =
         tether_certs::validity(&der).map_err(|e| Error::Config { flag: "--cert", reason: e.to_string() })?;
-    let unix = not_after.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    gauge!(m::CERTIFICATE_EXPIRY).set(unix.as_secs_f64());
     Ok(not_after)
 }
 
@@ -76,8 +87,13 @@ pub async fn renew(
             _ = shutdown.cancelled() => return std::future::pending().await,
         }
         match attempt(&connection, store, current, cluster, shutdown).await {
-            Ok(Some(identity)) => return identity,
-            Ok(None) => delay = backoff.next_delay(rand::random::<f64>()),
+            Ok(Attempt::Renewed(identity)) => return identity,
+            Ok(Attempt::Again) => delay = backoff.next_delay(rand::random::<f64>()),
+            Ok(Attempt::Limited) => {
+                counter!(m::RENEWALS, "outcome" => "limited").increment(1);
+                delay = reaction::limited_delay(None, rand::random::<f64>()) * LIMITED_FACTOR;
+                warn!(retry_in_s = delay.as_secs(), "certificate renewal refused for now: the hub is at a limit");
+            }
             Err(e @ Error::Refused(_)) => {
                 counter!(m::RENEWALS, "outcome" => "refused").increment(1);
                 warn!(error = %e, "certificate renewal refused; trying again later");
@@ -92,19 +108,28 @@ pub async fn renew(
     }
 }
 
-/// One request; `Ok(None)` when it ended without an answer.
+/// How one renewal attempt went, short of an error.
+enum Attempt {
+    Renewed(Identity),
+    /// No answer: try again after the usual backoff.
+    Again,
+    /// The hub is at a limit (the cluster's renewal budget): try again much later.
+    Limited,
+}
+
+/// One request.
 async fn attempt(
     connection: &quinn::Connection,
     store: &Store,
     current: &Identity,
     cluster: &str,
     shutdown: &CancellationToken,
-) -> Result<Option<Identity>> {
+) -> Result<Attempt> {
     if let Some(stored) = store.load().await? {
         if &stored != current {
             info!("another client of this cluster renewed the shared identity: using it");
             counter!(m::RENEWALS, "outcome" => "shared").increment(1);
-            return Ok(Some(stored));
+            return Ok(Attempt::Renewed(stored));
         }
     }
     let mut pending = request::pending_or_new(store, cluster).await?;
@@ -115,18 +140,21 @@ async fn attempt(
             let identity = request::commit(store, &pending, &certificate_pem, cluster).await?;
             counter!(m::RENEWALS, "outcome" => "issued").increment(1);
             info!(store = %store.describe(), "certificate renewed");
-            Ok(Some(identity))
+            Ok(Attempt::Renewed(identity))
         }
         Answer::Refused(reason) => {
             request::forget_refused(store, &mut pending).await?;
             Err(Error::Refused(reason))
         }
-        Answer::Lost(reason) => {
+        Answer::Lost { closed, .. } if matches!(reaction::reaction(&closed), Reaction::BackOff(_)) => {
+            Ok(Attempt::Limited)
+        }
+        Answer::Lost { reason, .. } => {
             counter!(m::RENEWALS, "outcome" => "lost").increment(1);
             warn!(%reason, "certificate renewal ended without an answer; trying again");
-            Ok(None)
+            Ok(Attempt::Again)
         }
-        Answer::Shutdown => Ok(None),
+        Answer::Shutdown => Ok(Attempt::Again),
     }
 }
 

@@ -9,16 +9,28 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::identity::{Identity, Pending, Store};
+use crate::reaction::{self, Closed};
 use crate::{Error, Result};
 
 /// How one exchange ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
     Issued(String),
+    /// A final answer: this request will not be signed.
     Refused(String),
-    /// No answer: try again after a backoff.
-    Lost(String),
+    /// No answer: try again; `closed` is what the hub said by ending the connection or stream (for
+    /// [`reaction::reaction`]: the usual backoff, a longer one, or stop).
+    Lost {
+        reason: String,
+        closed: Closed,
+    },
     Shutdown,
+}
+
+impl Answer {
+    fn lost(reason: impl Into<String>) -> Self {
+        Answer::Lost { reason: reason.into(), closed: Closed::Lost }
+    }
 }
 
 /// The request in progress if it is still good for `cluster`, otherwise a new key and CSR, stored before
@@ -60,12 +72,19 @@ pub async fn exchange(
 ) -> Answer {
     let (mut send, mut recv) = match connection.open_bi().await {
         Ok(streams) => streams,
-        Err(e) => return Answer::Lost(format!("opening the request stream: {e}")),
+        Err(e) => {
+            let closed = reaction::closed(&e);
+            return Answer::Lost { reason: format!("opening the request stream: {e}"), closed };
+        }
     };
     let mut out = BytesMut::new();
     request.encode(&mut out);
     if let Err(e) = send.write_all(&out).await {
-        return Answer::Lost(format!("sending the certificate request: {e}"));
+        let closed = match &e {
+            quinn::WriteError::ConnectionLost(e) => reaction::closed(e),
+            _ => Closed::Lost,
+        };
+        return Answer::Lost { reason: format!("sending the certificate request: {e}"), closed };
     }
     let _ = send.finish();
     let mut decoder = ResponseDecoder::new();
@@ -85,14 +104,15 @@ pub async fn exchange(
             Ok(Some(BootstrapResponse::Issued { certificate_pem })) => return Answer::Issued(certificate_pem),
             Ok(Some(BootstrapResponse::Refused { reason })) => return Answer::Refused(reason),
             Ok(None) => {}
-            Err(e) => return Answer::Lost(format!("bad answer from the hub: {e}")),
+            Err(e) => return Answer::lost(format!("bad answer from the hub: {e}")),
         }
         tokio::select! {
             read = recv.read(&mut buf) => match read {
                 Ok(Some(n)) => decoder.push(&buf[..n]),
-                Ok(None) => return Answer::Lost("the hub ended the stream without an answer".into()),
+                Ok(None) => return Answer::lost("the hub ended the stream without an answer"),
                 Err(e) => {
-                    return Answer::Lost(connection.close_reason().map_or_else(|| e.to_string(), |r| r.to_string()))
+                    let reason = connection.close_reason().map_or_else(|| e.to_string(), |r| r.to_string());
+                    return Answer::Lost { reason, closed: reaction::reset(&e) };
                 }
             },
             _ = shutdown.cancelled() => return Answer::Shutdown,

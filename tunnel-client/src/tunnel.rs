@@ -118,7 +118,7 @@ pub async fn serve(
                 Ok(Some(n)) => {
                     if let Err(e) = session.handle_input(Instant::now(), &buf[..n]) {
                         tracing::warn!(error = %e, "control stream protocol error");
-                        connection.close(3u32.into(), b"protocol error");
+                        connection.close(tether_runtime::transport::code(tether_proto::Code::ProtocolError), b"protocol error");
                         break Ended::Lost(format!("protocol error: {e}"));
                     }
                 }
@@ -155,11 +155,15 @@ pub async fn serve(
         }
         Ended::Retired => {
             drain(&connection, &tracker, &streams, &params.upstream, drain_until, &shutdown).await;
-            connection.close(0u32.into(), b"retired");
+            connection.close(tether_runtime::transport::code(tether_proto::Code::Normal), b"retired");
             streams.cancel();
         }
         _ => {
-            connection.close(0u32.into(), b"bye");
+            // A connection the hub closed keeps the hub's close code (a local close would replace it with
+            // LocallyClosed): the dial loop reads it to decide whether to redial.
+            if connection.close_reason().is_none() {
+                connection.close(tether_runtime::transport::code(tether_proto::Code::Normal), b"bye");
+            }
             streams.cancel();
         }
     }
@@ -235,9 +239,9 @@ async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, 
 }
 
 /// Reset code of a stream whose target this client does not serve.
-const RESET_UNSUPPORTED: u32 = 0x11;
+const RESET_UNSUPPORTED: u32 = tether_proto::Code::UnsupportedTarget.value();
 /// Reset code of a stream whose request head is malformed.
-const RESET_BAD_REQUEST: u32 = 0x12;
+const RESET_BAD_REQUEST: u32 = tether_proto::Code::BadRequestHead.value();
 
 /// One request on an apiserver stream: its head, the body if any, and the apiserver's answer back; an
 /// upgrade (exec, attach, port-forward) then pipes the stream to the apiserver's upgraded connection.

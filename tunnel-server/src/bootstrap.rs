@@ -7,28 +7,35 @@
 //!   `tether-bootstrap-<id>` of the lease namespace (`--lease-namespace`), type `tether.io/bootstrap-token`,
 //!   data `cluster`, `token-hash` (lowercase hex SHA-256 of the whole token), `expiration` (RFC 3339).
 //!   Single use: the Secret is deleted, with preconditions on its uid and resourceVersion, when a request
-//!   passes every check; a failed delete refuses the request as spent (so two clients racing with one token
-//!   cannot both win).
-//! - **Certificate request**: a `certificates.k8s.io/v1` CSR `tether-<cluster>-<8 hex>`, signer
-//!   `tether.io/spoke-client`, usages digital signature, key encipherment, client auth; label and annotation
-//!   `tether.io/cluster=<cluster>`, annotation `tether.io/requested-via=bootstrap-token`. Its name goes to
-//!   the client at once (`Pending`); `status.certificate` goes to it once set (`Issued`); a `Denied` or
-//!   `Failed` condition refuses it.
+//!   passes every check; a delete that finds the Secret gone or changed refuses the request as spent (so two
+//!   clients racing with one token cannot both win).
+//! - **Certificate request**: a `certificates.k8s.io/v1` CSR named after the token,
+//!   `tether-<cluster>-<16 hex>` ([`token_csr_name`]: a SHA-256 of the whole token; renewals get
+//!   `tether-<cluster>-<8 random hex>`), signer `tether.io/spoke-client`, usages digital signature, key
+//!   encipherment, client auth; label and annotation `tether.io/cluster=<cluster>`, annotation
+//!   `tether.io/requested-via=bootstrap-token`. Its name goes to the client at once (`Pending`);
+//!   `status.certificate` goes to it once set (`Issued`); a `Denied` or `Failed` condition refuses it.
 //! - **Order**: request well-formed, cluster name valid; then either `resume` (the CSR exists, carries the
 //!   cluster's label and the byte-identical request: no token needed, a certificate is useless without the
 //!   key) or the token (format, Secret, hash compared in constant time, expiration, cluster) and the CSR
-//!   (verifies, names the cluster, key strong enough). Nothing is written before all of it passed. A token
-//!   whose Secret is gone but which paid for a request with this byte-identical CSR resumes that request:
-//!   the client lost the connection before it learned the request's name.
-//! - **Bounds**: at most `--bootstrap-rate` attempts per client address (IPv6: per /64) and minute; the wait
-//!   for approval ends after `--bootstrap-wait`, when the connection closes, or when the hub shuts down. A
-//!   wait that ends without an answer closes the connection with [`ABANDONED_CODE`] (the client resumes
-//!   later); only answers that cannot change are `Refused`.
+//!   (verifies, names the cluster, key strong enough). Nothing is written before all of it passed. For every
+//!   token the hub GETs both its Secret and the request it names, so unknown ids, wrong secrets and spent
+//!   tokens cost the same; a token whose request exists with this byte-identical CSR resumes it (the client
+//!   lost the connection before it learned the request's name).
+//! - **Bounds**: at most `--bootstrap-max-connections` bootstrap connections at once (past it:
+//!   [`Code::Busy`]) and `--bootstrap-rate` attempts per client address (IPv6: per /64) and minute (past it:
+//!   [`Code::RateLimited`]); tunnels of one cluster file at most `--renewal-rate` renewal requests an hour.
+//!   Until a peer is verified its connection may open one stream and send [`UNAUTHENTICATED_WINDOW`] bytes
+//!   ahead of what the hub read. The wait for approval ends after `--bootstrap-wait`, when the connection
+//!   closes, or when the hub shuts down.
+//! - **Answers**: only answers that cannot change are `Refused` (the client gives up). A wait that ends
+//!   without an answer, and any error of the hub apiserver (unreachable, timeout, a 5xx), close the
+//!   connection with [`Code::Abandoned`]: the client tries again, resuming its request.
 //!
 //! Refusals are logged with the client address and cluster (never the token) and counted in
 //! `tether_server_bootstrap_total{outcome}`.
-use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, Ipv6Addr};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -37,14 +44,15 @@ use futures::StreamExt;
 use k8s_openapi::api::certificates::v1::{CertificateSigningRequest, CertificateSigningRequestSpec};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::ByteString;
 use kube::api::{DeleteParams, PostParams, Preconditions};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::Api;
 use metrics::counter;
-use tether_proto::{BootstrapRequest, BootstrapResponse, BOOTSTRAP_VERSION, MAX_BOOTSTRAP_FRAME};
+use tether_proto::{BootstrapRequest, BootstrapResponse, Code, BOOTSTRAP_VERSION, MAX_BOOTSTRAP_FRAME};
+use tether_runtime::transport::code;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -59,13 +67,11 @@ pub const REQUESTED_VIA_TOKEN: &str = "bootstrap-token";
 pub const REQUESTED_VIA_RENEWAL: &str = "renewal";
 pub const CSR_USAGES: [&str; 3] = ["digital signature", "key encipherment", "client auth"];
 
-/// QUIC application error code of a bootstrap connection closed without an answer (the client tries again).
-pub const ABANDONED_CODE: u32 = 6;
-/// QUIC application error code of a bootstrap connection refused by the rate limit.
-pub const RATE_LIMITED_CODE: u32 = 7;
-
-const TOKEN_ID_LEN: usize = 6;
-const TOKEN_SECRET_LEN: usize = 16;
+/// How much a peer not verified yet (every bootstrap connection; a tunnel before its certificate is
+/// checked) may send ahead of what the hub has read, over all its streams: one bootstrap request frame.
+pub const UNAUTHENTICATED_WINDOW: u64 = 4 + MAX_BOOTSTRAP_FRAME as u64;
+/// How long one look-up on the hub apiserver may take before the client is told to try again.
+const API_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a new connection may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the client gets to read the final answer and close the connection itself.
@@ -80,6 +86,10 @@ pub struct BootstrapSettings {
     pub wait: Duration,
     /// Attempts per client address and minute; 0 for no limit.
     pub rate: u32,
+    /// Bootstrap connections served at once.
+    pub max_connections: u32,
+    /// Renewal certificate requests per cluster and hour; 0 for no limit.
+    pub renewal_rate: u32,
 }
 
 /// Why a request is refused: the reason the client is told and the metric's outcome label.
@@ -105,6 +115,9 @@ enum Outcome {
         outcome: &'static str,
         reason: String,
     },
+    /// Over a limit: closed (reset) with [`Code::RateLimited`], and the client waits longer before it tries
+    /// again.
+    RateLimited(String),
 }
 
 impl Outcome {
@@ -115,81 +128,10 @@ impl Outcome {
             Outcome::Issued(_) => info!(%cluster, "bootstrap certificate issued"),
             Outcome::Refused(r) => warn!(%cluster, reason = %r.reason, "bootstrap refused"),
             Outcome::Abandoned { reason, .. } => info!(%cluster, %reason, "bootstrap ended without an answer"),
+            Outcome::RateLimited(reason) => warn!(%cluster, %reason, "bootstrap refused for now"),
         }
         self
     }
-}
-
-/// A well-formed bootstrap token. `Debug` shows the id only.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Token<'a> {
-    pub id: &'a str,
-    full: &'a str,
-}
-
-impl std::fmt::Debug for Token<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Token").field("id", &self.id).finish_non_exhaustive()
-    }
-}
-
-impl<'a> Token<'a> {
-    /// Parses `<id>.<secret>`, 6 and 16 characters of `[a-z0-9]`.
-    pub fn parse(token: &'a str) -> Result<Self, Refusal> {
-        let malformed = || Refusal::new("malformed", "malformed bootstrap token");
-        let (id, secret) = token.split_once('.').ok_or_else(malformed)?;
-        let valid = |s: &str, len| s.len() == len && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-        if !valid(id, TOKEN_ID_LEN) || !valid(secret, TOKEN_SECRET_LEN) {
-            return Err(malformed());
-        }
-        Ok(Self { id, full: token })
-    }
-
-    /// Name of the Secret that holds this token's hash.
-    pub fn secret_name(&self) -> String {
-        format!("{TOKEN_SECRET_PREFIX}{}", self.id)
-    }
-}
-
-/// Lowercase hex SHA-256 of the whole token string, as stored in the Secret's `token-hash`.
-pub fn token_hash(token: &str) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Whether `a == b`, in time that depends only on the lengths.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
-}
-
-/// Checks a token against its Secret, in this order: the Secret is a live bootstrap token whose hash
-/// matches (otherwise the same answer as a missing Secret), not expired at `now`, and for `cluster`.
-pub fn check_token(secret: &Secret, token: &Token<'_>, cluster: &str, now: SystemTime) -> Result<(), Refusal> {
-    let unknown = || Refusal::new("unknown_token", UNKNOWN_TOKEN);
-    if secret.type_.as_deref() != Some(TOKEN_SECRET_TYPE) || secret.metadata.deletion_timestamp.is_some() {
-        return Err(unknown());
-    }
-    let empty = BTreeMap::new();
-    let data = secret.data.as_ref().unwrap_or(&empty);
-    let field = |key: &str| data.get(key).and_then(|v| std::str::from_utf8(&v.0).ok()).map(str::trim);
-    let stored = field("token-hash").ok_or_else(unknown)?.to_ascii_lowercase();
-    if !constant_time_eq(stored.as_bytes(), token_hash(token.full).as_bytes()) {
-        return Err(unknown());
-    }
-    let expiration = field("expiration")
-        .and_then(|e| e.parse::<Timestamp>().ok())
-        .ok_or_else(|| Refusal::new("expired", "bootstrap token has no valid expiration"))?;
-    if now >= SystemTime::from(expiration) {
-        return Err(Refusal::new("expired", "bootstrap token expired"));
-    }
-    if field("cluster") != Some(cluster) {
-        return Err(Refusal::new("wrong_cluster", "token is for another cluster"));
-    }
-    Ok(())
 }
 
 /// Checks the CSR a client sends with its token: it verifies, its key is accepted, and it names `cluster`.
@@ -300,80 +242,45 @@ pub fn csr_name(cluster: &str, random: u32) -> String {
     format!("tether-{cluster}-{random:08x}")
 }
 
-/// Attempts per client address: a token bucket of `rate` attempts, refilled at `rate` per minute.
-#[derive(Debug)]
-pub struct RateLimiter {
-    rate: u32,
-    buckets: HashMap<IpAddr, (f64, Instant)>,
-}
-
-impl RateLimiter {
-    const PERIOD: Duration = Duration::from_secs(60);
-    /// Above this many addresses, full buckets are dropped (they carry no state).
-    const PRUNE_ABOVE: usize = 4096;
-
-    pub fn new(rate: u32) -> Self {
-        Self { rate, buckets: HashMap::new() }
-    }
-
-    /// Whether `ip` may attempt a bootstrap at `now`; counts the attempt if so.
-    pub fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
-        if self.rate == 0 {
-            return true;
-        }
-        let rate = f64::from(self.rate);
-        let refill = |(tokens, at): (f64, Instant)| {
-            (
-                rate.min(tokens + now.saturating_duration_since(at).as_secs_f64() * rate / Self::PERIOD.as_secs_f64()),
-                now,
-            )
-        };
-        if self.buckets.len() > Self::PRUNE_ABOVE {
-            self.buckets.retain(|_, bucket| refill(*bucket).0 < rate);
-        }
-        let bucket = self.buckets.entry(client_key(ip)).or_insert((rate, now));
-        *bucket = refill(*bucket);
-        if bucket.0 < 1.0 {
-            return false;
-        }
-        bucket.0 -= 1.0;
-        true
-    }
-}
-
-/// The unit of rate limiting: an IPv4 address, or an IPv6 /64 (one host usually holds a whole /64).
-fn client_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
-        },
-        v4 => v4,
-    }
-}
-
 /// Serves bootstrap connections: shared by every connection of the endpoint.
 pub struct Bootstrap {
     client: Option<kube::Client>,
     settings: BootstrapSettings,
-    limiter: Mutex<RateLimiter>,
+    limiter: Mutex<RateLimiter<IpAddr>>,
+    renewals: Mutex<RateLimiter<String>>,
+    connections: Arc<Semaphore>,
 }
 
 impl Bootstrap {
     /// Without a hub client every bootstrap request is refused ("bootstrap not available").
     pub fn new(client: Option<kube::Client>, settings: BootstrapSettings) -> Self {
-        let limiter = Mutex::new(RateLimiter::new(settings.rate));
-        Self { client, settings, limiter }
+        let limiter = Mutex::new(RateLimiter::new(settings.rate, Duration::from_secs(60)));
+        let renewals = Mutex::new(RateLimiter::new(settings.renewal_rate, Duration::from_secs(3600)));
+        let connections = Arc::new(Semaphore::new(settings.max_connections as usize));
+        Self { client, settings, limiter, renewals, connections }
     }
 
     /// Runs one bootstrap connection to its end: one request, its answers, then the connection is closed.
     pub async fn serve(self: Arc<Self>, connection: quinn::Connection, shutdown: CancellationToken) {
-        let ip = connection.remote_address().ip();
-        let allowed = self.limiter.lock().unwrap_or_else(|e| e.into_inner()).allow(ip, Instant::now());
-        if !allowed {
+        // Checked before the rate limit: a client turned away for the hub's load keeps its address's budget.
+        let Ok(_permit) = self.connections.clone().try_acquire_owned() else {
+            counter!(m::BOOTSTRAPS, "outcome" => "busy").increment(1);
+            // Not a warning per connection: a flood of them would flood the log. The counter shows it.
+            debug!(max = self.settings.max_connections, "bootstrap refused: --bootstrap-max-connections reached");
+            connection.close(code(Code::Busy), b"too many bootstrap connections");
+            return;
+        };
+        let key = client_key(connection.remote_address().ip());
+        let refused_for = {
+            let mut limiter = self.limiter.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            (!limiter.allow(key, now)).then(|| limiter.wait(&key, now))
+        };
+        if let Some(wait) = refused_for {
             counter!(m::BOOTSTRAPS, "outcome" => "rate_limited").increment(1);
-            warn!("bootstrap refused: too many attempts from this address");
-            connection.close(RATE_LIMITED_CODE.into(), b"too many bootstrap attempts");
+            warn!(retry_in_ms = wait.as_millis() as u64, "bootstrap refused: too many attempts from this address");
+            let reason = tether_proto::codes::retry_reason("too many bootstrap attempts", wait);
+            connection.close(code(Code::RateLimited), reason.as_bytes());
             return;
         }
         let (mut send, mut recv) = match tokio::time::timeout(REQUEST_TIMEOUT, connection.accept_bi()).await {
@@ -381,7 +288,7 @@ impl Bootstrap {
             Ok(Err(e)) => return debug!(error = %e, "bootstrap connection closed before its request"),
             Err(_) => {
                 counter!(m::BOOTSTRAPS, "outcome" => "no_request").increment(1);
-                connection.close(ABANDONED_CODE.into(), b"no bootstrap request");
+                connection.close(code(Code::Abandoned), b"no bootstrap request");
                 return;
             }
         };
@@ -397,7 +304,12 @@ impl Bootstrap {
             Outcome::Refused(refusal) => (refusal.outcome, BootstrapResponse::Refused { reason: refusal.reason }),
             Outcome::Abandoned { outcome, reason } => {
                 counter!(m::BOOTSTRAPS, "outcome" => outcome).increment(1);
-                connection.close(ABANDONED_CODE.into(), reason.as_bytes());
+                connection.close(code(Code::Abandoned), reason.as_bytes());
+                return;
+            }
+            Outcome::RateLimited(reason) => {
+                counter!(m::BOOTSTRAPS, "outcome" => "rate_limited").increment(1);
+                connection.close(code(Code::RateLimited), reason.as_bytes());
                 return;
             }
         };
@@ -406,7 +318,7 @@ impl Bootstrap {
             // The client closes once it has read the answer; closing first could discard it.
             let _ = tokio::time::timeout(LINGER, connection.closed()).await;
         }
-        connection.close(0u32.into(), b"bootstrap done");
+        connection.close(code(Code::Normal), b"bootstrap done");
     }
 
     /// Everything after a well-formed request was read: checks, the certificate request, `Pending`, the wait.
@@ -417,9 +329,9 @@ impl Bootstrap {
         send: &mut quinn::SendStream,
         shutdown: &CancellationToken,
     ) -> Outcome {
-        // Not cut short when the client goes or the hub stops: between spending the token and creating the
-        // certificate request nothing may interrupt.
-        let (csrs, name) = match self.prepare(request).await {
+        // Not cut short when the hub stops, nor after the look-ups when the client goes: between spending the
+        // token and creating the certificate request nothing may interrupt.
+        let (csrs, name) = match self.prepare(request, connection).await {
             Ok(prepared) => prepared,
             Err(outcome) => return outcome,
         };
@@ -454,47 +366,56 @@ impl Bootstrap {
     }
 
     /// The checks in order, then the certificate request: created (token) or found (resume).
-    async fn prepare(&self, request: &BootstrapRequest) -> Result<(Api<CertificateSigningRequest>, String), Outcome> {
+    async fn prepare(
+        &self,
+        request: &BootstrapRequest,
+        connection: &quinn::Connection,
+    ) -> Result<(Api<CertificateSigningRequest>, String), Outcome> {
         check_request(request).map_err(Outcome::Refused)?;
         let Some(client) = &self.client else {
             return Err(Outcome::Refused(Refusal::new("unavailable", "bootstrap not available")));
         };
         let csrs: Api<CertificateSigningRequest> = Api::all(client.clone());
         let name = match &request.resume {
-            Some(name) => resume(&csrs, name, request).await.map(|()| name.clone())?,
-            None => self.create(client, &csrs, request).await?,
+            Some(name) => resume(&csrs, name, request, connection).await.map(|()| name.clone())?,
+            None => self.create(client, &csrs, request, connection).await?,
         };
         Ok((csrs, name))
     }
 
-    /// The token path: every check, then the token is spent and the certificate request created.
+    /// The token path: the token's Secret and the request it names, looked up together; every check; then
+    /// the token is spent and the certificate request created (or this client's resumed).
     async fn create(
         &self,
         client: &kube::Client,
         csrs: &Api<CertificateSigningRequest>,
         request: &BootstrapRequest,
+        connection: &quinn::Connection,
     ) -> Result<String, Outcome> {
         let cluster = &request.cluster;
         let token = Token::parse(request.token.as_deref().unwrap_or_default()).map_err(Outcome::Refused)?;
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &self.settings.namespace);
         let secret_name = token.secret_name();
-        let secret = match secrets.get_opt(&secret_name).await {
-            Ok(Some(secret)) => secret,
-            Ok(None) => {
-                // Spent already: by this very client, if it lost the connection between the spending and our
-                // `Pending`. Its request is then on the hub, byte for byte, and it resumes that one.
-                return match paid_request(csrs, cluster, &request.csr_pem).await {
-                    Some(name) => {
-                        info!(%cluster, csr = %name, "token already spent for this request: resuming it");
-                        Ok(name)
-                    }
-                    None => Err(Outcome::Refused(Refusal::new("unknown_token", UNKNOWN_TOKEN))),
-                };
+        let name = token_csr_name(cluster, &token);
+        let (secret, paid) =
+            before_writing(connection, async { tokio::join!(secrets.get_opt(&secret_name), csrs.get_opt(&name)) })
+                .await?;
+        let (looked_up, found) = (secret.as_ref().map(Option::as_ref), paid.as_ref().map(Option::as_ref));
+        match token_decision(looked_up, found, &token, cluster, &request.csr_pem, SystemTime::now()) {
+            TokenDecision::Refuse(refusal) => return Err(Outcome::Refused(refusal)),
+            TokenDecision::Retry(reason) => {
+                // No answer is not a refusal: the client tries again.
+                warn!(%cluster, %reason, "bootstrap look-up failed on the hub apiserver");
+                return Err(Outcome::Abandoned { outcome: "error", reason: "the hub apiserver failed".into() });
             }
-            Err(e) => return Err(hub_error("reading the bootstrap token", &e)),
-        };
-        check_token(&secret, &token, cluster, SystemTime::now()).map_err(Outcome::Refused)?;
-        check_csr(&request.csr_pem, cluster).map_err(Outcome::Refused)?;
+            TokenDecision::Resume => {
+                // Spent already by this very client, which lost the connection before our `Pending`.
+                info!(%cluster, csr = %name, "token already spent for this request: resuming it");
+                return Ok(name);
+            }
+            TokenDecision::Spend => {}
+        }
+        let secret = secret.ok().flatten().expect("a token is spent only when its Secret was read");
 
         // Spent before anything is created: of two clients racing with one token only one deletes it.
         let preconditions = Preconditions {
@@ -502,63 +423,105 @@ impl Bootstrap {
             resource_version: secret.metadata.resource_version.clone(),
         };
         let params = DeleteParams { preconditions: Some(preconditions), ..Default::default() };
-        if let Err(e) = secrets.delete(&secret_name, &params).await {
-            debug!(token_id = token.id, error = %e, "deleting the bootstrap token failed");
-            return Err(Outcome::Refused(Refusal::new("spent", UNKNOWN_TOKEN)));
+        match secrets.delete(&secret_name, &params).await {
+            Ok(_) => {}
+            Err(e) if is_gone_or_changed(&e) => {
+                debug!(token_id = token.id, error = %e, "the bootstrap token was spent or changed meanwhile");
+                return Err(Outcome::Refused(Refusal::new("spent", UNKNOWN_TOKEN)));
+            }
+            // Most likely not deleted: the client tries again with the token.
+            Err(e) => return Err(hub_error("spending the bootstrap token", &e)),
         }
         info!(%cluster, token_id = token.id, "bootstrap token spent");
 
         // The token is gone: retry the create a few times rather than lose the client's only chance.
-        create_csr(csrs, cluster, &request.csr_pem, REQUESTED_VIA_TOKEN).await.map_err(|e| {
+        create_csr(csrs, || name.clone(), cluster, &request.csr_pem, REQUESTED_VIA_TOKEN).await.map_err(|e| {
             let reason = format!("creating the certificate request failed ({e}); the token is spent");
             Outcome::Refused(Refusal::new("error", reason))
         })
     }
+
+    /// Counts a renewal request against its cluster's budget; false when the budget is used up.
+    fn renewal_allowed(&self, cluster: &str) -> bool {
+        self.renewals.lock().unwrap_or_else(|e| e.into_inner()).allow(cluster.to_string(), Instant::now())
+    }
 }
 
-/// Creates a certificate request under a fresh name, retrying a few times.
+/// Why creating a certificate request failed.
+#[derive(Debug, thiserror::Error)]
+enum CreateError {
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+    #[error("{0} exists and is another client's request")]
+    Taken(String),
+}
+
+/// Creates a certificate request under `name()` (asked again for each attempt), retrying a few times. A
+/// request of that name that is this very one (an attempt whose answer was lost) counts as created.
 async fn create_csr(
     csrs: &Api<CertificateSigningRequest>,
+    name: impl Fn() -> String,
     cluster: &str,
     csr_pem: &str,
     via: &str,
-) -> Result<String, kube::Error> {
+) -> Result<String, CreateError> {
     let mut delay = Duration::from_millis(200);
     let mut attempt = 0;
     loop {
-        let name = csr_name(cluster, rand::random());
-        match csrs.create(&PostParams::default(), &csr_object(&name, cluster, csr_pem, via)).await {
+        let name = name();
+        let error = match csrs.create(&PostParams::default(), &csr_object(&name, cluster, csr_pem, via)).await {
             Ok(_) => return Ok(name),
-            Err(e) if attempt < 3 => {
-                warn!(%cluster, error = %e, "creating the certificate request failed; retrying");
-            }
-            Err(e) => return Err(e),
+            Err(kube::Error::Api(status)) if status.code == 409 => match csrs.get_opt(&name).await {
+                Ok(Some(csr)) if check_resume(&csr, cluster, csr_pem).is_ok() => return Ok(name),
+                Ok(_) => return Err(CreateError::Taken(name)),
+                Err(e) => e,
+            },
+            Err(e) => e,
+        };
+        if attempt >= 3 {
+            return Err(error.into());
         }
+        warn!(%cluster, %error, "creating the certificate request failed; retrying");
         attempt += 1;
         tokio::time::sleep(delay).await;
         delay *= 2;
     }
 }
 
+/// A delete refused because the object is gone (404) or is not the one read (409, preconditions): someone
+/// else acted first. Anything else says nothing about whether it happened.
+fn is_gone_or_changed(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 404 || status.code == 409)
+}
+
+/// A look-up on the hub apiserver before anything is written, bounded by [`API_TIMEOUT`] and given up when
+/// the client goes (nothing is lost: it tries again), so that a slow apiserver cannot make bootstrap slots
+/// wait on clients long gone. Either way there is no answer.
+async fn before_writing<T>(
+    connection: &quinn::Connection,
+    lookup: impl std::future::Future<Output = T>,
+) -> Result<T, Outcome> {
+    tokio::select! {
+        looked_up = tokio::time::timeout(API_TIMEOUT, lookup) => looked_up.map_err(|_| Outcome::Abandoned {
+            outcome: "api_timeout",
+            reason: "the hub apiserver did not answer in time".into(),
+        }),
+        _ = connection.closed() => Err(Outcome::Abandoned { outcome: "closed", reason: "client went away".into() }),
+    }
+}
+
 /// The resume path: the CSR must exist and be this client's.
-async fn resume(csrs: &Api<CertificateSigningRequest>, name: &str, request: &BootstrapRequest) -> Result<(), Outcome> {
-    match csrs.get_opt(name).await {
+async fn resume(
+    csrs: &Api<CertificateSigningRequest>,
+    name: &str,
+    request: &BootstrapRequest,
+    connection: &quinn::Connection,
+) -> Result<(), Outcome> {
+    match before_writing(connection, csrs.get_opt(name)).await? {
         Ok(Some(csr)) => check_resume(&csr, &request.cluster, &request.csr_pem).map_err(Outcome::Refused),
         Ok(None) => Err(Outcome::Refused(Refusal::new("unknown_csr", format!("no certificate request {name}")))),
         Err(e) => Err(hub_error("reading the certificate request", &e)),
     }
-}
-
-/// The certificate request a token already paid for with exactly this CSR, if there is one. A CSR is not
-/// a secret, but the certificate is useless without the key, which never left the client.
-async fn paid_request(csrs: &Api<CertificateSigningRequest>, cluster: &str, csr_pem: &str) -> Option<String> {
-    let params = kube::api::ListParams::default().labels(&format!("{CLUSTER_LABEL}={cluster}"));
-    let list = csrs.list(&params).await.ok()?;
-    list.items.into_iter().find_map(|csr| {
-        let via = csr.metadata.annotations.as_ref().and_then(|a| a.get(REQUESTED_VIA_ANNOTATION));
-        let paid = via.map(String::as_str) == Some(REQUESTED_VIA_TOKEN) && check_resume(&csr, cluster, csr_pem).is_ok();
-        paid.then(|| csr.metadata.name.clone()).flatten()
-    })
 }
 
 /// Watches the CSR until it is issued, refused or deleted.
@@ -621,8 +584,14 @@ async fn write(send: &mut quinn::SendStream, response: &BootstrapResponse) -> Re
     send.write_all(&out).await
 }
 
+mod limits;
 mod renewal;
+mod token;
+pub use limits::{client_key, RateLimiter};
 pub use renewal::check_renewal;
+pub use token::{check_token, token_csr_name, token_decision, token_hash, Token, TokenDecision};
 
+#[cfg(test)]
+use token::constant_time_eq;
 #[cfg(test)]
 mod tests;

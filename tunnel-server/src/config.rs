@@ -125,6 +125,16 @@ pub struct ServeConfig {
     /// Bootstrap attempts allowed per client address (IPv6: per /64) and minute; 0 for no limit.
     #[arg(long, env = "TETHER_BOOTSTRAP_RATE", default_value_t = 10)]
     pub bootstrap_rate: u32,
+    /// Bootstrap connections served at once (each may wait --bootstrap-wait for approval); past it a new one
+    /// is closed as busy and its client backs off. Bounds what unauthenticated peers hold on the hub.
+    #[arg(long, env = "TETHER_BOOTSTRAP_MAX_CONNECTIONS", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub bootstrap_max_connections: u32,
+    /// Certificate requests the tunnels of one cluster may file per hour for renewals, shared by all of its
+    /// tunnels on this replica (a renewal that resumes its request files none); past it a renewal is refused
+    /// as rate-limited and the client backs off. 0 for no limit.
+    #[arg(long, env = "TETHER_RENEWAL_RATE", default_value_t = 10)]
+    pub renewal_rate: u32,
 }
 
 /// A duration that must not be zero (a zero timeout would refuse everything).

@@ -79,7 +79,9 @@ pub async fn serve(config: ServeConfig, hub: Hub, shutdown: CancellationToken) -
     let socket = tether_runtime::transport::udp_socket(config.quic_addr).map_err(bind_error)?;
     let endpoint = quinn::Endpoint::new(
         endpoint_config(&config)?,
-        Some(quic_server_config(&config, &transport)?),
+        // Every connection starts tight (one stream, a window the size of a bootstrap request): the TLS
+        // handshake has not shown yet who the peer is. Tunnels are lifted to `transport` once verified.
+        Some(quic_server_config(&config, &transport.unauthenticated(bootstrap::UNAUTHENTICATED_WINDOW))?),
         socket,
         Arc::new(quinn::TokioRuntime),
     )
@@ -105,6 +107,7 @@ pub async fn serve(config: ServeConfig, hub: Hub, shutdown: CancellationToken) -
         heartbeat_interval: config.heartbeat_interval,
         dead_after: config.heartbeat_interval * 3,
         hello_timeout: Duration::from_secs(10),
+        transport,
     };
 
     // Listeners stop on `stop_accepting`; tunnels get go-away on it too, and are cut at `hard_stop`.
@@ -120,6 +123,8 @@ pub async fn serve(config: ServeConfig, hub: Hub, shutdown: CancellationToken) -
         namespace: config.lease_namespace.clone(),
         wait: config.bootstrap_wait,
         rate: config.bootstrap_rate,
+        max_connections: config.bootstrap_max_connections,
+        renewal_rate: config.renewal_rate,
     };
     let bootstrap = Arc::new(Bootstrap::new(hub.leases.clone(), bootstrap_settings));
     if let Some(client) = hub.leases {
@@ -154,7 +159,7 @@ pub async fn serve(config: ServeConfig, hub: Hub, shutdown: CancellationToken) -
             let _ = tokio::time::timeout_at(deadline.into(), tunnel.connection.closed()).await;
         }
     }
-    endpoint.close(0u32.into(), b"hub shutting down");
+    endpoint.close(tether_runtime::transport::code(tether_proto::Code::Normal), b"hub shutting down");
     hard_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     tasks.abort_all();

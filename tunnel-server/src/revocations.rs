@@ -10,7 +10,7 @@
 //! - **Issue time** of a certificate = its notBefore + [`tether_certs::BACKDATE`] (tether_certs backdates
 //!   notBefore by that much; a certificate made elsewhere comes out slightly later, which is harmless).
 //! - **Handshake.** Every spoke handshake is checked: a revoked certificate is refused by closing the
-//!   connection with application error [`CLOSE_CODE`] and reason `certificate revoked`, counted in
+//!   connection with application error [`Code::Revoked`] and reason `certificate revoked`, counted in
 //!   `tether_server_handshake_failures_total{reason="revoked"}`, logged as a warning naming the cluster.
 //! - **Live tunnels.** When an entry appears or changes, every live tunnel whose certificate it revokes is
 //!   closed at once the same way (`tether_server_tunnels_revoked_total{cluster}`); its client redials and is
@@ -32,6 +32,8 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::Api;
 use metrics::counter;
+use tether_proto::Code;
+use tether_runtime::transport::code;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -40,8 +42,7 @@ use crate::metrics as m;
 use crate::registry::{Registry, Tunnel};
 
 pub use tether_api::revocations::CONFIG_MAP;
-/// QUIC application error code of a connection closed because its certificate is revoked.
-pub const CLOSE_CODE: u32 = 4;
+/// The reason of a connection closed with [`Code::Revoked`].
 pub const CLOSE_REASON: &str = "certificate revoked";
 
 /// When a certificate (DER) was issued: its notBefore plus the backdating tether_certs applies.
@@ -130,7 +131,7 @@ impl Revocations {
         }
         counter!(m::TUNNELS_REVOKED, "cluster" => tunnel.cluster.clone()).increment(1);
         warn!(cluster = %tunnel.cluster, instance = %tunnel.instance, "certificate revoked: closing the tunnel");
-        tunnel.connection.close(CLOSE_CODE.into(), CLOSE_REASON.as_bytes());
+        tunnel.connection.close(code(Code::Revoked), CLOSE_REASON.as_bytes());
         true
     }
 

@@ -1,7 +1,9 @@
 //! The QUIC side of the hub: accept spoke connections, learn the cluster from the verified client
 //! certificate (never from anything the client says), run the control stream, keep the registry current.
 //! Connections that negotiated `tether-bootstrap/1` go to [`crate::bootstrap`] and do nothing else; a
-//! `tether/2` connection without a verified client certificate is closed at once.
+//! `tether/2` connection without a verified client certificate is closed at once. The endpoint accepts
+//! every connection with tight transport settings (one stream, a small connection window), so an
+//! unauthenticated peer makes the hub buffer little; a verified tunnel is lifted to the full settings.
 //!
 //! On a tunnel, every stream the client opens after its control stream is a certificate renewal
 //! ([`Bootstrap::renew`], one at a time). A tunnel ends when its client certificate expires: a client that
@@ -13,8 +15,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use metrics::{counter, gauge};
 use rustls::pki_types::CertificateDer;
-use tether_proto::{Event, Role, Session, SessionConfig};
-use tether_runtime::transport::ByteCounter;
+use tether_proto::{Code, Event, Role, Session, SessionConfig};
+use tether_runtime::transport::{code, ByteCounter, TransportSettings};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
@@ -30,6 +32,9 @@ pub struct TunnelSettings {
     pub dead_after: Duration,
     /// How long a new connection may take to open its control stream and say hello.
     pub hello_timeout: Duration,
+    /// What a verified spoke's connection is lifted to (the endpoint accepts every connection with
+    /// [`TransportSettings::unauthenticated`] settings).
+    pub transport: TransportSettings,
 }
 
 /// Who a spoke is, from its verified client certificate.
@@ -41,11 +46,6 @@ struct Identity {
     /// Its not-after: the tunnel is closed then.
     expires: SystemTime,
 }
-
-/// QUIC application error code of a tunnel closed because its client certificate expired.
-pub const EXPIRED_CODE: u32 = 5;
-/// QUIC stream error code of a renewal stream refused because another one is running.
-pub const BUSY_CODE: u32 = 8;
 
 /// Accepts spoke connections until `shutdown`, then tells every spoke to go away. Revoked certificates are
 /// refused; bootstrap connections are served by `bootstrap`.
@@ -86,7 +86,7 @@ pub async fn accept_loop(
             if connection.peer_identity().is_none() {
                 counter!(m::HANDSHAKE_FAILURES, "reason" => "no_certificate").increment(1);
                 warn!(%remote, "refusing spoke connection: no client certificate");
-                connection.close(1u32.into(), b"no client certificate");
+                connection.close(code(Code::NoIdentity), b"no client certificate");
                 return;
             }
             let identity = match identity_of(&connection) {
@@ -94,16 +94,18 @@ pub async fn accept_loop(
                 Err(reason) => {
                     counter!(m::HANDSHAKE_FAILURES, "reason" => "identity").increment(1);
                     warn!(%remote, %reason, "refusing spoke connection");
-                    connection.close(1u32.into(), b"bad identity");
+                    connection.close(code(Code::NoIdentity), b"bad identity");
                     return;
                 }
             };
             if revocations.revokes(&identity.cluster, identity.issued) {
                 counter!(m::HANDSHAKE_FAILURES, "reason" => "revoked").increment(1);
                 warn!(%remote, cluster = %identity.cluster, "refusing spoke connection: certificate revoked");
-                connection.close(revocations::CLOSE_CODE.into(), revocations::CLOSE_REASON.as_bytes());
+                connection.close(code(Code::Revoked), revocations::CLOSE_REASON.as_bytes());
                 return;
             }
+            // Verified: the tunnel gets its full stream credit and connection window.
+            settings.transport.lift(&connection);
             let span = tracing::info_span!("tunnel", cluster = %identity.cluster, %remote);
             serve_tunnel(connection, identity, registry, revocations, bootstrap, settings, shutdown)
                 .instrument(span)
@@ -145,7 +147,7 @@ async fn serve_tunnel(
         Ok(Err(e)) => return tracing::debug!(error = %e, "connection closed before its control stream"),
         Err(_) => {
             counter!(m::HANDSHAKE_FAILURES, "reason" => "hello_timeout").increment(1);
-            connection.close(2u32.into(), b"no control stream");
+            connection.close(code(Code::NoControlStream), b"no control stream");
             return;
         }
     };
@@ -222,10 +224,8 @@ async fn serve_tunnel(
             read = recv.read(&mut buf) => match read {
                 Ok(Some(n)) => {
                     if let Err(e) = session.handle_input(Instant::now(), &buf[..n]) {
-                        counter!(m::HANDSHAKE_FAILURES, "reason" => "protocol").increment(1);
                         warn!(error = %e, "control stream protocol error");
-                        connection.close(3u32.into(), b"protocol error");
-                        break "protocol error";
+                        break close_for_protocol_error(&connection, &e);
                     }
                 }
                 Ok(None) | Err(_) => break "control stream closed",
@@ -250,7 +250,7 @@ async fn serve_tunnel(
                         }.in_current_span());
                     }
                     Err(_) => {
-                        let _ = send.reset(BUSY_CODE.into());
+                        let _ = send.reset(code(Code::Busy));
                     }
                 },
                 Err(_) => break "connection closed",
@@ -258,7 +258,7 @@ async fn serve_tunnel(
             _ = tokio::time::sleep_until(expiry.into()) => {
                 counter!(m::TUNNELS_EXPIRED, "cluster" => cluster.clone()).increment(1);
                 info!("client certificate expired: closing the tunnel");
-                connection.close(EXPIRED_CODE.into(), b"certificate expired");
+                connection.close(code(Code::Expired), b"certificate expired");
                 break "certificate expired";
             }
             reason = connection.closed() => {
@@ -279,11 +279,27 @@ async fn serve_tunnel(
         tokio::select! {
             _ = connection.closed() => {}
             _ = tokio::time::sleep_until(expiry.into()) => {
-                connection.close(EXPIRED_CODE.into(), b"certificate expired");
+                connection.close(code(Code::Expired), b"certificate expired");
             }
             _ = shutdown.cancelled() => {}
         }
-    } else if !matches!(outcome, "connection closed" | "certificate expired") && !going_away {
-        connection.close(0u32.into(), outcome.as_bytes());
+    } else if !matches!(outcome, "connection closed" | "certificate expired" | "protocol error" | "version mismatch")
+        && !going_away
+    {
+        connection.close(code(Code::Normal), outcome.as_bytes());
     }
+}
+
+/// Closes a tunnel whose control stream broke the protocol: a Hello of another version with
+/// [`Code::VersionMismatch`] and the hub's version (so the client can name both), anything else with
+/// [`Code::ProtocolError`]. Returns the outcome to log.
+fn close_for_protocol_error(connection: &quinn::Connection, error: &tether_proto::Error) -> &'static str {
+    if let tether_proto::Error::VersionMismatch { ours, .. } = error {
+        counter!(m::HANDSHAKE_FAILURES, "reason" => "version").increment(1);
+        connection.close(code(Code::VersionMismatch), tether_proto::codes::version_reason(*ours).as_bytes());
+        return "version mismatch";
+    }
+    counter!(m::HANDSHAKE_FAILURES, "reason" => "protocol").increment(1);
+    connection.close(code(Code::ProtocolError), b"protocol error");
+    "protocol error"
 }

@@ -149,7 +149,7 @@ async fn a_request_the_hub_stops_is_dropped_before_the_apiserver_answers() {
     let (hub, _hub_end, _spoke_end) = tunnel(upstream).await;
     let (_send, mut recv) = request(&hub, Method::GET, "/hang", false).await;
     assert_eq!(next(&mut events).await, Seen::Arrived("/hang".into()));
-    recv.stop(0x13u32.into()).unwrap();
+    recv.stop(tether_runtime::transport::code(tether_proto::codes::Code::StreamAbandoned)).unwrap();
     assert_eq!(next(&mut events).await, Seen::Dropped("/hang".into()));
 }
 
@@ -164,9 +164,9 @@ async fn a_request_whose_body_the_hub_abandons_is_dropped() {
         send.write_all(b"part of a body").await.unwrap();
         assert_eq!(next(&mut events).await, Seen::Arrived("/hang".into()));
         if reset {
-            send.reset(0x13u32.into()).unwrap();
+            send.reset(tether_runtime::transport::code(tether_proto::codes::Code::StreamAbandoned)).unwrap();
         }
-        recv.stop(0x13u32.into()).unwrap();
+        recv.stop(tether_runtime::transport::code(tether_proto::codes::Code::StreamAbandoned)).unwrap();
         assert_eq!(next(&mut events).await, Seen::Dropped("/hang".into()), "reset: {reset}");
     }
 }

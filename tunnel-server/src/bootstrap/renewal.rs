@@ -1,16 +1,21 @@
 //! Certificate renewal on a live tunnel: the bootstrap exchange on a stream the client opens, without a
-//! token (the tunnel's certificate is the proof), for the certificate's own cluster only.
+//! token (the tunnel's certificate is the proof), for the certificate's own cluster only. Each new request
+//! counts against its cluster's budget (`--renewal-rate` an hour, shared by all the cluster's tunnels, so
+//! that opening more tunnels buys no more requests); past it the stream is reset with
+//! [`Code::RateLimited`]. Resuming a request files none and is not counted.
 use std::sync::Arc;
 
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use kube::Api;
 use metrics::counter;
-use tether_proto::{BootstrapRequest, BootstrapResponse, BOOTSTRAP_VERSION};
+use tether_proto::{BootstrapRequest, BootstrapResponse, Code, BOOTSTRAP_VERSION};
+use tether_runtime::transport::code;
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 use super::{
-    check_csr, create_csr, hub_error, read_request, resume, write, Bootstrap, Outcome, Refusal, ABANDONED_CODE,
-    REQUESTED_VIA_RENEWAL, REQUEST_TIMEOUT,
+    check_csr, create_csr, csr_name, read_request, resume, write, Bootstrap, Outcome, Refusal, REQUESTED_VIA_RENEWAL,
+    REQUEST_TIMEOUT,
 };
 use crate::metrics as m;
 
@@ -30,7 +35,7 @@ impl Bootstrap {
         let outcome = match tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut recv)).await {
             Err(_) => Outcome::Abandoned { outcome: "no_request", reason: "no renewal request".into() },
             Ok(Err(refusal)) => Outcome::Refused(refusal),
-            Ok(Ok(request)) => match self.prepare_renewal(&cluster, &request).await {
+            Ok(Ok(request)) => match self.prepare_renewal(&cluster, &request, &connection).await {
                 Ok((csrs, name)) => {
                     self.wait_and_answer(&csrs, &name, &cluster, &connection, &mut send, &shutdown).await
                 }
@@ -48,7 +53,12 @@ impl Bootstrap {
             }
             Outcome::Abandoned { outcome, .. } => {
                 counter!(m::RENEWALS, "outcome" => outcome).increment(1);
-                let _ = send.reset(ABANDONED_CODE.into());
+                let _ = send.reset(code(Code::Abandoned));
+                return;
+            }
+            Outcome::RateLimited(_) => {
+                counter!(m::RENEWALS, "outcome" => "rate_limited").increment(1);
+                let _ = send.reset(code(Code::RateLimited));
                 return;
             }
         };
@@ -63,6 +73,7 @@ impl Bootstrap {
         &self,
         cluster: &str,
         request: &BootstrapRequest,
+        connection: &quinn::Connection,
     ) -> Result<(Api<CertificateSigningRequest>, String), Outcome> {
         check_renewal(request, cluster).map_err(Outcome::Refused)?;
         let Some(client) = &self.client else {
@@ -70,10 +81,20 @@ impl Bootstrap {
         };
         let csrs: Api<CertificateSigningRequest> = Api::all(client.clone());
         let name = match &request.resume {
-            Some(name) => resume(&csrs, name, request).await.map(|()| name.clone())?,
-            None => create_csr(&csrs, cluster, &request.csr_pem, REQUESTED_VIA_RENEWAL)
-                .await
-                .map_err(|e| hub_error("creating the certificate request", &e))?,
+            Some(name) => resume(&csrs, name, request, connection).await.map(|()| name.clone())?,
+            None => {
+                if !self.renewal_allowed(cluster) {
+                    let limit = self.settings.renewal_rate;
+                    return Err(Outcome::RateLimited(format!(
+                        "cluster {cluster} filed {limit} renewal requests within the last hour (--renewal-rate)"
+                    )));
+                }
+                let random_name = || csr_name(cluster, rand::random());
+                create_csr(&csrs, random_name, cluster, &request.csr_pem, REQUESTED_VIA_RENEWAL).await.map_err(|e| {
+                    warn!(error = %e, "creating the certificate request failed");
+                    Outcome::Abandoned { outcome: "error", reason: "creating the certificate request failed".into() }
+                })?
+            }
         };
         Ok((csrs, name))
     }

@@ -1,6 +1,9 @@
 use super::*;
 use k8s_openapi::api::certificates::v1::{CertificateSigningRequestCondition, CertificateSigningRequestStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+
+const MINUTE: Duration = Duration::from_secs(60);
 
 const TOKEN: &str = "abc123.0123456789abcdef";
 
@@ -215,7 +218,7 @@ fn csr_states() {
 
 #[test]
 fn the_rate_limit_refills_over_a_minute() {
-    let mut limiter = RateLimiter::new(3);
+    let mut limiter = RateLimiter::new(3, MINUTE);
     let t0 = Instant::now();
     let a: IpAddr = "192.0.2.1".parse().unwrap();
     let b: IpAddr = "192.0.2.2".parse().unwrap();
@@ -227,27 +230,34 @@ fn the_rate_limit_refills_over_a_minute() {
     assert!(!limiter.allow(a, t0 + Duration::from_secs(22)));
     assert!((0..3).all(|_| limiter.allow(a, t0 + Duration::from_secs(300))));
     assert!(!limiter.allow(a, t0 + Duration::from_secs(300)), "a long pause does not bank more than the rate");
-    let mut unlimited = RateLimiter::new(0);
+    // A refusal says when the next attempt will be let in.
+    let t1 = t0 + Duration::from_secs(300);
+    assert_eq!(limiter.wait(&a, t1), Duration::from_secs(20));
+    assert_eq!(limiter.wait(&a, t1 + Duration::from_secs(15)), Duration::from_secs(5));
+    assert_eq!(limiter.wait(&a, t1 + Duration::from_secs(20)), Duration::ZERO);
+    assert_eq!(limiter.wait(&b, t1), Duration::ZERO, "a full bucket waits for nothing");
+    let mut unlimited = RateLimiter::new(0, MINUTE);
     assert!((0..1000).all(|_| unlimited.allow(a, t0)));
 }
 
 #[test]
 fn ipv6_clients_are_limited_per_64() {
-    let mut limiter = RateLimiter::new(1);
+    let mut limiter = RateLimiter::new(1, MINUTE);
     let t0 = Instant::now();
-    assert!(limiter.allow("2001:db8:1:2::1".parse().unwrap(), t0));
-    assert!(!limiter.allow("2001:db8:1:2:ffff::9".parse().unwrap(), t0));
-    assert!(limiter.allow("2001:db8:1:3::1".parse().unwrap(), t0));
+    let mut allow = |ip: &str| limiter.allow(client_key(ip.parse().unwrap()), t0);
+    assert!(allow("2001:db8:1:2::1"));
+    assert!(!allow("2001:db8:1:2:ffff::9"));
+    assert!(allow("2001:db8:1:3::1"));
     // A v4-mapped address is its IPv4 address.
-    assert!(limiter.allow("192.0.2.7".parse().unwrap(), t0));
-    assert!(!limiter.allow("::ffff:192.0.2.7".parse().unwrap(), t0));
+    assert!(allow("192.0.2.7"));
+    assert!(!allow("::ffff:192.0.2.7"));
 }
 
 #[test]
 fn full_buckets_are_pruned() {
-    let mut limiter = RateLimiter::new(2);
+    let mut limiter = RateLimiter::new(2, MINUTE);
     let t0 = Instant::now();
-    for i in 0..=RateLimiter::PRUNE_ABOVE as u32 {
+    for i in 0..=RateLimiter::<IpAddr>::PRUNE_ABOVE as u32 {
         limiter.allow(IpAddr::V4(i.into()), t0);
     }
     limiter.allow("192.0.2.1".parse().unwrap(), t0 + Duration::from_secs(61));
@@ -276,4 +286,110 @@ fn renewals_are_for_the_tunnels_own_cluster_without_a_token() {
     assert_eq!(outcome(check_renewal(&foreign, "spoke-a")), Err("bad_csr"));
     let csr = csr_object("tether-spoke-a-00000002", "spoke-a", &csr_pem, REQUESTED_VIA_RENEWAL);
     assert_eq!(csr.metadata.annotations.as_ref().unwrap()["tether.io/requested-via"], "renewal");
+}
+
+#[test]
+fn a_tokens_request_is_named_after_the_whole_token() {
+    let name = token_csr_name("spoke-a", &token());
+    assert_eq!(name, token_csr_name("spoke-a", &token()), "the same token names the same request");
+    let hex = name.strip_prefix("tether-spoke-a-").expect("tether-<cluster>-");
+    assert!(hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()), "{name}");
+    // Another secret under the same id (what an attacker who knows the id would try) names another one.
+    let other = Token::parse("abc123.0123456789abcdee").unwrap();
+    assert_ne!(token_csr_name("spoke-a", &other), name);
+    // Not the stored token-hash: a reader of the Secret cannot derive the request's name from it.
+    assert!(!token_hash(TOKEN).starts_with(hex));
+    // A valid object name (a DNS subdomain) for the longest cluster name.
+    let longest = "a".repeat(63);
+    assert!(token_csr_name(&longest, &token()).len() <= 253);
+}
+
+fn decide(secret: Option<&Secret>, paid: Option<&CertificateSigningRequest>, csr_pem: &str) -> TokenDecision {
+    token_decision(Ok(secret), Ok(paid), &token(), "spoke-a", csr_pem, now())
+}
+
+fn apiserver_error() -> kube::Error {
+    kube::Error::Api(
+        kube::core::Status::failure("etcdserver: request timed out", "InternalError").with_code(500).boxed(),
+    )
+}
+
+fn refused(decision: TokenDecision) -> (&'static str, String) {
+    match decision {
+        TokenDecision::Refuse(r) => (r.outcome, r.reason),
+        other => panic!("not refused: {other:?}"),
+    }
+}
+
+#[test]
+fn a_valid_unspent_token_is_spent() {
+    let (_key, csr) = tether_certs::spoke_key_and_csr("spoke-a").unwrap();
+    assert_eq!(decide(Some(&valid_secret()), None, &csr), TokenDecision::Spend);
+}
+
+#[test]
+fn unknown_wrong_and_spent_tokens_get_the_same_answer() {
+    let (_key, csr) = tether_certs::spoke_key_and_csr("spoke-a").unwrap();
+    let unknown = refused(decide(None, None, &csr));
+    assert_eq!(unknown, ("unknown_token", UNKNOWN_TOKEN.to_string()));
+    let wrong_hash = secret("spoke-a", &token_hash("abc123.0123456789abcdee"), &rfc3339(now() + MINUTE));
+    assert_eq!(refused(decide(Some(&wrong_hash), None, &csr)), unknown);
+    // Spent for another client's request: the same answer as an unknown token.
+    let (_key, other_csr) = tether_certs::spoke_key_and_csr("spoke-a").unwrap();
+    let name = token_csr_name("spoke-a", &token());
+    let theirs = csr_object(&name, "spoke-a", &other_csr, REQUESTED_VIA_TOKEN);
+    assert_eq!(refused(decide(None, Some(&theirs), &csr)).1, UNKNOWN_TOKEN);
+    // Still unspent, but its name is taken by another request: refused too, nothing created.
+    assert_eq!(refused(decide(Some(&valid_secret()), Some(&theirs), &csr)), ("spent", UNKNOWN_TOKEN.to_string()));
+}
+
+#[test]
+fn a_spent_token_resumes_the_request_it_paid_for() {
+    let (_key, csr) = tether_certs::spoke_key_and_csr("spoke-a").unwrap();
+    let name = token_csr_name("spoke-a", &token());
+    let paid = csr_object(&name, "spoke-a", &csr, REQUESTED_VIA_TOKEN);
+    assert_eq!(decide(None, Some(&paid), &csr), TokenDecision::Resume);
+    assert_eq!(decide(Some(&valid_secret()), Some(&paid), &csr), TokenDecision::Resume);
+    // Only a request the token paid for, for this cluster.
+    let renewal = csr_object(&name, "spoke-a", &csr, REQUESTED_VIA_RENEWAL);
+    assert_eq!(refused(decide(None, Some(&renewal), &csr)).0, "unknown_token");
+    let elsewhere = csr_object(&name, "spoke-b", &csr, REQUESTED_VIA_TOKEN);
+    assert_eq!(refused(decide(None, Some(&elsewhere), &csr)).0, "unknown_token");
+}
+
+#[test]
+fn a_spendable_token_still_needs_a_good_csr_and_a_live_secret() {
+    let (_key, csr_b) = tether_certs::spoke_key_and_csr("spoke-b").unwrap();
+    assert_eq!(refused(decide(Some(&valid_secret()), None, &csr_b)).0, "bad_csr");
+    let (_key, csr) = tether_certs::spoke_key_and_csr("spoke-a").unwrap();
+    let expired = secret("spoke-a", &token_hash(TOKEN), &rfc3339(now()));
+    assert_eq!(refused(decide(Some(&expired), None, &csr)).0, "expired");
+}
+
+#[test]
+fn renewal_budgets_are_per_cluster_per_hour() {
+    let hour = Duration::from_secs(3600);
+    let mut budget = RateLimiter::new(2, hour);
+    let t0 = Instant::now();
+    assert!(budget.allow("spoke-a".to_string(), t0) && budget.allow("spoke-a".to_string(), t0));
+    assert!(!budget.allow("spoke-a".to_string(), t0 + Duration::from_secs(60)), "two an hour, whatever the tunnel");
+    assert!(budget.allow("spoke-b".to_string(), t0));
+    assert!(budget.allow("spoke-a".to_string(), t0 + hour / 2), "one back after half an hour");
+}
+
+#[test]
+fn a_failed_look_up_is_no_answer_never_a_refusal() {
+    let (_key, csr) = tether_certs::spoke_key_and_csr("spoke-a").unwrap();
+    let error = apiserver_error();
+    let secret = valid_secret();
+    let decide = |secret, paid| token_decision(secret, paid, &token(), "spoke-a", &csr, now());
+    // The Secret is gone (spent by this client) and the request it paid for cannot be read: the client
+    // must try again, not give up on "unknown or spent token".
+    assert!(matches!(decide(Ok(None), Err(&error)), TokenDecision::Retry(_)));
+    assert!(matches!(decide(Err(&error), Ok(None)), TokenDecision::Retry(_)));
+    assert!(matches!(decide(Ok(Some(&secret)), Err(&error)), TokenDecision::Retry(_)));
+    assert!(matches!(decide(Err(&error), Err(&error)), TokenDecision::Retry(_)));
+    // The request it paid for is enough to resume, whatever the Secret's look-up said.
+    let paid = csr_object(&token_csr_name("spoke-a", &token()), "spoke-a", &csr, REQUESTED_VIA_TOKEN);
+    assert_eq!(decide(Err(&error), Ok(Some(&paid))), TokenDecision::Resume);
 }

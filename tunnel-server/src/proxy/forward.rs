@@ -42,9 +42,8 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::TRANSFER_ENCODING,
 ];
 
-/// Reset and stop code of a stream the hub gave up on before the spoke's answer was whole: no response head
-/// in time, a refused answer, or a caller that went away.
-pub const RESET_ABANDONED: u32 = 0x13;
+/// The reset and stop code of a stream the hub gives up on.
+pub const RESET_ABANDONED: tether_proto::codes::Code = tether_proto::codes::Code::StreamAbandoned;
 
 pub async fn forward(
     tunnel: Arc<Tunnel>,
@@ -87,7 +86,7 @@ pub async fn forward(
                             tracing::debug!(error = %e, "request body not forwarded whole");
                         },
                         () = cancelled.cancelled() => {
-                            let _ = send.reset(RESET_ABANDONED.into());
+                            let _ = send.reset(tether_runtime::transport::code(RESET_ABANDONED));
                         }
                     }
                 }
@@ -212,11 +211,11 @@ impl Unanswered {
 impl Drop for Unanswered {
     fn drop(&mut self) {
         if let Some(recv) = &mut self.recv {
-            let _ = recv.stop(RESET_ABANDONED.into());
+            let _ = recv.stop(tether_runtime::transport::code(RESET_ABANDONED));
         }
         // A `Streaming` guard cancels its task as it drops, and the task resets the stream.
         if let Some(SendSide::Held(send)) = &mut self.send {
-            let _ = send.reset(RESET_ABANDONED.into());
+            let _ = send.reset(tether_runtime::transport::code(RESET_ABANDONED));
         }
     }
 }

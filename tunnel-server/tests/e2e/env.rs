@@ -614,6 +614,22 @@ impl Env {
         }
     }
 
+    /// Waits until the client known by `key` exits by itself (it stops when redialling cannot help); its
+    /// exit status and log.
+    pub fn wait_client_exit(&self, key: &str, timeout: Duration) -> Result<(std::process::ExitStatus, String)> {
+        wait_for(&format!("tunnel-client {key} to exit"), timeout, || {
+            let mut clients = self.clients.lock().unwrap();
+            let proc = clients.get_mut(key).context("no such client")?;
+            Ok(proc.exited().map(|status| (status, proc.log_text())))
+        })
+    }
+
+    /// A client for `name`, known by `key`, started without waiting for its tunnel (as the kubelet restarts
+    /// a Pod); the caller owns the process.
+    pub fn spawn_client(&self, name: &str, key: &str) -> Result<Proc> {
+        Proc::spawn(&format!("tunnel-client-{key}"), self.client_command(name, key), &self.logs)
+    }
+
     fn write_kubeconfigs(&self) -> Result<()> {
         let hub_port = self.hub.port()?;
         let alice_hub = self.dir.join("alice-hub.kubeconfig");

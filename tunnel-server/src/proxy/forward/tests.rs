@@ -122,13 +122,13 @@ async fn status(tcp: &mut TcpStream) -> u16 {
 /// What the spoke sees of a stream the hub gave up on: its send side stopped, and its receive side reset or,
 /// for a request without a body, finished with the head.
 async fn assert_abandoned(send: quinn::SendStream, mut recv: quinn::RecvStream) {
-    assert_eq!(within(send.stopped()).await, Ok(Some(RESET_ABANDONED.into())));
+    assert_eq!(within(send.stopped()).await, Ok(Some(tether_runtime::transport::code(RESET_ABANDONED))));
     let mut buf = [0u8; 1024];
     loop {
         match within(recv.read(&mut buf)).await {
             Ok(Some(_)) => continue,
             Ok(None) => break,
-            Err(e) => return assert_eq!(e, quinn::ReadError::Reset(RESET_ABANDONED.into())),
+            Err(e) => return assert_eq!(e, quinn::ReadError::Reset(tether_runtime::transport::code(RESET_ABANDONED))),
         }
     }
 }

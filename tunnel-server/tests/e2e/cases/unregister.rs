@@ -96,6 +96,16 @@ fn unregister(env: &Env) -> Result<()> {
         if !leases.trim().is_empty() {
             bail!("leases left behind: {leases}");
         }
+        // The client stops, saying why, instead of redialling; restarted (as the kubelet would), it is refused
+        // at its handshake and stops again.
+        let (status, log) = env.wait_client_exit(cluster, deadline)?;
+        if status.success() || !log.contains("the hub revoked this spoke's certificate") {
+            bail!("the revoked client did not stop saying why ({status}):\n{log}");
+        }
+        let mut again = env.spawn_client(cluster, &format!("{cluster}-restarted"))?;
+        let stopped = wait_for("the restarted client to stop", deadline, || Ok(again.exited()));
+        again.stop();
+        stopped?;
         wait_for("the revoked client refused at its handshake", deadline, || {
             Ok((crate::cases::ops::sample_sum(
                 &env.metrics(None)?,
