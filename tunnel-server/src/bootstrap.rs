@@ -59,13 +59,12 @@ use tracing::{debug, info, warn};
 use crate::leases::CLUSTER_LABEL;
 use crate::metrics as m;
 
-pub const SIGNER_NAME: &str = "tether.io/spoke-client";
-pub const TOKEN_SECRET_TYPE: &str = "tether.io/bootstrap-token";
-pub const TOKEN_SECRET_PREFIX: &str = "tether-bootstrap-";
-pub const REQUESTED_VIA_ANNOTATION: &str = "tether.io/requested-via";
-pub const REQUESTED_VIA_TOKEN: &str = "bootstrap-token";
-pub const REQUESTED_VIA_RENEWAL: &str = "renewal";
-pub const CSR_USAGES: [&str; 3] = ["digital signature", "key encipherment", "client auth"];
+// The contract with the controller, from the crate both build on.
+pub use tether_api::csr::{
+    REQUESTED_VIA_ANNOTATION, SIGNER_NAME, USAGES as CSR_USAGES, VIA_BOOTSTRAP_TOKEN as REQUESTED_VIA_TOKEN,
+    VIA_RENEWAL as REQUESTED_VIA_RENEWAL,
+};
+pub use tether_api::token::{SECRET_PREFIX as TOKEN_SECRET_PREFIX, SECRET_TYPE as TOKEN_SECRET_TYPE};
 
 /// How much a peer not verified yet (every bootstrap connection; a tunnel before its certificate is
 /// checked) may send ahead of what the hub has read, over all its streams: one bootstrap request frame.

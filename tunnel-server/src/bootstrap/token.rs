@@ -7,13 +7,13 @@ use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 
+pub use tether_api::token::hash as token_hash;
+use tether_api::token::{DATA_CLUSTER, DATA_EXPIRATION, DATA_HASH};
+
 use super::{
-    check_csr, check_resume, Refusal, REQUESTED_VIA_ANNOTATION, REQUESTED_VIA_TOKEN, TOKEN_SECRET_PREFIX,
-    TOKEN_SECRET_TYPE, UNKNOWN_TOKEN,
+    check_csr, check_resume, Refusal, REQUESTED_VIA_ANNOTATION, REQUESTED_VIA_TOKEN, TOKEN_SECRET_TYPE, UNKNOWN_TOKEN,
 };
 
-const TOKEN_ID_LEN: usize = 6;
-const TOKEN_SECRET_LEN: usize = 16;
 /// Domain separation of [`token_csr_name`]'s digest from the Secret's `token-hash`.
 const CSR_NAME_CONTEXT: &[u8] = b"tether.io/bootstrap-csr\0";
 
@@ -31,27 +31,17 @@ impl std::fmt::Debug for Token<'_> {
 }
 
 impl<'a> Token<'a> {
-    /// Parses `<id>.<secret>`, 6 and 16 characters of `[a-z0-9]`.
+    /// Parses `<id>.<secret>`, 6 and 16 characters of `[a-z0-9]` ([`tether_api::token::split`]).
     pub fn parse(token: &'a str) -> Result<Self, Refusal> {
-        let malformed = || Refusal::new("malformed", "malformed bootstrap token");
-        let (id, secret) = token.split_once('.').ok_or_else(malformed)?;
-        let valid = |s: &str, len| s.len() == len && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-        if !valid(id, TOKEN_ID_LEN) || !valid(secret, TOKEN_SECRET_LEN) {
-            return Err(malformed());
-        }
+        let (id, _) =
+            tether_api::token::split(token).ok_or_else(|| Refusal::new("malformed", "malformed bootstrap token"))?;
         Ok(Self { id, full: token })
     }
 
     /// Name of the Secret that holds this token's hash.
     pub fn secret_name(&self) -> String {
-        format!("{TOKEN_SECRET_PREFIX}{}", self.id)
+        tether_api::token::secret_name(self.id)
     }
-}
-
-/// Lowercase hex SHA-256 of the whole token string, as stored in the Secret's `token-hash`.
-pub fn token_hash(token: &str) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Whether `a == b`, in time that depends only on the lengths.
@@ -73,17 +63,17 @@ pub fn check_token(secret: &Secret, token: &Token<'_>, cluster: &str, now: Syste
     let empty = BTreeMap::new();
     let data = secret.data.as_ref().unwrap_or(&empty);
     let field = |key: &str| data.get(key).and_then(|v| std::str::from_utf8(&v.0).ok()).map(str::trim);
-    let stored = field("token-hash").ok_or_else(unknown)?.to_ascii_lowercase();
+    let stored = field(DATA_HASH).ok_or_else(unknown)?.to_ascii_lowercase();
     if !constant_time_eq(stored.as_bytes(), token_hash(token.full).as_bytes()) {
         return Err(unknown());
     }
-    let expiration = field("expiration")
+    let expiration = field(DATA_EXPIRATION)
         .and_then(|e| e.parse::<Timestamp>().ok())
         .ok_or_else(|| Refusal::new("expired", "bootstrap token has no valid expiration"))?;
     if now >= SystemTime::from(expiration) {
         return Err(Refusal::new("expired", "bootstrap token expired"));
     }
-    if field("cluster") != Some(cluster) {
+    if field(DATA_CLUSTER) != Some(cluster) {
         return Err(Refusal::new("wrong_cluster", "token is for another cluster"));
     }
     Ok(())

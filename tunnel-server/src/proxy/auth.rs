@@ -38,9 +38,9 @@ impl Attributes {
         Self {
             verb: verb.into(),
             namespace: String::new(),
-            group: "tether.io".into(),
-            resource: "managedclusters".into(),
-            subresource: "proxy".into(),
+            group: tether_api::GROUP.into(),
+            resource: tether_api::cluster::RESOURCE.into(),
+            subresource: tether_api::cluster::PROXY_SUBRESOURCE.into(),
             name: cluster.into(),
         }
     }

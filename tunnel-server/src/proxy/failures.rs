@@ -2,7 +2,7 @@
 //! it rejects per minute (a bucket of `rate`, refilled over a minute); past that its uncached tokens get
 //! 429 without a TokenReview. Tokens the hub accepts give their place back, so a busy NAT of good users is
 //! limited only in how many unknown tokens it presents at the same instant.
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,16 +46,8 @@ impl Bucket {
     }
 }
 
-/// The unit of limiting: an IPv4 address, or an IPv6 /64 (one host usually holds a whole /64).
-pub fn source_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
-        },
-        v4 => v4,
-    }
-}
+/// The unit of limiting, as the bootstrap rate limit counts it: an IPv4 address, or an IPv6 /64.
+pub use crate::bootstrap::client_key as source_key;
 
 /// The buckets of every source, bounded: a bucket untouched for a [`Bucket::PERIOD`] is full again, so
 /// forgetting it loses nothing; past `MAX_SOURCES` the least recently used go first.
