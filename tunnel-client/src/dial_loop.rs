@@ -172,15 +172,15 @@ impl DialLoop<'_> {
         if tunnel.established {
             self.backoff.reset();
         }
-        match ended {
-            Ended::Shutdown | Ended::Retired => State::Stopped(Ok(())),
-            Ended::GoAway => {
+        match after_tunnel(ended) {
+            AfterTunnel::Stop => State::Stopped(Ok(())),
+            AfterTunnel::MoveNow => {
                 counter!(m::RECONNECTS, "cause" => "go_away").increment(1);
                 // A new endpoint gets a new UDP port: the hub (or its load balancer) sees a new flow.
                 *self.endpoint = None;
                 State::Dialing { identity, wait: Wait::Now }
             }
-            Ended::Lost(reason) => {
+            AfterTunnel::AskTheHub { reason } => {
                 counter!(m::RECONNECTS, "cause" => "lost").increment(1);
                 tracing::warn!(%reason, "tunnel lost");
                 let closed = tunnel.connection.close_reason().map_or(Closed::Lost, |e| reaction::closed(&e));
@@ -223,6 +223,25 @@ impl DialLoop<'_> {
             Ok(wait) => State::Dialing { identity, wait },
             Err(stop) => State::Stopped(Err(stop)),
         }
+    }
+}
+
+/// What the end of a tunnel calls for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum AfterTunnel {
+    /// Shut down, or retired by its successor: nothing to dial.
+    Stop,
+    /// The hub asked us to move: dial again at once, from a new UDP port.
+    MoveNow,
+    /// Lost, for `reason`: the hub's close code, if it gave one, decides ([`after_hub_closed`]).
+    AskTheHub { reason: String },
+}
+
+fn after_tunnel(ended: Ended) -> AfterTunnel {
+    match ended {
+        Ended::Shutdown | Ended::Retired => AfterTunnel::Stop,
+        Ended::GoAway => AfterTunnel::MoveNow,
+        Ended::Lost(reason) => AfterTunnel::AskTheHub { reason },
     }
 }
 
@@ -277,6 +296,15 @@ mod tests {
 
     fn said(code: Code) -> Closed {
         Closed::Code { code, hub_version: None, retry_in: None }
+    }
+
+    #[test]
+    fn what_the_dial_loop_does_after_each_tunnel_end() {
+        assert_eq!(after_tunnel(Ended::Shutdown), AfterTunnel::Stop);
+        assert_eq!(after_tunnel(Ended::Retired), AfterTunnel::Stop);
+        assert_eq!(after_tunnel(Ended::GoAway), AfterTunnel::MoveNow);
+        let lost = after_tunnel(Ended::Lost("heartbeat lost".into()));
+        assert_eq!(lost, AfterTunnel::AskTheHub { reason: "heartbeat lost".into() });
     }
 
     #[tokio::test]
