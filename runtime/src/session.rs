@@ -143,8 +143,11 @@ mod tests {
         (hub, dialed, accepted)
     }
 
+    /// Long enough that a loaded machine does not stall past it, short enough for a test that outlives it.
+    const DEAD_AFTER: Duration = Duration::from_millis(500);
+
     fn config() -> SessionConfig {
-        SessionConfig { heartbeat_interval: Duration::from_millis(20), dead_after: Duration::from_secs(5) }
+        SessionConfig { heartbeat_interval: Duration::from_millis(20), dead_after: DEAD_AFTER }
     }
 
     /// Drives `driver` until an event comes, or the control stream breaks.
@@ -179,14 +182,14 @@ mod tests {
         );
         assert!(matches!(at_hub, Ok(Event::Established { peer_instance: Some(ref i), .. }) if i == "a"), "{at_hub:?}");
 
-        // Heartbeats flow both ways (timeouts fire and the answers are read), and a GoAway reaches the hub.
+        // Heartbeats flow both ways (timeouts send Pings, what is read is fed in): for several times
+        // `dead_after`, neither end declares the other dead. Then a GoAway reaches the hub.
         let heartbeats = async {
-            let mut timeouts = 0;
-            while timeouts < 5 {
+            let until = Instant::now() + DEAD_AFTER * 4;
+            while Instant::now() < until {
                 client.flush().await.unwrap();
-                if client.next(None).await.unwrap() == Input::Timeout {
-                    timeouts += 1;
-                }
+                assert_eq!(client.poll_event(), None);
+                client.next(Some(until)).await.unwrap();
             }
             client.say_go_away("moving", Duration::from_secs(1)).await;
         };
@@ -196,6 +199,25 @@ mod tests {
         // The client finished its side: the hub reads the end of the stream.
         let closed = tokio::time::timeout(deadline, event(&mut hub)).await.unwrap();
         assert_eq!(closed, Err(Broken::Closed));
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_falls_silent_is_declared_dead() {
+        let (_hub, dialed, accepted) = pair().await;
+        let role = Role::Client { client_version: "test".into(), instance: "a".into() };
+        let (send, recv) = dialed.open_bi().await.unwrap();
+        // Says Hello, then is never driven again: no Pings, no Pongs.
+        let mut client = Driver::new(Session::new(role, config(), Instant::now()), send, recv, 64);
+        client.flush().await.unwrap();
+        let (send, recv) = accepted.accept_bi().await.unwrap();
+        let role = Role::Server { cluster: "spoke-a".into(), heartbeat_interval: Duration::from_millis(20) };
+        let mut hub = Driver::new(Session::new(role, config(), Instant::now()), send, recv, 64);
+        let deadline = Duration::from_secs(10);
+        let established = tokio::time::timeout(deadline, event(&mut hub)).await.unwrap();
+        assert!(matches!(established, Ok(Event::Established { .. })), "{established:?}");
+        let started = Instant::now();
+        assert_eq!(tokio::time::timeout(deadline, event(&mut hub)).await.unwrap(), Ok(Event::Dead));
+        assert!(started.elapsed() >= DEAD_AFTER / 2, "dead after {:?}", started.elapsed());
     }
 
     #[tokio::test]
