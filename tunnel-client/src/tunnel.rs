@@ -84,7 +84,7 @@ pub async fn serve(
 
     let ended = loop {
         if let Err(e) = driver.flush().await {
-            break Ended::Lost(format!("control stream: {e}"));
+            return Ended::Lost(format!("control stream: {e}"));
         }
         if let Some(ended) = on_events(&mut driver, &reports) {
             break ended;
