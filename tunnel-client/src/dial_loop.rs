@@ -21,7 +21,8 @@ use crate::reaction::{self, Closed, Reaction, Stop};
 use crate::tunnel::{self, Ended, Report};
 use crate::{dial, quic_client_config, renewal, request, Config, DialError, Error, Result};
 
-/// Where the dial loop is. Each state carries the identity it dials or serves with.
+/// Where the dial loop is. Each state carries the identity it dials or serves with, so that no state can be
+/// reached without one (before, an `Option` and an `expect` stood for "loaded or bootstrapped").
 enum State {
     /// Waiting as the last ending called for, then dialling.
     Dialing { identity: Identity, wait: Wait },
