@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use bytes::{Bytes, BytesMut};
 use http_body_util::Full;
 use tether_proto::{Event, RequestHead, ResponseHead, Role, Session, SessionConfig, StreamHeader};
+use tether_runtime::session::{Broken, Driver};
 use tether_runtime::stream_http::{read_head, send_with_body};
 use tether_runtime::transport::TransportSettings;
 use tokio_util::sync::CancellationToken;
@@ -39,65 +40,52 @@ pub async fn connect(
     stop: CancellationToken,
 ) -> Result<()> {
     let connection = endpoint.connect_with(config, hub, "localhost")?.await.context("QUIC handshake")?;
-    let (mut send, mut recv) = connection.open_bi().await?;
+    let (send, recv) = connection.open_bi().await?;
     let role = Role::Client { client_version: "loadtest".into(), instance };
     let config = SessionConfig { heartbeat_interval: Duration::from_secs(10), dead_after: Duration::from_secs(30) };
-    let mut session = Session::new(role, config, Instant::now());
-    let mut buf = vec![0u8; 4096];
+    let mut driver = Driver::new(Session::new(role, config, Instant::now()), send, recv, 1024);
     // Until Welcome: the caller counts a spoke connected only once the hub has registered it.
-    loop {
-        while let Some(bytes) = session.poll_transmit() {
-            send.write_all(&bytes).await?;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            driver.flush().await?;
+            match driver.poll_event() {
+                Some(Event::Established { .. }) => return Ok(()),
+                Some(Event::GoAway { reason }) => bail!("hub said go away: {reason}"),
+                Some(Event::Dead) => bail!("heartbeat lost before Welcome"),
+                _ => {}
+            }
+            match driver.next(None).await {
+                Ok(_) => {}
+                Err(Broken::Closed) => bail!("control stream closed before Welcome"),
+                Err(Broken::Protocol(e)) => return Err(e.into()),
+            }
         }
-        match session.poll_event() {
-            Some(Event::Established { .. }) => break,
-            Some(Event::GoAway { reason }) => bail!("hub said go away: {reason}"),
-            Some(Event::Dead) => bail!("heartbeat lost before Welcome"),
-            _ => {}
-        }
-        let n = tokio::time::timeout(Duration::from_secs(30), recv.read(&mut buf))
-            .await
-            .context("waiting for Welcome")??
-            .context("control stream closed before Welcome")?;
-        session.handle_input(Instant::now(), &buf[..n])?;
-    }
+    })
+    .await
+    .context("waiting for Welcome")??;
     tokio::spawn(async move {
-        serve(&connection, session, send, recv, stop).await;
+        serve(&connection, driver, stop).await;
         connection.close(0u32.into(), b"bye");
     });
     Ok(())
 }
 
-async fn serve(
-    connection: &quinn::Connection,
-    mut session: Session,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-    stop: CancellationToken,
-) {
-    let mut buf = vec![0u8; 1024];
+async fn serve(connection: &quinn::Connection, mut driver: Driver, stop: CancellationToken) {
     loop {
-        while let Some(bytes) = session.poll_transmit() {
-            if send.write_all(&bytes).await.is_err() {
-                return;
-            }
+        if driver.flush().await.is_err() {
+            return;
         }
-        while let Some(event) = session.poll_event() {
+        while let Some(event) = driver.poll_event() {
             if matches!(event, Event::GoAway { .. } | Event::Dead) {
                 return;
             }
         }
-        let wake = session.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             accepted = connection.accept_bi() => match accepted {
                 Ok((send, recv)) => { tokio::spawn(answer(send, recv)); }
                 Err(_) => return,
             },
-            read = recv.read(&mut buf) => match read {
-                Ok(Some(n)) => if session.handle_input(Instant::now(), &buf[..n]).is_err() { return },
-                Ok(None) | Err(_) => return,
-            },
-            _ = tokio::time::sleep_until(wake.into()) => session.handle_timeout(Instant::now()),
+            input = driver.next(None) => if input.is_err() { return },
             _ = stop.cancelled() => return,
         }
     }

@@ -6,6 +6,7 @@ mod error;
 pub mod io;
 pub mod listener;
 pub mod ops;
+pub mod session;
 pub mod shutdown;
 pub mod stream_http;
 pub mod telemetry;

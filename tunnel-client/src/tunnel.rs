@@ -11,6 +11,7 @@ use hyper_util::rt::TokioIo;
 use metrics::{counter, gauge, histogram};
 use tether_proto::{Event, RequestHead, ResponseHead, Role, Session, SessionConfig, StreamHeader, Target};
 use tether_runtime::io::{quic_io, Prefixed};
+use tether_runtime::session::{Broken, Driver, Input};
 use tether_runtime::stream_http::{read_head, send_with_body, RecvBody};
 use tether_runtime::transport::ByteCounter;
 use tokio::sync::mpsc;
@@ -64,7 +65,7 @@ pub async fn serve(
     shutdown: CancellationToken,
     reports: mpsc::UnboundedSender<Report>,
 ) -> Ended {
-    let (mut send, mut recv) = match connection.open_bi().await {
+    let (send, recv) = match connection.open_bi().await {
         Ok(s) => s,
         Err(e) => return Ended::Lost(format!("opening the control stream: {e}")),
     };
@@ -75,70 +76,50 @@ pub async fn serve(
     if let Some((version, ca_bundle)) = &params.spoke_info {
         session.send_spoke_info(version, ca_bundle);
     }
+    let mut driver = Driver::new(session, send, recv, 16 * 1024);
     let streams = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let mut buf = vec![0u8; 16 * 1024];
     let mut stats = ByteCounter::new(m::TUNNEL_BYTES);
     let mut renewal = renewal;
 
     let ended = loop {
-        while let Some(bytes) = session.poll_transmit() {
-            if let Err(e) = send.write_all(&bytes).await {
-                return Ended::Lost(format!("control stream: {e}"));
-            }
+        if let Err(e) = driver.flush().await {
+            return Ended::Lost(format!("control stream: {e}"));
         }
-        let mut ended = None;
-        while let Some(event) = session.poll_event() {
-            match event {
-                Event::Established { cluster, .. } => {
-                    gauge!(m::CONNECTED).set(1.0);
-                    counter!(m::CONNECTS).increment(1);
-                    tracing::info!(%cluster, "tunnel up");
-                    let _ = reports.send(Report::Up { cluster });
-                }
-                Event::GoAway { reason } => {
-                    tracing::info!(%reason, "hub asked us to go away");
-                    ended = Some(Ended::GoAway);
-                }
-                Event::Dead => ended = Some(Ended::Lost("heartbeat lost".into())),
-                // Sent by clients only; a hub's is refused by the session.
-                Event::SpokeInfo { .. } => {}
-            }
-        }
-        if let Some(ended) = ended {
+        if let Some(ended) = on_events(&mut driver, &reports) {
             break ended;
         }
-        let wake = session.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             accepted = connection.accept_bi() => match accepted {
                 Ok((send, recv)) => spawn_stream(&tracker, &streams, send, recv, &params.upstream),
                 Err(e) => break Ended::Lost(format!("connection: {e}")),
             },
-            read = recv.read(&mut buf) => match read {
-                Ok(Some(n)) => {
-                    if let Err(e) = session.handle_input(Instant::now(), &buf[..n]) {
-                        tracing::warn!(error = %e, "control stream protocol error");
-                        connection.close(tether_runtime::transport::code(tether_proto::Code::ProtocolError), b"protocol error");
-                        break Ended::Lost(format!("protocol error: {e}"));
-                    }
+            input = driver.next(None) => match input {
+                Ok(Input::Read) => {}
+                Ok(Input::Timeout) => stats.sample(&connection),
+                Err(Broken::Protocol(e)) => {
+                    tracing::warn!(error = %e, "control stream protocol error");
+                    connection.close(tether_runtime::transport::code(tether_proto::Code::ProtocolError), b"protocol error");
+                    break Ended::Lost(format!("protocol error: {e}"));
                 }
-                Ok(None) | Err(_) => break Ended::Lost("control stream closed".into()),
+                Err(Broken::Closed) => break Ended::Lost("control stream closed".into()),
             },
-            _ = tokio::time::sleep_until(wake.into()) => {
-                session.handle_timeout(Instant::now());
-                stats.sample(&connection);
-            }
-            () = async { renewal.as_mut().expect("guarded").await }, if renewal.is_some() => {
+            () = async {
+                match renewal.as_mut() {
+                    Some(renewal) => renewal.await,
+                    None => std::future::pending().await,
+                }
+            }, if renewal.is_some() => {
                 renewal = None;
                 let _ = reports.send(Report::Renewed);
             }
             _ = retire.cancelled() => {
-                say_go_away(&mut session, &mut send, "moving to a renewed certificate").await;
+                driver.say_go_away("moving to a renewed certificate", GO_AWAY_WAIT).await;
                 break Ended::Retired;
             }
             _ = shutdown.cancelled() => {
                 // Tell the hub first so it stops routing here before the connection goes.
-                say_go_away(&mut session, &mut send, "client shutting down").await;
+                driver.say_go_away("client shutting down", GO_AWAY_WAIT).await;
                 break Ended::Shutdown;
             }
         }
@@ -170,15 +151,30 @@ pub async fn serve(
     ended
 }
 
-/// Queues GoAway, finishes the control stream and waits (briefly) until the hub has received it: closing
-/// before that would discard it.
-async fn say_go_away(session: &mut Session, send: &mut quinn::SendStream, reason: &str) {
-    session.go_away(reason);
-    while let Some(bytes) = session.poll_transmit() {
-        let _ = send.write_all(&bytes).await;
+/// How long a GoAway waits to be received before the connection is closed.
+const GO_AWAY_WAIT: Duration = Duration::from_secs(1);
+
+/// Acts on the session's events; `Some` when one ends the tunnel.
+fn on_events(driver: &mut Driver, reports: &mpsc::UnboundedSender<Report>) -> Option<Ended> {
+    let mut ended = None;
+    while let Some(event) = driver.poll_event() {
+        match event {
+            Event::Established { cluster, .. } => {
+                gauge!(m::CONNECTED).set(1.0);
+                counter!(m::CONNECTS).increment(1);
+                tracing::info!(%cluster, "tunnel up");
+                let _ = reports.send(Report::Up { cluster });
+            }
+            Event::GoAway { reason } => {
+                tracing::info!(%reason, "hub asked us to go away");
+                ended = Some(Ended::GoAway);
+            }
+            Event::Dead => ended = Some(Ended::Lost("heartbeat lost".into())),
+            // Sent by clients only; a hub's is refused by the session.
+            Event::SpokeInfo { .. } => {}
+        }
     }
-    let _ = send.finish();
-    let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+    ended
 }
 
 /// After GoAway: serves what is in flight, and any stream the hub opened before it read the GoAway, until

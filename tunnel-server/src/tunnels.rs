@@ -10,12 +10,15 @@
 //! renewed has moved to a new connection by then. When a client says GoAway (it shuts down, or it moves to
 //! a renewed identity) its tunnel leaves the registry at once, so no new request is routed to it, but the
 //! connection stays until the client closes it, so that requests in flight on it (a watch) finish.
+mod outcome;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use metrics::{counter, gauge};
 use rustls::pki_types::CertificateDer;
 use tether_proto::{Code, Event, Role, Session, SessionConfig};
+use tether_runtime::session::{Broken, Driver, Input};
 use tether_runtime::transport::{code, ByteCounter, TransportSettings};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
@@ -24,6 +27,7 @@ use crate::bootstrap::Bootstrap;
 use crate::metrics as m;
 use crate::registry::{Described, Registry, Tunnel};
 use crate::revocations::{self, Revocations};
+use outcome::Outcome;
 
 #[derive(Debug, Clone)]
 pub struct TunnelSettings {
@@ -141,140 +145,40 @@ async fn serve_tunnel(
 ) {
     let Identity { cluster, issued, expires } = identity;
     let expiry = tether_runtime::instant_of(expires);
-    let renewing = Arc::new(tokio::sync::Semaphore::new(1));
-    let (mut send, mut recv) = match tokio::time::timeout(settings.hello_timeout, connection.accept_bi()).await {
+    let (send, recv) = match tokio::time::timeout(settings.hello_timeout, connection.accept_bi()).await {
         Ok(Ok(streams)) => streams,
         Ok(Err(e)) => return tracing::debug!(error = %e, "connection closed before its control stream"),
-        Err(_) => {
-            counter!(m::HANDSHAKE_FAILURES, "reason" => "hello_timeout").increment(1);
-            connection.close(code(Code::NoControlStream), b"no control stream");
-            return;
-        }
+        Err(_) => return end(&connection, &outcome::after(&Outcome::NoControlStream, false)),
     };
     let role = Role::Server { cluster: cluster.clone(), heartbeat_interval: settings.heartbeat_interval };
     let config = SessionConfig { heartbeat_interval: settings.heartbeat_interval, dead_after: settings.dead_after };
-    let mut session = Session::new(role, config, Instant::now());
-    let hello_deadline = Instant::now() + settings.hello_timeout;
-    let mut registered: Option<Arc<Tunnel>> = None;
-    let mut stats = ByteCounter::new(m::TUNNEL_BYTES);
     // Control frames are small and rare: a big buffer would be held by every idle tunnel.
-    let mut buf = vec![0u8; 2 * 1024];
-    let mut going_away = false;
-    let mut spoke_went_away = false;
-
-    let outcome: &str = loop {
-        while let Some(bytes) = session.poll_transmit() {
-            if send.write_all(&bytes).await.is_err() {
-                break;
-            }
-        }
-        let mut stop = None;
-        while let Some(event) = session.poll_event() {
-            match event {
-                Event::Established { peer_instance, .. } => {
-                    let tunnel = Arc::new(Tunnel {
-                        id: registry.next_id(),
-                        cluster: cluster.clone(),
-                        instance: peer_instance.unwrap_or_default(),
-                        connection: connection.clone(),
-                        issued,
-                        client_version: session.peer_client_version().unwrap_or_default().to_string(),
-                        described: Mutex::new(None),
-                        streams_open: gauge!(m::STREAMS_OPEN, "cluster" => cluster.clone()),
-                    });
-                    let count = registry.insert(tunnel.clone());
-                    gauge!(m::TUNNELS, "cluster" => cluster.clone()).set(count as f64);
-                    counter!(m::TUNNEL_CONNECTS, "cluster" => cluster.clone()).increment(1);
-                    info!(instance = %tunnel.instance, replicas = count, "tunnel up");
-                    // A revocation that came after the handshake check is seen here if it came before this
-                    // insert; otherwise `Revocations::enforce` sweeps the registry after it and finds this tunnel.
-                    revocations.close_if_revoked(&tunnel);
-                    registered = Some(tunnel);
-                }
-                Event::GoAway { reason } => {
-                    info!(%reason, "spoke is going away");
-                    spoke_went_away = true;
-                    stop = Some("spoke went away");
-                }
-                Event::Dead => stop = Some("heartbeat lost"),
-                Event::SpokeInfo { apiserver_version, ca_bundle } => {
-                    if let Some(tunnel) = &registered {
-                        debug!(%apiserver_version, "spoke described its cluster");
-                        registry.describe(tunnel, Described { apiserver_version, ca_bundle });
-                    }
-                }
-            }
-        }
-        if let Some(outcome) = stop {
-            break outcome;
-        }
-        if registered.is_none() && Instant::now() >= hello_deadline {
-            counter!(m::HANDSHAKE_FAILURES, "reason" => "hello_timeout").increment(1);
-            break "no hello";
-        }
-        let far = Instant::now() + Duration::from_secs(3600);
-        let mut wake = session.poll_timeout().unwrap_or(far);
-        if registered.is_none() {
-            wake = wake.min(hello_deadline);
-        }
-        tokio::select! {
-            // Reads first: a spoke that says GoAway and closes at once has its GoAway read (it stays readable
-            // after the close) before the close is seen, so its Lease says going-away rather than going stale.
-            biased;
-            read = recv.read(&mut buf) => match read {
-                Ok(Some(n)) => {
-                    if let Err(e) = session.handle_input(Instant::now(), &buf[..n]) {
-                        warn!(error = %e, "control stream protocol error");
-                        break close_for_protocol_error(&connection, &e);
-                    }
-                }
-                Ok(None) | Err(_) => break "control stream closed",
-            },
-            _ = tokio::time::sleep_until(wake.into()) => {
-                session.handle_timeout(Instant::now());
-                stats.sample(&connection);
-            }
-            _ = shutdown.cancelled(), if !going_away => {
-                // Drain, don't drop: the spoke reconnects at once (to another replica behind the same address);
-                // streams already open finish on this connection until the grace period ends.
-                session.go_away("hub shutting down");
-                going_away = true;
-            }
-            accepted = connection.accept_bi(), if registered.is_some() => match accepted {
-                Ok((mut send, recv)) => match renewing.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        let task = bootstrap.clone().renew(cluster.clone(), connection.clone(), send, recv, shutdown.clone());
-                        tokio::spawn(async move {
-                            task.await;
-                            drop(permit);
-                        }.in_current_span());
-                    }
-                    Err(_) => {
-                        let _ = send.reset(code(Code::Busy));
-                    }
-                },
-                Err(_) => break "connection closed",
-            },
-            _ = tokio::time::sleep_until(expiry.into()) => {
-                counter!(m::TUNNELS_EXPIRED, "cluster" => cluster.clone()).increment(1);
-                info!("client certificate expired: closing the tunnel");
-                connection.close(code(Code::Expired), b"certificate expired");
-                break "certificate expired";
-            }
-            reason = connection.closed() => {
-                debug!(%reason, "connection closed");
-                break "connection closed";
-            }
-        }
+    let mut driver = Driver::new(Session::new(role, config, Instant::now()), send, recv, 2 * 1024);
+    let mut tunnel = Serving {
+        connection: &connection,
+        cluster: &cluster,
+        issued,
+        expiry,
+        registry: &registry,
+        revocations: &revocations,
+        bootstrap: &bootstrap,
+        shutdown: &shutdown,
+        hello_deadline: Instant::now() + settings.hello_timeout,
+        registered: None,
+        going_away: false,
+        renewing: Arc::new(tokio::sync::Semaphore::new(1)),
     };
-
+    let mut stats = ByteCounter::new(m::TUNNEL_BYTES);
+    let outcome = tunnel.run(&mut driver, &mut stats).await;
     stats.sample(&connection);
-    if let Some(tunnel) = registered {
-        let left = registry.remove(&cluster, tunnel.id, spoke_went_away);
+    let after = outcome::after(&outcome, tunnel.going_away);
+    if let Some(registered) = tunnel.registered {
+        let left = registry.remove(&cluster, registered.id, after.went_away);
         gauge!(m::TUNNELS, "cluster" => cluster.clone()).set(left as f64);
         info!(%outcome, replicas_left = left, "tunnel down");
     }
-    if spoke_went_away {
+    end(&connection, &after);
+    if after.await_client_close {
         // Out of the registry, so nothing new comes here; what is in flight finishes before the client closes.
         tokio::select! {
             _ = connection.closed() => {}
@@ -283,23 +187,152 @@ async fn serve_tunnel(
             }
             _ = shutdown.cancelled() => {}
         }
-    } else if !matches!(outcome, "connection closed" | "certificate expired" | "protocol error" | "version mismatch")
-        && !going_away
-    {
-        connection.close(code(Code::Normal), outcome.as_bytes());
     }
 }
 
-/// Closes a tunnel whose control stream broke the protocol: a Hello of another version with
-/// [`Code::VersionMismatch`] and the hub's version (so the client can name both), anything else with
-/// [`Code::ProtocolError`]. Returns the outcome to log.
-fn close_for_protocol_error(connection: &quinn::Connection, error: &tether_proto::Error) -> &'static str {
-    if let tether_proto::Error::VersionMismatch { ours, .. } = error {
-        counter!(m::HANDSHAKE_FAILURES, "reason" => "version").increment(1);
-        connection.close(code(Code::VersionMismatch), tether_proto::codes::version_reason(*ours).as_bytes());
-        return "version mismatch";
+/// Counts and closes as [`outcome::after`] decided.
+fn end(connection: &quinn::Connection, after: &outcome::After) {
+    if let Some(reason) = after.handshake_failure {
+        counter!(m::HANDSHAKE_FAILURES, "reason" => reason).increment(1);
     }
-    counter!(m::HANDSHAKE_FAILURES, "reason" => "protocol").increment(1);
-    connection.close(code(Code::ProtocolError), b"protocol error");
-    "protocol error"
+    if let Some((close, reason)) = &after.close {
+        connection.close(code(*close), reason.as_bytes());
+    }
+}
+
+/// A tunnel being served: what its loop reads and changes besides the control stream.
+struct Serving<'a> {
+    connection: &'a quinn::Connection,
+    cluster: &'a String,
+    issued: SystemTime,
+    expiry: Instant,
+    registry: &'a Arc<Registry>,
+    revocations: &'a Revocations,
+    bootstrap: &'a Arc<Bootstrap>,
+    shutdown: &'a CancellationToken,
+    /// Until Hello: a tunnel must say it by then.
+    hello_deadline: Instant,
+    /// In the registry since its Hello.
+    registered: Option<Arc<Tunnel>>,
+    /// The hub said GoAway (it is shutting down) and waits for the spoke to leave.
+    going_away: bool,
+    /// One renewal at a time per tunnel.
+    renewing: Arc<tokio::sync::Semaphore>,
+}
+
+impl Serving<'_> {
+    /// Serves the control stream and the tunnel's renewal streams until the tunnel ends, and says why.
+    async fn run(&mut self, driver: &mut Driver, stats: &mut ByteCounter) -> Outcome {
+        loop {
+            // A failed write shows as a closed control stream on the next read.
+            let _ = driver.flush().await;
+            while let Some(event) = driver.poll_event() {
+                if let Some(outcome) = self.on_event(event, driver.session()) {
+                    return outcome;
+                }
+            }
+            let hello_deadline = self.registered.is_none().then_some(self.hello_deadline);
+            if hello_deadline.is_some_and(|at| Instant::now() >= at) {
+                return Outcome::NoHello;
+            }
+            tokio::select! {
+                // Reads first: a spoke that says GoAway and closes at once has its GoAway read (it stays readable
+                // after the close) before the close is seen, so its Lease says going-away rather than going stale.
+                biased;
+                input = driver.next(hello_deadline) => match input {
+                    Ok(Input::Read) => {}
+                    Ok(Input::Timeout) => stats.sample(self.connection),
+                    Err(Broken::Protocol(e)) => {
+                        warn!(error = %e, "control stream protocol error");
+                        return Outcome::of_protocol_error(&e);
+                    }
+                    Err(Broken::Closed) => return Outcome::ControlStreamClosed,
+                },
+                _ = self.shutdown.cancelled(), if !self.going_away => {
+                    // Drain, don't drop: the spoke reconnects at once (to another replica behind the same
+                    // address); streams already open finish on this connection until the grace period ends.
+                    driver.session_mut().go_away("hub shutting down");
+                    self.going_away = true;
+                }
+                accepted = self.connection.accept_bi(), if self.registered.is_some() => match accepted {
+                    Ok((send, recv)) => self.renew(send, recv),
+                    Err(_) => return Outcome::ConnectionClosed,
+                },
+                _ = tokio::time::sleep_until(self.expiry.into()) => {
+                    counter!(m::TUNNELS_EXPIRED, "cluster" => self.cluster.clone()).increment(1);
+                    info!("client certificate expired: closing the tunnel");
+                    return Outcome::CertificateExpired;
+                }
+                reason = self.connection.closed() => {
+                    debug!(%reason, "connection closed");
+                    return Outcome::ConnectionClosed;
+                }
+            }
+        }
+    }
+
+    /// Acts on one event of the session; `Some` when it ends the tunnel.
+    fn on_event(&mut self, event: Event, session: &Session) -> Option<Outcome> {
+        match event {
+            Event::Established { peer_instance, .. } => {
+                let cluster = self.cluster;
+                let tunnel = Arc::new(Tunnel {
+                    id: self.registry.next_id(),
+                    cluster: cluster.clone(),
+                    instance: peer_instance.unwrap_or_default(),
+                    connection: self.connection.clone(),
+                    issued: self.issued,
+                    client_version: session.peer_client_version().unwrap_or_default().to_string(),
+                    described: Mutex::new(None),
+                    streams_open: gauge!(m::STREAMS_OPEN, "cluster" => cluster.clone()),
+                });
+                let count = self.registry.insert(tunnel.clone());
+                gauge!(m::TUNNELS, "cluster" => cluster.clone()).set(count as f64);
+                counter!(m::TUNNEL_CONNECTS, "cluster" => cluster.clone()).increment(1);
+                info!(instance = %tunnel.instance, replicas = count, "tunnel up");
+                // A revocation that came after the handshake check is seen here if it came before this
+                // insert; otherwise `Revocations::enforce` sweeps the registry after it and finds this tunnel.
+                self.revocations.close_if_revoked(&tunnel);
+                self.registered = Some(tunnel);
+                None
+            }
+            Event::GoAway { reason } => {
+                info!(%reason, "spoke is going away");
+                Some(Outcome::SpokeWentAway)
+            }
+            Event::Dead => Some(Outcome::HeartbeatLost),
+            Event::SpokeInfo { apiserver_version, ca_bundle } => {
+                if let Some(tunnel) = &self.registered {
+                    debug!(%apiserver_version, "spoke described its cluster");
+                    self.registry.describe(tunnel, Described { apiserver_version, ca_bundle });
+                }
+                None
+            }
+        }
+    }
+
+    /// A stream the spoke opened after its control stream: a certificate renewal, one at a time.
+    fn renew(&self, mut send: quinn::SendStream, recv: quinn::RecvStream) {
+        match self.renewing.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let task = self.bootstrap.clone().renew(
+                    self.cluster.clone(),
+                    self.connection.clone(),
+                    send,
+                    recv,
+                    self.shutdown.clone(),
+                );
+                tokio::spawn(
+                    async move {
+                        task.await;
+                        drop(permit);
+                    }
+                    .in_current_span(),
+                );
+            }
+            Err(_) => {
+                let _ = send.reset(code(Code::Busy));
+            }
+        }
+    }
 }
