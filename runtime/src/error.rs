@@ -14,14 +14,6 @@ pub enum Error {
     SelfSigned(#[from] rcgen::Error),
     #[error("installing the metrics recorder: {0}")]
     Metrics(String),
-    #[error("stream: {0}")]
-    Protocol(#[from] tether_proto::Error),
-    #[error("reading the stream: {0}")]
-    StreamRead(quinn::ReadError),
-    #[error("writing the stream: {0}")]
-    StreamWrite(quinn::WriteError),
-    #[error("body: {0}")]
-    Body(String),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }

@@ -1,13 +1,23 @@
-//! Async plumbing shared by `tunnel-server` and `tunnel-client`: tracing and metrics set-up, the TLS-only ops
-//! endpoint (`/metrics`, `/healthz`, `/readyz`), PEM loading, tuned QUIC transport settings, runtime sizing,
-//! shutdown signals and small stream adapters. Nothing here knows about tunnels or Kubernetes.
+//! Service plumbing: what every tether process (tunnel-server, tunnel-client, controller, loadtest) runs on
+//! besides its own logic, none of which knows about tunnels or Kubernetes:
+//! - the process: tokio runtime sizing ([`build_runtime`]), [`shutdown`] on signals, the one-line exit
+//!   [`report`];
+//! - observing it: [`telemetry`] (tracing, the Prometheus recorder), the TLS-only [`ops`] endpoint
+//!   (`/metrics`, `/healthz`, `/readyz`), log lines a flood cannot multiply ([`throttle`]);
+//! - its sockets: the HTTPS [`listener`] with its handshake, header and idle timeouts and connection limit,
+//!   the QUIC [`transport`] settings and UDP sockets both ends share, and the PEM files and rustls configs
+//!   those listeners and dials are built from ([`tls`]).
+//!
+//! What a single QUIC stream carries (HTTP heads and bodies, the stream as hyper's I/O) is the request data
+//! path, not plumbing: it is the `tether-stream` crate. The name stays `runtime`, as in "what a process runs
+//! on": `service` already means three things in tether (a Kubernetes Service, a hyper/tower `Service`, the
+//! data plane's `service` target). TLS loading stays a module here rather than a crate: it is how the
+//! listeners and dials above get their configs, and every user of it also uses them.
 
 mod error;
-pub mod io;
 pub mod listener;
 pub mod ops;
 pub mod shutdown;
-pub mod stream_http;
 pub mod telemetry;
 pub mod throttle;
 pub mod tls;

@@ -14,7 +14,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tether_runtime::stream_http::RecvBody;
+use tether_stream::http::RecvBody;
 
 use crate::h2_pool::Pool;
 use crate::policy::watch::PolicyHandle;
