@@ -44,9 +44,10 @@ pub enum Error {
     /// Credentials of the wrong shape; the message never quotes them.
     #[error("spoke apiserver credentials: {0}")]
     Upstream(&'static str),
-    /// The Secret that holds the identity (`--identity-secret`) cannot be read or written; `what` says which.
-    #[error("spoke apiserver credentials: {what} Secret {namespace}/{name}: {source}")]
-    IdentitySecret { what: &'static str, namespace: String, name: String, source: kube::Error },
+    /// The Secret that holds the identity (`--identity-secret`, `NAMESPACE/NAME`) cannot be read or written;
+    /// `what` says which.
+    #[error("spoke apiserver credentials: {what} Secret {secret}: {source}")]
+    IdentitySecret { what: &'static str, secret: String, source: kube::Error },
     #[error("QUIC client configuration: {0}")]
     Quic(String),
     /// The hub refused to issue a certificate; retrying with the same token or request will not help.

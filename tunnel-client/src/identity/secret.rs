@@ -142,7 +142,7 @@ impl SecretStore {
 
     fn error(&self, what: &'static str, source: kube::Error) -> Error {
         // kube errors carry the apiserver's Status message, never the Secret's data.
-        Error::IdentitySecret { what, namespace: self.namespace.clone(), name: self.name.clone(), source }
+        Error::IdentitySecret { what, secret: format!("{}/{}", self.namespace, self.name), source }
     }
 }
 
