@@ -59,24 +59,24 @@ impl CertificateAuthority {
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self> {
         let cert_der = pem::single_cert_der(cert_pem)?;
         if pem::section_count(cert_pem)? != 1 {
-            return Err(Error::Pem("the CA certificate PEM must hold only the certificate".into()));
+            return Err(Error::CaPemNotAlone);
         }
         let cert = parse::certificate(&cert_der)?;
         match cert.basic_constraints() {
             Ok(Some(bc)) if bc.value.ca => {}
             Ok(_) => return Err(Error::NotCa("basicConstraints CA is not set")),
-            Err(e) => return Err(Error::Certificate(e.to_string())),
+            Err(e) => return Err(Error::Certificate(e)),
         }
         match cert.key_usage() {
             Ok(Some(ku)) if !ku.value.key_cert_sign() => {
                 return Err(Error::NotCa("key usage does not allow keyCertSign"))
             }
             Ok(_) => {}
-            Err(e) => return Err(Error::Certificate(e.to_string())),
+            Err(e) => return Err(Error::Certificate(e)),
         }
 
         let key_der = pem::single_pkcs8_key_der(key_pem)?;
-        let key = KeyPair::try_from(key_der.as_slice()).map_err(|e| Error::PrivateKey(e.to_string()))?;
+        let key = KeyPair::try_from(key_der.as_slice()).map_err(Error::PrivateKey)?;
         if key.der_bytes() != cert.public_key().subject_public_key.data.as_ref() {
             return Err(Error::KeyMismatch);
         }
@@ -267,7 +267,7 @@ mod tests {
         ));
         // A certificate file that also carries the key is refused: cert_pem is handed out.
         let combined = format!("{}{}", ca.cert_pem(), ca.key_pem());
-        assert!(matches!(CertificateAuthority::from_pem(&combined, ca.key_pem()), Err(Error::Pem(_))));
+        assert!(matches!(CertificateAuthority::from_pem(&combined, ca.key_pem()), Err(Error::CaPemNotAlone)));
         let two = format!("{}{}", ca.cert_pem(), ca.cert_pem());
         assert!(matches!(CertificateAuthority::from_pem(&two, ca.key_pem()), Err(Error::TooManyPem { found: 2, .. })));
     }

@@ -6,7 +6,10 @@
 pub enum Error {
     /// The input is not well-formed PEM (bad base64, unterminated section, ...).
     #[error("malformed PEM: {0}")]
-    Pem(String),
+    Pem(#[source] std::io::Error),
+    /// A CA certificate file that holds more than the certificate.
+    #[error("malformed PEM: the CA certificate PEM must hold only the certificate")]
+    CaPemNotAlone,
     /// The PEM input holds no section of the expected kind.
     #[error("no {0} found in PEM input")]
     MissingPem(&'static str),
@@ -15,13 +18,22 @@ pub enum Error {
     TooManyPem { what: &'static str, found: usize },
     /// A certificate that cannot be parsed.
     #[error("malformed certificate: {0}")]
-    Certificate(String),
+    Certificate(#[source] x509_parser::error::X509Error),
+    /// A certificate that parses but is not whole (trailing bytes, a window that ends before it starts).
+    #[error("malformed certificate: {0}")]
+    CertificateShape(&'static str),
     /// A private key that cannot be used.
     #[error("unusable private key: {0}")]
-    PrivateKey(String),
+    PrivateKey(#[source] rcgen::Error),
+    /// A private key in an encoding the ring backend cannot read.
+    #[error("unusable private key: only PKCS#8 (\"PRIVATE KEY\") keys are supported; convert with `openssl pkcs8 -topk8 -nocrypt`")]
+    PrivateKeyEncoding,
     /// A certificate signing request that cannot be parsed.
     #[error("malformed certificate request: {0}")]
-    Csr(String),
+    Csr(#[source] x509_parser::error::X509Error),
+    /// A certificate signing request that parses but is not usable (trailing bytes, two common names).
+    #[error("malformed certificate request: {0}")]
+    CsrShape(&'static str),
     /// The CSR's self-signature does not verify with the key it carries.
     #[error("certificate request signature does not verify")]
     CsrSignature,
@@ -31,6 +43,9 @@ pub enum Error {
     /// A key that is too weak or of a kind tether does not accept.
     #[error("key not accepted: {0}; use ECDSA P-256/P-384, Ed25519 or RSA >= 2048 bits")]
     WeakKey(String),
+    /// A key rcgen cannot put in a certificate.
+    #[error("key not accepted: cannot certify this key: {0}; use ECDSA P-256/P-384, Ed25519 or RSA >= 2048 bits")]
+    UncertifiableKey(#[source] rcgen::Error),
     /// A CSR whose common name names a cluster other than the one being signed for.
     #[error("certificate request is for cluster {requested:?}, not {cluster:?}")]
     ClusterMismatch { requested: String, cluster: String },

@@ -12,9 +12,9 @@ use crate::{Error, Result};
 
 /// Parse one DER certificate; trailing bytes are an error.
 pub(crate) fn certificate(der: &[u8]) -> Result<X509Certificate<'_>> {
-    let (rest, cert) = X509Certificate::from_der(der).map_err(|e| Error::Certificate(e.to_string()))?;
+    let (rest, cert) = X509Certificate::from_der(der).map_err(|e| Error::Certificate(e.into()))?;
     if !rest.is_empty() {
-        return Err(Error::Certificate("trailing bytes after certificate".into()));
+        return Err(Error::CertificateShape("trailing bytes after certificate"));
     }
     Ok(cert)
 }

@@ -56,13 +56,7 @@ pub(crate) fn single_pkcs8_key_der(pem: &str) -> Result<Vec<u8>> {
     for item in items(pem)? {
         match item {
             Item::Pkcs8Key(der) => keys.push(der.secret_pkcs8_der().to_vec()),
-            Item::Sec1Key(_) | Item::Pkcs1Key(_) => {
-                return Err(Error::PrivateKey(
-                    "only PKCS#8 (\"PRIVATE KEY\") keys are supported; \
-                     convert with `openssl pkcs8 -topk8 -nocrypt`"
-                        .into(),
-                ))
-            }
+            Item::Sec1Key(_) | Item::Pkcs1Key(_) => return Err(Error::PrivateKeyEncoding),
             _ => {}
         }
     }
@@ -79,9 +73,7 @@ pub(crate) fn section_count(pem: &str) -> Result<usize> {
 }
 
 fn items(pem: &str) -> Result<Vec<Item>> {
-    rustls_pemfile::read_all(&mut pem.as_bytes())
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::Pem(e.to_string()))
+    rustls_pemfile::read_all(&mut pem.as_bytes()).collect::<std::result::Result<Vec<_>, _>>().map_err(Error::Pem)
 }
 
 #[cfg(test)]
@@ -113,6 +105,9 @@ mod tests {
         assert!(matches!(pem_to_der_certs(bad_base64), Err(Error::Pem(_))));
         let unterminated = "-----BEGIN CERTIFICATE-----\nMIIB\n";
         assert!(matches!(pem_to_der_certs(unterminated), Err(Error::Pem(_))));
+        // The parser's own error is the source, not only its text.
+        let error = pem_to_der_certs(unterminated).unwrap_err();
+        assert!(std::error::Error::source(&error).is_some_and(|e| e.is::<std::io::Error>()), "{error:?}");
     }
 
     #[test]

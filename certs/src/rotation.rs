@@ -29,7 +29,7 @@ pub fn renewal_time(cert_der: &[u8]) -> Result<SystemTime> {
     let (_, not_after) = validity(cert_der)?;
     let issued = issued_at(cert_der)?;
     let lifetime =
-        not_after.duration_since(issued).map_err(|_| Error::Certificate("not-after precedes not-before".into()))?;
+        not_after.duration_since(issued).map_err(|_| Error::CertificateShape("not-after precedes not-before"))?;
     Ok(issued + share(lifetime, RENEW_AT_PERCENT))
 }
 
@@ -136,6 +136,9 @@ mod tests {
     #[test]
     fn garbage_is_an_error() {
         assert!(matches!(validity(b"nope"), Err(Error::Certificate(_))));
+        let error = validity(b"nope").unwrap_err();
+        let source = std::error::Error::source(&error);
+        assert!(source.is_some_and(|e| e.is::<x509_parser::error::X509Error>()), "{error:?}");
         assert!(matches!(renewal_time(b"nope"), Err(Error::Certificate(_))));
         assert!(matches!(renewal_due(b"nope", t0()), Err(Error::Certificate(_))));
         assert!(matches!(serial_hex(b"nope"), Err(Error::Certificate(_))));

@@ -95,9 +95,9 @@ fn spoke_subject(cluster: &str) -> DistinguishedName {
 
 /// Parse and check a CSR for `cluster`; its public key, ready to be certified, and its common name.
 fn verified_csr_key(csr_der: &[u8], cluster: &str) -> Result<(rcgen::SubjectPublicKeyInfo, Option<String>)> {
-    let (rest, csr) = X509CertificationRequest::from_der(csr_der).map_err(|e| Error::Csr(e.to_string()))?;
+    let (rest, csr) = X509CertificationRequest::from_der(csr_der).map_err(|e| Error::Csr(e.into()))?;
     if !rest.is_empty() {
-        return Err(Error::Csr("trailing bytes after the request".into()));
+        return Err(Error::CsrShape("trailing bytes after the request"));
     }
     let info = &csr.certification_request_info;
     // The key first: ring cannot verify signatures of keys that are too small, and the
@@ -113,14 +113,13 @@ fn verified_csr_key(csr_der: &[u8], cluster: &str) -> Result<(rcgen::SubjectPubl
         _ => Error::CsrSignature,
     })?;
 
-    let common_name = parse::common_name(&info.subject).map_err(|e| Error::Csr(e.into()))?;
+    let common_name = parse::common_name(&info.subject).map_err(Error::CsrShape)?;
     if let Some(requested) = &common_name {
         if requested != cluster {
             return Err(Error::ClusterMismatch { requested: requested.clone(), cluster: cluster.to_owned() });
         }
     }
-    let key = rcgen::SubjectPublicKeyInfo::from_der(info.subject_pki.raw)
-        .map_err(|e| Error::WeakKey(format!("cannot certify this key: {e}")))?;
+    let key = rcgen::SubjectPublicKeyInfo::from_der(info.subject_pki.raw).map_err(Error::UncertifiableKey)?;
     Ok((key, common_name))
 }
 

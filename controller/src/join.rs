@@ -320,12 +320,14 @@ fn labels() -> BTreeMap<String, String> {
 
 /// Runs `controller join`: the manifest on stdout, one line about the token on stderr.
 pub async fn join(config: JoinConfig) -> Result<()> {
-    let hub_ca_pem = std::fs::read_to_string(&config.hub_ca).map_err(|e| Error::Config {
-        flag: "--hub-ca",
-        reason: format!("cannot read {}: {e}", config.hub_ca.display()),
+    let (flag, path) = ("--hub-ca", &config.hub_ca);
+    let hub_ca_pem =
+        std::fs::read_to_string(path).map_err(|source| Error::FlagFile { flag, path: path.clone(), source })?;
+    tether_certs::pem_to_der_certs(&hub_ca_pem).map_err(|source| Error::FlagPem {
+        flag,
+        path: path.clone(),
+        source,
     })?;
-    tether_certs::pem_to_der_certs(&hub_ca_pem)
-        .map_err(|e| Error::Config { flag: "--hub-ca", reason: format!("{}: {e}", config.hub_ca.display()) })?;
     let expiration = expiration(Timestamp::now(), config.ttl).ok_or_else(|| Error::Config {
         flag: "--ttl",
         reason: format!("{} is too long", humantime::format_duration(config.ttl)),

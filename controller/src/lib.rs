@@ -58,7 +58,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
 
     let ops_listener = tokio::net::TcpListener::bind(config.ops_addr)
         .await
-        .map_err(|e| Error::Config { flag: "--ops-addr", reason: e.to_string() })?;
+        .map_err(|source| Error::Bind { flag: "--ops-addr", source })?;
     let readiness = Readiness::default();
     let ops_tls = tether_runtime::tls::self_signed_server_config(&["localhost"])?;
     tokio::spawn(ops::serve(ops_listener, ops_tls, prometheus, readiness.clone(), shutdown.clone()));
@@ -154,10 +154,14 @@ fn auto_config(config: &Config) -> Result<Option<auto::AutoConfig>> {
         }
         return Ok(None);
     };
-    let bad = |reason: String| Error::Config { flag: "--hub-ca", reason };
+    let flag = "--hub-ca";
     let hub_ca_pem =
-        std::fs::read_to_string(hub_ca).map_err(|e| bad(format!("cannot read {}: {e}", hub_ca.display())))?;
-    tether_certs::pem_to_der_certs(&hub_ca_pem).map_err(|e| bad(format!("{}: {e}", hub_ca.display())))?;
+        std::fs::read_to_string(hub_ca).map_err(|source| Error::FlagFile { flag, path: hub_ca.clone(), source })?;
+    tether_certs::pem_to_der_certs(&hub_ca_pem).map_err(|source| Error::FlagPem {
+        flag,
+        path: hub_ca.clone(),
+        source,
+    })?;
     if join::expiration(k8s_openapi::jiff::Timestamp::now(), config.bootstrap_token_ttl).is_none() {
         return Err(Error::Config { flag: "--bootstrap-token-ttl", reason: "too long".into() });
     }
@@ -176,26 +180,55 @@ fn auto_config(config: &Config) -> Result<Option<auto::AutoConfig>> {
 fn load_ca(config: &Config) -> Result<Option<tether_certs::CertificateAuthority>> {
     let (Some(cert), Some(key)) = (&config.ca_cert, &config.ca_key) else { return Ok(None) };
     let read = |path: &std::path::Path, flag: &'static str| {
-        std::fs::read_to_string(path)
-            .map_err(|e| Error::Config { flag, reason: format!("cannot read {}: {e}", path.display()) })
+        std::fs::read_to_string(path).map_err(|source| Error::FlagFile { flag, path: path.into(), source })
     };
     let (cert_pem, key_pem) = (read(cert, "--ca-cert")?, read(key, "--ca-key")?);
-    let ca = tether_certs::CertificateAuthority::from_pem(&cert_pem, &key_pem)
-        .map_err(|e| Error::Config { flag: "--ca-cert", reason: e.to_string() })?;
+    let ca = tether_certs::CertificateAuthority::from_pem(&cert_pem, &key_pem).map_err(Error::Ca)?;
     Ok(Some(ca))
 }
 
 pub(crate) async fn hub_client(hub_kubeconfig: Option<&std::path::Path>) -> Result<kube::Client> {
     let kube_config = match hub_kubeconfig {
         Some(path) => {
-            let flag = |e: &dyn std::fmt::Display| Error::Config { flag: "--hub-kubeconfig", reason: e.to_string() };
-            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| flag(&e))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.map_err(|e| flag(&e))?
+            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(Error::Kubeconfig)?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.map_err(Error::Kubeconfig)?
         }
-        None => kube::Config::incluster().map_err(|e| Error::Config {
-            flag: "--hub-kubeconfig",
-            reason: format!("in-cluster configuration: {e}"),
-        })?,
+        None => kube::Config::incluster().map_err(Error::InCluster)?,
     };
     Ok(kube::Client::try_from(kube_config)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn run_config(args: &[&str]) -> Config {
+        let cli = config::Cli::try_parse_from(std::iter::once("controller").chain(args.iter().copied())).unwrap();
+        let config::Command::Run(config) = cli.command() else { panic!("not run") };
+        config
+    }
+
+    #[test]
+    fn file_flags_are_named_in_the_message_and_keep_their_cause() {
+        let dir = std::env::temp_dir().join(format!("tether-controller-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("ca.crt"), dir.join("ca.key"));
+        let (cert_arg, key_arg) = (cert.to_str().unwrap(), key.to_str().unwrap());
+
+        let missing = load_ca(&run_config(&["--ca-cert", cert_arg, "--ca-key", key_arg])).unwrap_err();
+        assert!(missing.to_string().starts_with(&format!("--ca-cert: cannot read {cert_arg}: ")), "{missing}");
+        let io = missing.source().and_then(|e| e.downcast_ref::<std::io::Error>()).map(std::io::Error::kind);
+        assert_eq!(io, Some(std::io::ErrorKind::NotFound), "{missing}");
+
+        std::fs::write(&cert, "not PEM").unwrap();
+        let args = ["--hub-address", "hub:443", "--hub-ca", cert_arg];
+        let not_pem = auto_config(&run_config(&args)).map(|_| ()).unwrap_err();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(not_pem.to_string().starts_with(&format!("--hub-ca: {cert_arg}: ")), "{not_pem}");
+        assert!(not_pem.source().is_some_and(|e| e.is::<tether_certs::Error>()), "{not_pem:?}");
+    }
 }

@@ -35,8 +35,8 @@ pub type H2 = hyper::client::conn::http2::SendRequest<Empty<Bytes>>;
 
 impl Target {
     pub fn new(name: &str, addr: SocketAddr, ca_pem: &str, prefix: &str, token: &str) -> Result<Self> {
-        let certs = tether_runtime::tls::certs_from_pem(ca_pem.as_bytes()).map_err(anyhow::Error::msg)?;
-        let roots = tether_runtime::tls::root_store_from_certs(certs).map_err(anyhow::Error::msg)?;
+        let certs = tether_runtime::tls::parse_certs(ca_pem.as_bytes())?;
+        let roots = tether_runtime::tls::root_store_from_certs(certs)?;
         let (name, prefix, token) = (name.into(), prefix.into(), token.into());
         Ok(Self { name, addr, prefix, token, headers: http::HeaderMap::new(), roots: Arc::new(roots) })
     }

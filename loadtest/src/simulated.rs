@@ -11,8 +11,8 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::Full;
 use tether_proto::{Event, RequestHead, ResponseHead, Role, Session, SessionConfig, StreamHeader};
 use tether_runtime::session::{Broken, Driver};
-use tether_runtime::stream_http::{read_head, send_with_body};
 use tether_runtime::transport::TransportSettings;
+use tether_stream::http::{read_head, send_with_body};
 use tokio_util::sync::CancellationToken;
 
 /// The QUIC client configuration of one simulated spoke: its own certificate, the hub CA, tether's ALPN and

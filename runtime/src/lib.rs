@@ -1,14 +1,24 @@
-//! Async plumbing shared by `tunnel-server` and `tunnel-client`: tracing and metrics set-up, the TLS-only ops
-//! endpoint (`/metrics`, `/healthz`, `/readyz`), PEM loading, tuned QUIC transport settings, runtime sizing,
-//! shutdown signals and small stream adapters. Nothing here knows about tunnels or Kubernetes.
+//! Service plumbing: what every tether process (tunnel-server, tunnel-client, controller, loadtest) runs on
+//! besides its own logic, none of which knows about tunnels or Kubernetes:
+//! - the process: tokio runtime sizing ([`build_runtime`]), [`shutdown`] on signals, the one-line exit
+//!   [`report`];
+//! - observing it: [`telemetry`] (tracing, the Prometheus recorder), the TLS-only [`ops`] endpoint
+//!   (`/metrics`, `/healthz`, `/readyz`), log lines a flood cannot multiply ([`throttle`]);
+//! - its sockets: the HTTPS [`listener`] with its handshake, header and idle timeouts and connection limit,
+//!   the QUIC [`transport`] settings and UDP sockets both ends share, and the PEM files and rustls configs
+//!   those listeners and dials are built from ([`tls`]).
+//!
+//! What a single QUIC stream carries (HTTP heads and bodies, the stream as hyper's I/O) is the request data
+//! path, not plumbing: it is the `tether-stream` crate. The name stays `runtime`, as in "what a process runs
+//! on": `service` already means three things in tether (a Kubernetes Service, a hyper/tower `Service`, the
+//! data plane's `service` target). TLS loading stays a module here rather than a crate: it is how the
+//! listeners and dials above get their configs, and every user of it also uses them.
 
 mod error;
-pub mod io;
 pub mod listener;
 pub mod ops;
 pub mod session;
 pub mod shutdown;
-pub mod stream_http;
 pub mod telemetry;
 pub mod throttle;
 pub mod tls;
@@ -36,14 +46,54 @@ pub fn instant_of(time: std::time::SystemTime) -> std::time::Instant {
     }
 }
 
-/// The end of every binary's `main`: an error is one line on stderr (causes joined with `: `), never a
-/// backtrace, and the exit status says it failed.
+/// The end of every binary's `main`: an error is one line on stderr ([`one_line`]), never a backtrace, and
+/// the exit status says it failed.
 pub fn report(result: anyhow::Result<()>) -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// An error and its causes joined with `: `, each cause once. tether's errors end their message with their
+/// source's text (so a log line of the error alone says it all) and also return it as `source()`; anyhow's
+/// `{:#}` would print that text twice.
+pub fn one_line(error: &anyhow::Error) -> String {
+    let mut chain = error.chain();
+    let mut line = chain.next().map(|e| e.to_string()).unwrap_or_default();
+    for cause in chain {
+        let text = cause.to_string();
+        if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_printed_once() {
+        let missing = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let error = Error::Read { path: "/etc/tether/ca.pem".into(), source: missing };
+        let error = anyhow::Error::new(error).context("--hub-ca");
+        assert_eq!(one_line(&error), "--hub-ca: reading /etc/tether/ca.pem: no such file");
+    }
+
+    #[test]
+    fn a_cause_not_in_the_message_is_appended() {
+        let error =
+            anyhow::Error::new(Error::Metrics(metrics_exporter_prometheus::BuildError::EmptyBucketsOrQuantiles));
+        let error = error.context("starting");
+        assert_eq!(
+            one_line(&error),
+            "starting: installing the metrics recorder: bucket bounds/quantiles cannot be empty"
+        );
     }
 }

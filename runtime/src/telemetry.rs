@@ -20,7 +20,7 @@ const SECONDS_BUCKETS: &[f64] = &[
 pub fn install_metrics() -> Result<PrometheusHandle> {
     let builder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
-        .map_err(|e| Error::Metrics(e.to_string()))?;
+        .map_err(Error::Metrics)?;
     match builder.install_recorder() {
         Ok(handle) => Ok(handle),
         Err(_) => Ok(PrometheusBuilder::new().build_recorder().handle()),

@@ -44,8 +44,7 @@ pub async fn obtain_certificate(
         .cluster
         .as_deref()
         .ok_or_else(|| Error::Config { flag: "--cluster", reason: "required with --bootstrap-token-file".into() })?;
-    tether_certs::validate_cluster_name(cluster)
-        .map_err(|e| Error::Config { flag: "--cluster", reason: e.to_string() })?;
+    tether_certs::validate_cluster_name(cluster).map_err(|source| Error::FlagCerts { flag: "--cluster", source })?;
     let mut pending = request::pending_or_new(store, cluster).await?;
     let client_config = client_config(config, transport)?;
     let mut backoff = Backoff::new(config.backoff_base, config.backoff_cap);
@@ -124,8 +123,7 @@ pub async fn obtain_certificate(
 
 /// TLS to the hub without a client certificate, for ALPN `tether-bootstrap/1`.
 fn client_config(config: &Config, transport: &TransportSettings) -> Result<quinn::ClientConfig> {
-    let roots =
-        tls::root_store(&config.hub_ca).map_err(|e| Error::Config { flag: "--hub-ca", reason: e.to_string() })?;
+    let roots = tls::root_store(&config.hub_ca).map_err(|source| Error::FlagTls { flag: "--hub-ca", source })?;
     let mut crypto = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
     crypto.alpn_protocols = vec![tether_proto::BOOTSTRAP_ALPN.to_vec()];
     crate::quinn_client_config(crypto, transport)
@@ -134,8 +132,8 @@ fn client_config(config: &Config, transport: &TransportSettings) -> Result<quinn
 fn read_token(path: &Path) -> Result<String> {
     let flag = "--bootstrap-token-file";
     // Never echo the content: it is a secret.
-    let token = std::fs::read_to_string(path)
-        .map_err(|e| Error::Config { flag, reason: format!("{}: {e}", path.display()) })?;
+    let token =
+        std::fs::read_to_string(path).map_err(|source| Error::FlagFile { flag, path: path.to_path_buf(), source })?;
     let token = token.trim();
     if token.is_empty() {
         return Err(Error::Config { flag, reason: format!("{} is empty", path.display()) });

@@ -13,7 +13,7 @@ use http::{Request, Response};
 use hyper::body::{Body, Incoming};
 use hyper_util::client::legacy::connect::Connect;
 use hyper_util::client::legacy::{Client, Error};
-use tether_runtime::stream_http::Holding;
+use tether_stream::http::Holding;
 
 pub struct Pool<C, B> {
     per_connection: usize,

@@ -189,7 +189,7 @@ fn read_opt(path: &Path, flag: &'static str) -> Result<Option<String>> {
     match std::fs::read_to_string(path) {
         Ok(content) => Ok(Some(content)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::Config { flag, reason: format!("{}: {e}", path.display()) }),
+        Err(source) => Err(Error::FlagFile { flag, path: path.to_path_buf(), source }),
     }
 }
 

@@ -30,10 +30,9 @@ const LIMITED_FACTOR: u32 = 10;
 /// When `identity` is due for renewal, with this client's jitter (`random` in [0, 1)).
 pub fn due_time(identity: &Identity, random: f64) -> Result<SystemTime> {
     let der = leaf_der(identity)?;
-    let due = tether_certs::renewal_time(&der).map_err(|e| Error::Config { flag: "--cert", reason: e.to_string() })?;
-    let (_, not_after) =
-        tether_certs::validity(&der).map_err(|e| Error::Config { flag: "--cert", reason: e.to_string() })?;
-    let issued = tether_certs::issued_at(&der).map_err(|e| Error::Config { flag: "--cert", reason: e.to_string() })?;
+    let due = tether_certs::renewal_time(&der).map_err(bad_cert)?;
+    let (_, not_after) = tether_certs::validity(&der).map_err(bad_cert)?;
+    let issued = tether_certs::issued_at(&der).map_err(bad_cert)?;
     let life = not_after.duration_since(issued).unwrap_or_default();
     let jitter = life.mul_f64(f64::from(JITTER_PERCENT) / 100.0 * random.clamp(0.0, 1.0));
     Ok(due.checked_sub(jitter).unwrap_or(due))
@@ -50,14 +49,17 @@ pub fn expiry(identity: &Identity) -> Result<SystemTime> {
 /// The certificate's not-after.
 pub fn not_after(identity: &Identity) -> Result<SystemTime> {
     let der = leaf_der(identity)?;
-    let (_, not_after) =
-        tether_certs::validity(&der).map_err(|e| Error::Config { flag: "--cert", reason: e.to_string() })?;
+    let (_, not_after) = tether_certs::validity(&der).map_err(bad_cert)?;
     Ok(not_after)
+}
+
+fn bad_cert(source: tether_certs::Error) -> Error {
+    Error::FlagCerts { flag: "--cert", source }
 }
 
 fn leaf_der(identity: &Identity) -> Result<Vec<u8>> {
     let chain =
-        tls::certs_from_pem(identity.cert_pem.as_bytes()).map_err(|e| Error::Config { flag: "--cert", reason: e })?;
+        tls::parse_certs(identity.cert_pem.as_bytes()).map_err(|source| Error::FlagPem { flag: "--cert", source })?;
     let leaf = chain.first().ok_or_else(|| Error::Config { flag: "--cert", reason: "empty chain".into() })?;
     Ok(leaf.as_ref().to_vec())
 }

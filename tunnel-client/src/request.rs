@@ -41,8 +41,8 @@ pub async fn pending_or_new(store: &Store, cluster: &str) -> Result<Pending> {
             return Ok(pending);
         }
     }
-    let (key_pem, csr_pem) = tether_certs::spoke_key_and_csr(cluster)
-        .map_err(|e| Error::Config { flag: "--cluster", reason: e.to_string() })?;
+    let (key_pem, csr_pem) =
+        tether_certs::spoke_key_and_csr(cluster).map_err(|source| Error::FlagCerts { flag: "--cluster", source })?;
     let pending = Pending { key_pem, csr_pem, csr_name: None };
     store.save_pending(&pending).await?;
     info!(store = %store.describe(), "generated a new key and certificate request");
@@ -137,28 +137,27 @@ pub async fn forget_refused(store: &Store, pending: &mut Pending) -> Result<()> 
 
 /// The issued certificate must name the cluster and belong to the key.
 pub fn check_issued(certificate_pem: &str, key_pem: &str, cluster: &str) -> Result<()> {
-    let invalid = |reason: String| Error::Bootstrap(format!("the hub issued an unusable certificate: {reason}"));
-    let chain = tls::certs_from_pem(certificate_pem.as_bytes()).map_err(invalid)?;
-    let leaf = chain.first().ok_or_else(|| invalid("empty chain".into()))?;
-    let named = tether_certs::cluster_of(leaf.as_ref()).map_err(|e| invalid(e.to_string()))?;
+    let chain = tls::parse_certs(certificate_pem.as_bytes()).map_err(Error::IssuedPem)?;
+    let leaf = chain.first().ok_or(Error::IssuedPem(tls::PemError::NoCertificate))?;
+    let named = tether_certs::cluster_of(leaf.as_ref()).map_err(Error::IssuedCerts)?;
     if named != cluster {
-        return Err(invalid(format!("it is for cluster {named}")));
+        return Err(Error::IssuedForCluster(named));
     }
-    let key = tls::key_from_pem(key_pem.as_bytes()).map_err(|e| Error::Bootstrap(format!("pending key: {e}")))?;
+    let key = tls::parse_key(key_pem.as_bytes()).map_err(Error::PendingKey)?;
     // Building a client identity checks that the key belongs to the certificate.
     rustls::ClientConfig::builder()
         .with_root_certificates(rustls::RootCertStore::empty())
         .with_client_auth_cert(chain, key)
-        .map_err(|e| invalid(e.to_string()))?;
+        .map_err(Error::IssuedKey)?;
     Ok(())
 }
 
 /// The cluster an identity's certificate names.
 pub fn cluster_of(identity: &Identity) -> Result<String> {
     let chain =
-        tls::certs_from_pem(identity.cert_pem.as_bytes()).map_err(|e| Error::Config { flag: "--cert", reason: e })?;
+        tls::parse_certs(identity.cert_pem.as_bytes()).map_err(|source| Error::FlagPem { flag: "--cert", source })?;
     let leaf = chain.first().ok_or_else(|| Error::Config { flag: "--cert", reason: "empty chain".into() })?;
-    tether_certs::cluster_of(leaf.as_ref()).map_err(|e| Error::Config { flag: "--cert", reason: e.to_string() })
+    tether_certs::cluster_of(leaf.as_ref()).map_err(|source| Error::FlagCerts { flag: "--cert", source })
 }
 
 #[cfg(test)]
@@ -205,11 +204,16 @@ mod tests {
         let now = SystemTime::now();
         let ca = tether_certs::CertificateAuthority::generate("test-ca", now, Duration::from_secs(3600)).unwrap();
         let cert = ca.sign_spoke_csr(&pending.csr_pem, "spoke-a", now, Duration::from_secs(600)).unwrap();
-        assert!(matches!(check_issued(&cert, &pending.key_pem, "spoke-b"), Err(Error::Bootstrap(_))));
+        assert!(
+            matches!(check_issued(&cert, &pending.key_pem, "spoke-b"), Err(Error::IssuedForCluster(c)) if c == "spoke-a")
+        );
         let (_, other_csr) = tether_certs::spoke_key_and_csr("spoke-a").unwrap();
         let other = ca.sign_spoke_csr(&other_csr, "spoke-a", now, Duration::from_secs(600)).unwrap();
-        assert!(matches!(check_issued(&other, &pending.key_pem, "spoke-a"), Err(Error::Bootstrap(_))));
-        assert!(matches!(check_issued("not pem", &pending.key_pem, "spoke-a"), Err(Error::Bootstrap(_))));
+        assert!(matches!(check_issued(&other, &pending.key_pem, "spoke-a"), Err(Error::IssuedKey(_))));
+        assert!(matches!(
+            check_issued("not pem", &pending.key_pem, "spoke-a"),
+            Err(Error::IssuedPem(tls::PemError::NoCertificate))
+        ));
         let identity = commit(&s, &pending, &cert, "spoke-a").await.unwrap();
         assert_eq!(cluster_of(&identity).unwrap(), "spoke-a");
         assert_eq!(s.load().await.unwrap(), Some(identity));

@@ -14,7 +14,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tether_runtime::stream_http::RecvBody;
+use tether_stream::http::RecvBody;
 
 use crate::h2_pool::Pool;
 use crate::policy::watch::PolicyHandle;
@@ -51,13 +51,12 @@ impl Upstream {
     ) -> Result<Self> {
         let config = match path {
             Some(path) => {
-                let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                    .map_err(|e| Error::Config { flag: "--kubeconfig", reason: e.to_string() })?;
+                let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(Error::Kubeconfig)?;
                 kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
                     .await
-                    .map_err(|e| Error::Config { flag: "--kubeconfig", reason: e.to_string() })?
+                    .map_err(Error::Kubeconfig)?
             }
-            None => kube::Config::incluster().map_err(|e| Error::Upstream(format!("in-cluster configuration: {e}")))?,
+            None => kube::Config::incluster().map_err(Error::InCluster)?,
         };
         Self::from_config(config, streams_per_connection, policy)
     }
@@ -65,7 +64,7 @@ impl Upstream {
     pub(crate) fn from_config(config: kube::Config, streams_per_connection: u32, policy: PolicyHandle) -> Result<Self> {
         use secrecy::ExposeSecret;
         let ca_bundle: String = config.root_cert.iter().flatten().map(|der| pem_certificate(der)).collect();
-        let kube = kube::Client::try_from(config.clone()).map_err(|e| Error::Upstream(e.to_string()))?;
+        let kube = kube::Client::try_from(config.clone()).map_err(Error::UpstreamClient)?;
         let auth = &config.auth_info;
         let token = match (&auth.token, &auth.token_file) {
             (Some(token), _) => Token::fixed(token.expose_secret())?,
@@ -75,13 +74,15 @@ impl Upstream {
         let identity = client_identity(auth)?;
         let mut roots = rustls::RootCertStore::empty();
         for der in config.root_cert.iter().flatten() {
-            roots.add(CertificateDer::from(der.clone())).map_err(|e| Error::Upstream(format!("apiserver CA: {e}")))?;
+            roots
+                .add(CertificateDer::from(der.clone()))
+                .map_err(|source| Error::UpstreamTls { what: "apiserver CA", source })?;
         }
         let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
         let tls = match identity {
             Some((chain, key)) => builder
                 .with_client_auth_cert(chain, key)
-                .map_err(|e| Error::Upstream(format!("client certificate: {e}")))?,
+                .map_err(|source| Error::UpstreamTls { what: "client certificate", source })?,
             None => builder.with_no_client_auth(),
         };
         let connector = |http2: bool| {
@@ -248,14 +249,17 @@ impl Token {
 }
 
 fn read_token(path: &PathBuf) -> Result<HeaderValue> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| Error::Upstream(format!("token file {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|source| Error::UpstreamFile {
+        what: "token file",
+        path: path.clone(),
+        source,
+    })?;
     bearer(text.trim())
 }
 
 fn bearer(token: &str) -> Result<HeaderValue> {
     let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
-        .map_err(|_| Error::Upstream("the token is not a valid header value".into()))?;
+        .map_err(|_| Error::Upstream("the token is not a valid header value"))?;
     value.set_sensitive(true);
     Ok(value)
 }
@@ -266,12 +270,14 @@ fn client_identity(
     use base64::Engine;
     use rustls::pki_types::pem::PemObject;
     use secrecy::ExposeSecret;
-    let decode = |what: &str, data: &str| {
+    let decode = |what: &'static str, data: &str| {
         base64::engine::general_purpose::STANDARD
             .decode(data.trim())
-            .map_err(|e| Error::Upstream(format!("{what}: {e}")))
+            .map_err(|source| Error::UpstreamBase64 { what, source })
     };
-    let read = |what: &str, path: &str| std::fs::read(path).map_err(|e| Error::Upstream(format!("{what} {path}: {e}")));
+    let read = |what: &'static str, path: &str| {
+        std::fs::read(path).map_err(|source| Error::UpstreamFile { what, path: path.into(), source })
+    };
     let cert = match (&auth.client_certificate_data, &auth.client_certificate) {
         (Some(data), _) => decode("client-certificate-data", data)?,
         (None, Some(path)) => read("client-certificate", path)?,
@@ -280,11 +286,11 @@ fn client_identity(
     let key = match (&auth.client_key_data, &auth.client_key) {
         (Some(data), _) => decode("client-key-data", data.expose_secret())?,
         (None, Some(path)) => read("client-key", path)?,
-        (None, None) => return Err(Error::Upstream("client certificate without a key".into())),
+        (None, None) => return Err(Error::Upstream("client certificate without a key")),
     };
-    let chain = tether_runtime::tls::certs_from_pem(&cert).map_err(Error::Upstream)?;
-    let key = PrivateKeyDer::from_pem_slice(&key)
-        .map_err(|_| Error::Upstream("client key is not a PEM private key".into()))?;
+    let chain = tether_runtime::tls::parse_certs(&cert).map_err(Error::UpstreamPem)?;
+    let key =
+        PrivateKeyDer::from_pem_slice(&key).map_err(|_| Error::Upstream("client key is not a PEM private key"))?;
     Ok(Some((chain, key)))
 }
 
@@ -328,5 +334,30 @@ mod tests {
         let pem = pem_certificate(ca.cert_der());
         assert!(pem.lines().all(|l| l.len() <= 64), "{pem}");
         assert_eq!(tether_certs::pem_to_der_certs(&pem).unwrap(), [ca.cert_der().to_vec()]);
+    }
+
+    #[test]
+    fn bad_client_credentials_are_named_with_their_cause() {
+        use std::error::Error as _;
+        let auth = kube::config::AuthInfo {
+            client_certificate_data: Some("not base64!".into()),
+            client_key: Some("/nonexistent/key.pem".into()),
+            ..Default::default()
+        };
+        let error = client_identity(&auth).unwrap_err();
+        assert!(error.to_string().starts_with("spoke apiserver credentials: client-certificate-data: "), "{error}");
+        assert!(error.source().is_some_and(|e| e.is::<base64::DecodeError>()), "{error:?}");
+
+        let auth = kube::config::AuthInfo {
+            client_certificate: Some("/nonexistent/cert.pem".into()),
+            client_key: Some("/nonexistent/key.pem".into()),
+            ..Default::default()
+        };
+        let error = client_identity(&auth).unwrap_err();
+        assert!(error
+            .to_string()
+            .starts_with("spoke apiserver credentials: client-certificate /nonexistent/cert.pem: "));
+        let io = error.source().and_then(|e| e.downcast_ref::<std::io::Error>()).map(std::io::Error::kind);
+        assert_eq!(io, Some(std::io::ErrorKind::NotFound), "{error:?}");
     }
 }

@@ -45,13 +45,15 @@ pub async fn write(args: KubeconfigArgs) -> Result<()> {
 }
 
 pub async fn render(args: &KubeconfigArgs) -> Result<String> {
-    let flag_error = |flag: &str, e: &dyn std::fmt::Display| Error::Kubeconfig(format!("{flag}: {e}"));
-    let ca = std::fs::read(&args.ca_file).map_err(|e| flag_error("--ca-file", &e))?;
-    tether_runtime::tls::certs_from_pem(&ca).map_err(|e| flag_error("--ca-file", &e))?;
-    let hub_text = std::fs::read_to_string(&args.hub_kubeconfig).map_err(|e| flag_error("--hub-kubeconfig", &e))?;
-    let hub: Value = serde_yaml::from_str(&hub_text).map_err(|e| flag_error("--hub-kubeconfig", &e))?;
-    let user = current_user(&hub)
-        .ok_or_else(|| Error::Kubeconfig("--hub-kubeconfig: no user for its current-context".into()))?;
+    fn file_error<'a>(flag: &'static str, path: &'a std::path::Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
+        move |source| Error::KubeconfigFile { flag, path: path.to_path_buf(), source }
+    }
+    let ca = std::fs::read(&args.ca_file).map_err(file_error("--ca-file", &args.ca_file))?;
+    tether_runtime::tls::parse_certs(&ca).map_err(Error::KubeconfigCa)?;
+    let hub_text =
+        std::fs::read_to_string(&args.hub_kubeconfig).map_err(file_error("--hub-kubeconfig", &args.hub_kubeconfig))?;
+    let hub: Value = serde_yaml::from_str(&hub_text).map_err(Error::KubeconfigYaml)?;
+    let user = current_user(&hub).ok_or(Error::KubeconfigNoUser)?;
     let user = resolve_files(user, args.hub_kubeconfig.parent())?;
 
     let mut clusters = args.clusters.clone();
@@ -59,7 +61,7 @@ pub async fn render(args: &KubeconfigArgs) -> Result<String> {
         clusters = list_clusters(args).await?;
     }
     for name in &clusters {
-        tether_certs::validate_cluster_name(name).map_err(|e| flag_error("--cluster", &e))?;
+        tether_certs::validate_cluster_name(name).map_err(Error::KubeconfigCluster)?;
     }
     clusters.sort();
     clusters.dedup();
@@ -94,15 +96,14 @@ pub async fn render(args: &KubeconfigArgs) -> Result<String> {
         ("current-context", Value::from(current)),
         ("users", Value::Sequence(vec![yaml(&[("name", Value::from("tether-hub-user")), ("user", user)])])),
     ]);
-    serde_yaml::to_string(&config).map_err(|e| Error::Kubeconfig(e.to_string()))
+    serde_yaml::to_string(&config).map_err(Error::KubeconfigRender)
 }
 
 async fn list_clusters(args: &KubeconfigArgs) -> Result<Vec<String>> {
-    let kubeconfig = kube::config::Kubeconfig::read_from(&args.hub_kubeconfig)
-        .map_err(|e| Error::Kubeconfig(format!("--hub-kubeconfig: {e}")))?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .map_err(|e| Error::Kubeconfig(format!("--hub-kubeconfig: {e}")))?;
+    let path = &args.hub_kubeconfig;
+    let invalid = |source| Error::HubKubeconfig { path: path.clone(), source };
+    let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(invalid)?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.map_err(invalid)?;
     let client = kube::Client::try_from(config)?;
     let resource = ApiResource::from_gvk(&GroupVersionKind::gvk("tether.io", "v1alpha1", "ManagedCluster"));
     let list = kube::Api::<DynamicObject>::all_with(client, &resource).list(&ListParams::default()).await?;
@@ -132,8 +133,11 @@ fn resolve_files(mut user: Value, base: Option<&std::path::Path>) -> Result<Valu
     for (path_key, data_key) in [("client-certificate", "client-certificate-data"), ("client-key", "client-key-data")] {
         if let Some(path) = map.remove(path_key).and_then(|v| v.as_str().map(PathBuf::from)) {
             let path = base.map(|b| b.join(&path)).unwrap_or(path);
-            let bytes = std::fs::read(&path)
-                .map_err(|e| Error::Kubeconfig(format!("--hub-kubeconfig: {}: {e}", path.display())))?;
+            let bytes = std::fs::read(&path).map_err(|source| Error::KubeconfigFile {
+                flag: "--hub-kubeconfig",
+                path: path.clone(),
+                source,
+            })?;
             map.insert(data_key.into(), base64::engine::general_purpose::STANDARD.encode(bytes).into());
         }
     }
@@ -152,4 +156,56 @@ fn set_private(path: &std::path::Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(|source| Error::Write { path: path.into(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    fn args(ca_file: PathBuf, hub_kubeconfig: PathBuf) -> KubeconfigArgs {
+        KubeconfigArgs {
+            server: "https://hub".into(),
+            ca_file,
+            hub_kubeconfig,
+            clusters: vec!["a".into()],
+            context_prefix: String::new(),
+            out: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn errors_name_the_flag_and_keep_their_cause() {
+        let dir = std::env::temp_dir().join(format!("tether-kubeconfig-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (ca, hub) = (dir.join("ca.pem"), dir.join("hub.yaml"));
+
+        let missing = render(&args(ca.clone(), hub.clone())).await.unwrap_err();
+        assert_eq!(missing.to_string().split(": ").take(2).collect::<Vec<_>>(), ["hub kubeconfig", "--ca-file"]);
+        let io = missing.source().and_then(|e| e.downcast_ref::<std::io::Error>()).map(std::io::Error::kind);
+        assert_eq!(io, Some(std::io::ErrorKind::NotFound), "{missing}");
+
+        std::fs::write(&ca, "not PEM").unwrap();
+        let not_pem = render(&args(ca.clone(), hub.clone())).await.unwrap_err();
+        assert_eq!(not_pem.to_string(), "hub kubeconfig: --ca-file: no PEM certificate found");
+        assert!(not_pem.source().is_some_and(|e| e.is::<tether_runtime::tls::PemError>()), "{not_pem}");
+
+        std::fs::write(
+            &ca,
+            tether_certs::CertificateAuthority::generate(
+                "test CA",
+                std::time::SystemTime::now(),
+                std::time::Duration::from_secs(3600),
+            )
+            .unwrap()
+            .cert_pem(),
+        )
+        .unwrap();
+        std::fs::write(&hub, "users: [").unwrap();
+        let bad_yaml = render(&args(ca.clone(), hub.clone())).await.unwrap_err();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(bad_yaml.to_string().starts_with("hub kubeconfig: --hub-kubeconfig: "), "{bad_yaml}");
+        assert!(bad_yaml.source().is_some_and(|e| e.is::<serde_yaml::Error>()), "{bad_yaml}");
+    }
 }

@@ -249,7 +249,7 @@ fn quic_server_config(config: &ServeConfig, transport: &TransportSettings) -> Re
         .map_err(tether_runtime::Error::from)?;
     crypto.alpn_protocols = vec![tether_proto::ALPN.to_vec(), tether_proto::BOOTSTRAP_ALPN.to_vec()];
     crypto.max_early_data_size = 0;
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(crypto).map_err(|e| Error::Quic(e.to_string()))?;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(crypto).map_err(Error::Quic)?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(Arc::new(transport.to_quinn()));
     Ok(server)
@@ -278,13 +278,11 @@ fn proxy_tls_config(config: &ServeConfig) -> Result<Arc<rustls::ServerConfig>> {
 async fn hub_client(config: &ServeConfig) -> Result<kube::Client> {
     let kube_config = match &config.hub_kubeconfig {
         Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| Error::Kubeconfig(format!("--hub-kubeconfig {}: {e}", path.display())))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-                .await
-                .map_err(|e| Error::Kubeconfig(format!("--hub-kubeconfig {}: {e}", path.display())))?
+            let invalid = |source| Error::HubKubeconfig { path: path.clone(), source };
+            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(invalid)?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.map_err(invalid)?
         }
-        None => kube::Config::incluster().map_err(|e| Error::Kubeconfig(format!("in-cluster configuration: {e}")))?,
+        None => kube::Config::incluster().map_err(Error::InCluster)?,
     };
     Ok(kube::Client::try_from(kube_config)?)
 }

@@ -148,8 +148,8 @@ impl Hub {
         let (key_pem, csr) = tether_certs::spoke_key_and_csr(cluster)?;
         let cert_pem = self.authority.sign_spoke_csr(&csr, cluster, SystemTime::now(), Duration::from_secs(3600))?;
         let roots = tether_runtime::tls::root_store(&self.ca)?;
-        let chain = tether_runtime::tls::certs_from_pem(cert_pem.as_bytes()).map_err(anyhow::Error::msg)?;
-        let key = tether_runtime::tls::key_from_pem(key_pem.as_bytes()).map_err(anyhow::Error::msg)?;
+        let chain = tether_runtime::tls::parse_certs(cert_pem.as_bytes())?;
+        let key = tether_runtime::tls::parse_key(key_pem.as_bytes())?;
         let crypto = rustls::ClientConfig::builder().with_root_certificates(roots).with_client_auth_cert(chain, key)?;
         Ok(self.connect_with(crypto, tether_proto::ALPN).await?)
     }

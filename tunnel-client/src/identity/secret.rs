@@ -140,9 +140,9 @@ impl SecretStore {
         }
     }
 
-    fn error(&self, what: &str, e: kube::Error) -> Error {
+    fn error(&self, what: &'static str, source: kube::Error) -> Error {
         // kube errors carry the apiserver's Status message, never the Secret's data.
-        Error::Upstream(format!("{what} Secret {}/{}: {e}", self.namespace, self.name))
+        Error::IdentitySecret { what, secret: format!("{}/{}", self.namespace, self.name), source }
     }
 }
 

@@ -89,15 +89,15 @@ async fn tunnel(upstream: Upstream) -> (quinn::Connection, quinn::Endpoint, quin
     let now = SystemTime::now();
     let ca = tether_certs::CertificateAuthority::generate("test", now, Duration::from_secs(600)).unwrap();
     let serving = ca.issue_serving(&["localhost".to_string()], &[], now, Duration::from_secs(600)).unwrap();
-    let chain = tether_runtime::tls::certs_from_pem(serving.cert_pem.as_bytes()).unwrap();
-    let key = tether_runtime::tls::key_from_pem(serving.key_pem.as_bytes()).unwrap();
+    let chain = tether_runtime::tls::parse_certs(serving.cert_pem.as_bytes()).unwrap();
+    let key = tether_runtime::tls::parse_key(serving.key_pem.as_bytes()).unwrap();
     let tls = rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(chain, key).unwrap();
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
     let hub_end =
         quinn::Endpoint::server(quinn::ServerConfig::with_crypto(Arc::new(crypto)), ([127, 0, 0, 1], 0).into())
             .unwrap();
     let mut roots = rustls::RootCertStore::empty();
-    for cert in tether_runtime::tls::certs_from_pem(ca.cert_pem().as_bytes()).unwrap() {
+    for cert in tether_runtime::tls::parse_certs(ca.cert_pem().as_bytes()).unwrap() {
         roots.add(cert).unwrap();
     }
     let tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();

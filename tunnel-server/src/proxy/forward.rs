@@ -12,8 +12,8 @@ use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::TokioIo;
 use tether_proto::{RequestHead, ResponseHead, StreamHeader, Target};
-use tether_runtime::io::{quic_io, Prefixed};
-use tether_runtime::stream_http::{read_head, send_with_body, Holding, RecvBody};
+use tether_stream::http::{read_head, send_with_body, Holding, RecvBody};
+use tether_stream::io::{quic_io, Prefixed};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::Instrument;
 

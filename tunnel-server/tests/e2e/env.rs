@@ -66,9 +66,9 @@ pub fn controller_bin() -> PathBuf {
 fn check_binaries_fresh() -> Result<()> {
     // Each binary with the workspace crates it is built from.
     let built_from = [
-        (server_bin(), &["proto", "certs", "runtime", "tunnel-server"][..]),
-        (client_bin(), &["proto", "certs", "runtime", "tunnel-client"][..]),
-        (controller_bin(), &["certs", "runtime", "controller"][..]),
+        (server_bin(), &["api", "proto", "certs", "runtime", "stream", "tunnel-server"][..]),
+        (client_bin(), &["proto", "certs", "runtime", "stream", "tunnel-client"][..]),
+        (controller_bin(), &["api", "certs", "runtime", "controller"][..]),
     ];
     for (bin, crates) in built_from {
         let built = std::fs::metadata(&bin)

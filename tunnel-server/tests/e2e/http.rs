@@ -37,7 +37,7 @@ impl Answer {
 impl HubClient {
     pub fn new(addr: SocketAddr, ca_pem: &str) -> Result<Self> {
         let mut roots = rustls::RootCertStore::empty();
-        for cert in tether_runtime::tls::certs_from_pem(ca_pem.as_bytes()).map_err(anyhow::Error::msg)? {
+        for cert in tether_runtime::tls::parse_certs(ca_pem.as_bytes())? {
             roots.add(cert)?;
         }
         let mut config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();

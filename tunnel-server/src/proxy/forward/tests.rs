@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tether_proto::{RequestHead, StreamHeader};
-use tether_runtime::stream_http::read_head;
+use tether_stream::http::read_head;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

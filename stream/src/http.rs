@@ -9,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 
-use crate::{Error, Result};
+use crate::{BoxError, Error, Result};
 
 /// The reset code of a stream whose body failed half-way: the peer must not take what it got for the
 /// whole body.
@@ -33,7 +33,7 @@ pub async fn read_head<H>(
             };
             return Ok(Some((head, rest)));
         }
-        let Some(chunk) = recv.read_chunk(usize::MAX, true).await.map_err(Error::StreamRead)? else {
+        let Some(chunk) = recv.read_chunk(usize::MAX, true).await.map_err(Error::Read)? else {
             return Ok(None);
         };
         match &mut joined {
@@ -55,7 +55,7 @@ pub async fn read_head<H>(
 pub async fn send_with_body<B>(send: &mut quinn::SendStream, head: Bytes, body: B) -> Result<()>
 where
     B: Body<Data = Bytes>,
-    B::Error: std::fmt::Display,
+    B::Error: Into<BoxError>,
 {
     let mut body = std::pin::pin!(body);
     let mut head = Some(head);
@@ -89,7 +89,7 @@ where
             }
             Some(Err(e)) => {
                 let _ = send.reset(RESET_BODY_FAILED.into());
-                return Err(Error::Body(e.to_string()));
+                return Err(Error::Body(e.into()));
             }
         }
     }
@@ -103,7 +103,7 @@ fn poll_now<B: Body>(body: Pin<&mut B>) -> PolledFrame<B> {
 }
 
 async fn write(send: &mut quinn::SendStream, chunks: &mut [Bytes]) -> Result<()> {
-    send.write_all_chunks(chunks).await.map_err(Error::StreamWrite)
+    send.write_all_chunks(chunks).await.map_err(Error::Write)
 }
 
 /// A body read from a QUIC stream up to its FIN, after the bytes already read with its head. Dropped early,
