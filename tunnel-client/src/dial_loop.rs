@@ -105,7 +105,7 @@ impl DialLoop<'_> {
         }
         let dialed = match quic_client_config(self.config, &identity, self.transport) {
             Ok(client_config) => dial(self.config, self.server_name, self.endpoint, client_config).await,
-            Err(e) => Err(DialError::Setup(e.to_string())),
+            Err(e) => Err(DialError::Config(Box::new(e))),
         };
         let connection = match dialed {
             Ok(c) => c,

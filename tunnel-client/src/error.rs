@@ -49,7 +49,13 @@ pub enum Error {
     #[error("spoke apiserver credentials: {what} Secret {secret}: {source}")]
     IdentitySecret { what: &'static str, secret: String, source: kube::Error },
     #[error("QUIC client configuration: {0}")]
-    Quic(String),
+    Quic(#[source] quinn::crypto::rustls::NoInitialCipherSuite),
+    /// The address a flag names cannot be bound.
+    #[error("{flag} {addr}: {source}")]
+    Bind { flag: &'static str, addr: std::net::SocketAddr, source: std::io::Error },
+    /// A flag's key that does not go with its certificate (rustls' check).
+    #[error("{flag}: {source}")]
+    FlagKey { flag: &'static str, source: rustls::Error },
     /// The hub refused to issue a certificate; retrying with the same token or request will not help.
     #[error("bootstrap refused by the hub: {0}")]
     Refused(String),

@@ -88,9 +88,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         }
     };
 
-    let ops_listener = tokio::net::TcpListener::bind(config.ops_addr)
-        .await
-        .map_err(|e| Error::Config { flag: "--ops-addr", reason: e.to_string() })?;
+    let ops_listener = tokio::net::TcpListener::bind(config.ops_addr).await.map_err(|source| Error::Bind {
+        flag: "--ops-addr",
+        addr: config.ops_addr,
+        source,
+    })?;
     let ops_addr = ops_listener.local_addr()?;
     let readiness = Readiness::default();
     let ops_tls = tls::self_signed_server_config(&["localhost"])?;
@@ -173,13 +175,25 @@ async fn close(endpoint: Option<quinn::Endpoint>) {
 }
 
 /// Why a dial failed.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 enum DialError {
-    /// Before anything was sent: the address, the socket, the configuration.
-    Setup(String),
+    #[error("resolving {hub}: {source}")]
+    Resolve { hub: String, source: std::io::Error },
+    #[error("{0} resolves to no address")]
+    NoAddress(String),
+    #[error("UDP socket: {0}")]
+    Socket(#[source] std::io::Error),
+    /// quinn refused to start the handshake (the configuration, the server name).
+    #[error("{0}")]
+    Connect(#[source] quinn::ConnectError),
+    /// The client configuration for this identity could not be made.
+    #[error("{0}")]
+    Config(#[source] Box<Error>),
+    #[error("handshake timed out")]
     TimedOut,
     /// The handshake failed, or the hub closed the connection during it.
-    Connection(quinn::ConnectionError),
+    #[error("{0}")]
+    Connection(#[source] quinn::ConnectionError),
 }
 
 impl DialError {
@@ -187,17 +201,8 @@ impl DialError {
     fn closed(&self) -> Closed {
         match self {
             DialError::Connection(e) => reaction::closed(e),
-            DialError::Setup(_) | DialError::TimedOut => Closed::Lost,
-        }
-    }
-}
-
-impl std::fmt::Display for DialError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            DialError::Setup(reason) => f.write_str(reason),
-            DialError::TimedOut => f.write_str("handshake timed out"),
-            DialError::Connection(e) => write!(f, "{e}"),
+            // Nothing reached the hub, or nothing came back.
+            _ => Closed::Lost,
         }
     }
 }
@@ -209,24 +214,22 @@ async fn dial(
     endpoint: &mut Option<quinn::Endpoint>,
     client_config: quinn::ClientConfig,
 ) -> std::result::Result<quinn::Connection, DialError> {
-    let setup = DialError::Setup;
     let addr: SocketAddr = tokio::net::lookup_host(&config.hub)
         .await
-        .map_err(|e| setup(format!("resolving {}: {e}", config.hub)))?
+        .map_err(|source| DialError::Resolve { hub: config.hub.clone(), source })?
         .next()
-        .ok_or_else(|| setup(format!("{} resolves to no address", config.hub)))?;
+        .ok_or_else(|| DialError::NoAddress(config.hub.clone()))?;
     let reusable = endpoint.as_ref().and_then(|e| e.local_addr().ok()).is_some_and(|l| l.is_ipv4() == addr.is_ipv4());
     let endpoint = match endpoint.take() {
         Some(current) if reusable => endpoint.insert(current),
         _ => {
             let any: IpAddr = if addr.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
-            let socket = tether_runtime::transport::udp_socket(SocketAddr::new(any, 0))
-                .map_err(|e| setup(format!("UDP socket: {e}")))?;
+            let socket = tether_runtime::transport::udp_socket(SocketAddr::new(any, 0)).map_err(DialError::Socket)?;
             let client = quinn::Endpoint::new(Default::default(), None, socket, Arc::new(quinn::TokioRuntime));
-            endpoint.insert(client.map_err(|e| setup(format!("UDP socket: {e}")))?)
+            endpoint.insert(client.map_err(DialError::Socket)?)
         }
     };
-    let connecting = endpoint.connect_with(client_config, addr, server_name).map_err(|e| setup(e.to_string()))?;
+    let connecting = endpoint.connect_with(client_config, addr, server_name).map_err(DialError::Connect)?;
     tokio::time::timeout(std::time::Duration::from_secs(10), connecting)
         .await
         .map_err(|_| DialError::TimedOut)?
@@ -238,22 +241,20 @@ fn quic_client_config(
     identity: &Identity,
     transport: &TransportSettings,
 ) -> Result<quinn::ClientConfig> {
-    let roots =
-        tls::root_store(&config.hub_ca).map_err(|e| Error::Config { flag: "--hub-ca", reason: e.to_string() })?;
+    let roots = tls::root_store(&config.hub_ca).map_err(|source| Error::FlagTls { flag: "--hub-ca", source })?;
     let chain =
-        tls::certs_from_pem(identity.cert_pem.as_bytes()).map_err(|reason| Error::Config { flag: "--cert", reason })?;
-    let key =
-        tls::key_from_pem(identity.key_pem.as_bytes()).map_err(|reason| Error::Config { flag: "--key", reason })?;
+        tls::parse_certs(identity.cert_pem.as_bytes()).map_err(|source| Error::FlagPem { flag: "--cert", source })?;
+    let key = tls::parse_key(identity.key_pem.as_bytes()).map_err(|source| Error::FlagPem { flag: "--key", source })?;
     let mut crypto = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
-        .map_err(|e| Error::Config { flag: "--key", reason: e.to_string() })?;
+        .map_err(|source| Error::FlagKey { flag: "--key", source })?;
     crypto.alpn_protocols = vec![tether_proto::ALPN.to_vec()];
     quinn_client_config(crypto, transport)
 }
 
 fn quinn_client_config(crypto: rustls::ClientConfig, transport: &TransportSettings) -> Result<quinn::ClientConfig> {
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).map_err(|e| Error::Quic(e.to_string()))?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).map_err(Error::Quic)?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
     client.transport_config(Arc::new(transport.to_quinn()));
     Ok(client)
@@ -274,4 +275,43 @@ fn server_name(config: &Config) -> Result<String> {
 fn default_instance() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     format!("{}-{}", host.trim(), std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn identity_errors_name_the_flag_and_keep_their_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing-ca.crt");
+        let config = Config::try_parse_from(
+            ["tunnel-client", "--hub", "hub:1", "--cert", "c", "--key", "k"]
+                .iter()
+                .chain(&["--hub-ca", missing.to_str().unwrap()]),
+        )
+        .unwrap();
+        let identity = Identity { cert_pem: "not pem".into(), key_pem: "not pem".into() };
+        let error = quic_client_config(&config, &identity, &TransportSettings::default()).unwrap_err();
+        assert!(matches!(error, Error::FlagTls { flag: "--hub-ca", .. }), "{error}");
+        assert!(error.to_string().starts_with("--hub-ca: "), "{error}");
+        let io = error.source().and_then(|e| e.source()).and_then(|e| e.downcast_ref::<std::io::Error>());
+        assert_eq!(io.map(std::io::Error::kind), Some(std::io::ErrorKind::NotFound), "{error:?}");
+
+        let ca = tether_certs::CertificateAuthority::generate(
+            "ca",
+            std::time::SystemTime::now(),
+            std::time::Duration::from_secs(60),
+        )
+        .unwrap();
+        let ca_file = dir.path().join("ca.crt");
+        std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+        let config = Config { hub_ca: ca_file, ..config };
+        let error = quic_client_config(&config, &identity, &TransportSettings::default()).unwrap_err();
+        assert!(matches!(error, Error::FlagPem { flag: "--cert", .. }), "{error}");
+    }
 }
