@@ -20,6 +20,7 @@ pub mod ops;
 pub mod session;
 pub mod shutdown;
 pub mod telemetry;
+pub mod testing;
 pub mod throttle;
 pub mod tls;
 pub mod transport;

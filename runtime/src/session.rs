@@ -106,41 +106,16 @@ impl Driver {
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
-    use std::sync::Arc;
 
-    use rustls::pki_types::PrivateKeyDer;
     use tether_proto::{Role, SessionConfig};
 
     use super::*;
 
-    /// A hub and a client endpoint on loopback, and a connection between them.
-    async fn pair() -> (quinn::Endpoint, quinn::Connection, quinn::Connection) {
-        crate::tls::install_crypto_provider();
-        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-        let key = PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
-        let mut tls = rustls::ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(vec![cert.cert.der().clone()], key)
-            .unwrap();
-        tls.alpn_protocols = vec![b"test".to_vec()];
-        let server =
-            quinn::ServerConfig::with_crypto(Arc::new(quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap()));
-        let hub = quinn::Endpoint::server(server, "127.0.0.1:0".parse().unwrap()).unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(cert.cert.der().clone()).unwrap();
-        let mut crypto = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
-        crypto.alpn_protocols = vec![b"test".to_vec()];
-        let client_config =
-            quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap()));
-        let mut client = quinn::Endpoint::client("127.0.0.1:0".parse::<SocketAddr>().unwrap()).unwrap();
-        client.set_default_client_config(client_config);
-        let addr = hub.local_addr().unwrap();
-        let (dialed, accepted) =
-            tokio::join!(async { client.connect(addr, "localhost").unwrap().await.unwrap() }, async {
-                hub.accept().await.unwrap().await.unwrap()
-            });
-        (hub, dialed, accepted)
+    /// A connection on loopback (both endpoints held by the pair) and its two ends.
+    async fn pair() -> (crate::testing::LoopbackPair, quinn::Connection, quinn::Connection) {
+        let pair = crate::testing::loopback_pair(b"test").await;
+        let (dialed, accepted) = (pair.dialer.clone(), pair.acceptor.clone());
+        (pair, dialed, accepted)
     }
 
     /// Long enough that a loaded machine does not stall past it, short enough for a test that outlives it.

@@ -8,35 +8,10 @@ use tether_proto::ResponseHead;
 
 use super::*;
 
-/// Both ends of one QUIC connection on loopback; the endpoints live as long as the pair.
-struct Pair {
-    client: quinn::Connection,
-    server: quinn::Connection,
-    _endpoints: (quinn::Endpoint, quinn::Endpoint),
-}
+use tether_runtime::testing::LoopbackPair as Pair;
 
 async fn pair() -> Pair {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
-    let tls = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.cert.der().clone()], key)
-        .unwrap();
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
-    let server =
-        quinn::Endpoint::server(quinn::ServerConfig::with_crypto(Arc::new(crypto)), ([127, 0, 0, 1], 0).into())
-            .unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.cert.der().clone()).unwrap();
-    let tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let mut client = quinn::Endpoint::client(([127, 0, 0, 1], 0).into()).unwrap();
-    client.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-    let connecting = client.connect(server.local_addr().unwrap(), "localhost").unwrap();
-    let accepting = async { server.accept().await.unwrap().await.unwrap() };
-    let (client_connection, server_connection) = tokio::join!(connecting, accepting);
-    Pair { client: client_connection.unwrap(), server: server_connection, _endpoints: (client, server) }
+    tether_runtime::testing::loopback_pair(b"").await
 }
 
 fn head(status: u16) -> Bytes {
@@ -48,9 +23,9 @@ fn head(status: u16) -> Bytes {
 
 /// Opens a stream and accepts it on the far side (a stream is announced only once something is written).
 async fn stream(pair: &Pair) -> (quinn::SendStream, quinn::RecvStream, quinn::SendStream, quinn::RecvStream) {
-    let (mut send, recv) = pair.client.open_bi().await.unwrap();
+    let (mut send, recv) = pair.dialer.open_bi().await.unwrap();
     send.write_all(b"x").await.unwrap();
-    let (far_send, mut far_recv) = pair.server.accept_bi().await.unwrap();
+    let (far_send, mut far_recv) = pair.acceptor.accept_bi().await.unwrap();
     let mut x = [0u8; 1];
     far_recv.read_exact(&mut x).await.unwrap();
     (send, recv, far_send, far_recv)

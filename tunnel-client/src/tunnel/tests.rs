@@ -3,7 +3,6 @@
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::SystemTime;
 
 use http::{HeaderMap, Method, StatusCode};
 use hyper::body::{Frame, Incoming};
@@ -84,37 +83,16 @@ async fn apiserver() -> (Upstream, mpsc::UnboundedReceiver<Seen>) {
 }
 
 /// The hub's and the spoke's ends of one QUIC connection; the spoke serves every stream the hub opens.
-async fn tunnel(upstream: Upstream) -> (quinn::Connection, quinn::Endpoint, quinn::Endpoint) {
-    tether_runtime::tls::install_crypto_provider();
-    let now = SystemTime::now();
-    let ca = tether_certs::CertificateAuthority::generate("test", now, Duration::from_secs(600)).unwrap();
-    let serving = ca.issue_serving(&["localhost".to_string()], &[], now, Duration::from_secs(600)).unwrap();
-    let chain = tether_runtime::tls::parse_certs(serving.cert_pem.as_bytes()).unwrap();
-    let key = tether_runtime::tls::parse_key(serving.key_pem.as_bytes()).unwrap();
-    let tls = rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(chain, key).unwrap();
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
-    let hub_end =
-        quinn::Endpoint::server(quinn::ServerConfig::with_crypto(Arc::new(crypto)), ([127, 0, 0, 1], 0).into())
-            .unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in tether_runtime::tls::parse_certs(ca.cert_pem().as_bytes()).unwrap() {
-        roots.add(cert).unwrap();
-    }
-    let tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let mut spoke_end = quinn::Endpoint::client(([127, 0, 0, 1], 0).into()).unwrap();
-    spoke_end.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-    let connecting = spoke_end.connect(hub_end.local_addr().unwrap(), "localhost").unwrap();
-    let accepting = async { hub_end.accept().await.unwrap().await.unwrap() };
-    let (spoke, hub) = tokio::join!(connecting, accepting);
-    let spoke = spoke.unwrap();
+async fn tunnel(upstream: Upstream) -> (quinn::Connection, tether_runtime::testing::LoopbackPair) {
+    let pair = tether_runtime::testing::loopback_pair(b"").await;
+    let (spoke, hub) = (pair.dialer.clone(), pair.acceptor.clone());
     tokio::spawn(async move {
         let (tracker, streams) = (TaskTracker::new(), CancellationToken::new());
         while let Ok((send, recv)) = spoke.accept_bi().await {
             spawn_stream(&tracker, &streams, send, recv, &upstream);
         }
     });
-    (hub, hub_end, spoke_end)
+    (hub, pair)
 }
 
 /// Opens a stream with a request head for `path`; the FIN follows at once unless the request has a body.
@@ -146,7 +124,7 @@ async fn next(events: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
 #[tokio::test]
 async fn a_request_the_hub_stops_is_dropped_before_the_apiserver_answers() {
     let (upstream, mut events) = apiserver().await;
-    let (hub, _hub_end, _spoke_end) = tunnel(upstream).await;
+    let (hub, _pair) = tunnel(upstream).await;
     let (_send, mut recv) = request(&hub, Method::GET, "/hang", false).await;
     assert_eq!(next(&mut events).await, Seen::Arrived("/hang".into()));
     recv.stop(tether_runtime::transport::code(tether_proto::codes::Code::StreamAbandoned)).unwrap();
@@ -156,7 +134,7 @@ async fn a_request_the_hub_stops_is_dropped_before_the_apiserver_answers() {
 #[tokio::test]
 async fn a_request_whose_body_the_hub_abandons_is_dropped() {
     let (upstream, mut events) = apiserver().await;
-    let (hub, _hub_end, _spoke_end) = tunnel(upstream).await;
+    let (hub, _pair) = tunnel(upstream).await;
     // Stopped only, as a hub does whose caller's body is still to come: the apiserver would wait for it.
     // Reset as well, as this hub does: the broken body alone ends the apiserver request.
     for reset in [false, true] {
@@ -174,7 +152,7 @@ async fn a_request_whose_body_the_hub_abandons_is_dropped() {
 #[tokio::test]
 async fn a_quiet_watch_the_hub_stops_is_dropped_before_its_next_event() {
     let (upstream, mut events) = apiserver().await;
-    let (hub, _hub_end, _spoke_end) = tunnel(upstream).await;
+    let (hub, _pair) = tunnel(upstream).await;
     let (_send, mut recv) = request(&hub, Method::GET, "/watch", false).await;
     assert_eq!(next(&mut events).await, Seen::Arrived("/watch".into()));
     let (response, _) =

@@ -19,30 +19,12 @@ use super::*;
 struct Hub {
     addr: SocketAddr,
     spoke: quinn::Connection,
-    _endpoints: (quinn::Endpoint, quinn::Endpoint),
+    _pair: tether_runtime::testing::LoopbackPair,
 }
 
 async fn hub(response_timeout: Duration) -> Hub {
-    tether_runtime::tls::install_crypto_provider();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
-    let tls = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.cert.der().clone()], key)
-        .unwrap();
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
-    let server =
-        quinn::Endpoint::server(quinn::ServerConfig::with_crypto(Arc::new(crypto)), ([127, 0, 0, 1], 0).into())
-            .unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.cert.der().clone()).unwrap();
-    let tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let mut client = quinn::Endpoint::client(([127, 0, 0, 1], 0).into()).unwrap();
-    client.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-    let connecting = client.connect(server.local_addr().unwrap(), "localhost").unwrap();
-    let accepting = async { server.accept().await.unwrap().await.unwrap() };
-    let (spoke, hub) = tokio::join!(connecting, accepting);
+    let pair = tether_runtime::testing::loopback_pair(b"").await;
+    let (spoke, hub) = (pair.dialer.clone(), pair.acceptor.clone());
 
     let tunnel = Arc::new(Tunnel {
         id: 1,
@@ -79,7 +61,7 @@ async fn hub(response_timeout: Duration) -> Hub {
             );
         }
     });
-    Hub { addr, spoke: spoke.unwrap(), _endpoints: (client, server) }
+    Hub { addr, spoke, _pair: pair }
 }
 
 impl Hub {
