@@ -136,9 +136,9 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn both_ends_handshake_heartbeat_and_see_go_away_and_close() {
-        let (_hub, dialed, accepted) = pair().await;
+    /// A client driver that has written its Hello, and the hub driver of the control stream it opened.
+    async fn drivers() -> (crate::testing::LoopbackPair, Driver, Driver) {
+        let (pair, dialed, accepted) = pair().await;
         let role = Role::Client { client_version: "test".into(), instance: "a".into() };
         let (send, recv) = dialed.open_bi().await.unwrap();
         let mut client = Driver::new(Session::new(role, config(), Instant::now()), send, recv, 64);
@@ -146,7 +146,13 @@ mod tests {
         client.flush().await.unwrap();
         let (send, recv) = accepted.accept_bi().await.unwrap();
         let role = Role::Server { cluster: "spoke-a".into(), heartbeat_interval: Duration::from_millis(20) };
-        let mut hub = Driver::new(Session::new(role, config(), Instant::now()), send, recv, 64);
+        let hub = Driver::new(Session::new(role, config(), Instant::now()), send, recv, 64);
+        (pair, client, hub)
+    }
+
+    #[tokio::test]
+    async fn both_ends_handshake_heartbeat_and_see_go_away_and_close() {
+        let (_pair, mut client, mut hub) = drivers().await;
 
         let deadline = Duration::from_secs(10);
         let (at_client, at_hub) =
@@ -178,15 +184,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_peer_that_falls_silent_is_declared_dead() {
-        let (_hub, dialed, accepted) = pair().await;
-        let role = Role::Client { client_version: "test".into(), instance: "a".into() };
-        let (send, recv) = dialed.open_bi().await.unwrap();
-        // Says Hello, then is never driven again: no Pings, no Pongs.
-        let mut client = Driver::new(Session::new(role, config(), Instant::now()), send, recv, 64);
-        client.flush().await.unwrap();
-        let (send, recv) = accepted.accept_bi().await.unwrap();
-        let role = Role::Server { cluster: "spoke-a".into(), heartbeat_interval: Duration::from_millis(20) };
-        let mut hub = Driver::new(Session::new(role, config(), Instant::now()), send, recv, 64);
+        // The client says Hello, then is never driven again: no Pings, no Pongs.
+        let (_pair, _client, mut hub) = drivers().await;
         let deadline = Duration::from_secs(10);
         let established = tokio::time::timeout(deadline, event(&mut hub)).await.unwrap();
         assert!(matches!(established, Ok(Event::Established { .. })), "{established:?}");

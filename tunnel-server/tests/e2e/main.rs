@@ -1,6 +1,7 @@
 //! End-to-end tests: real apiservers (etcd + kube-apiserver + kube-controller-manager), the real
 //! tunnel-server and tunnel-client processes, real kubectl. One environment serves every case; it is
 //! started before the first and torn down after the last, also when cases fail.
+mod bins;
 mod cases;
 mod echo;
 mod env;
