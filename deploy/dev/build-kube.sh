@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver and kube-controller-manager v1.20.2 from Debian bookworm's `kubernetes` source package,
-# and takes etcd 3.4 and kubectl 1.20 from Debian's binary packages. Nothing is installed system-wide: the
+# Builds kube-apiserver, kube-controller-manager, kube-scheduler and kubelet v1.20.2 from Debian bookworm's
+# `kubernetes` source package (plus the source's pause.c, which the node's sandbox image is compiled from), and
+# takes etcd 3.4 and kubectl 1.20 from Debian's binary packages. Nothing is installed system-wide: the
 # binaries land in the cache directory, and a rerun with all of them present is a no-op.
 #
 # Usage: build-kube.sh [CACHE_DIR]     (default: $TETHER_CACHE or /var/cache/tether)
@@ -10,12 +11,13 @@ set -euo pipefail
 CACHE=${1:-${TETHER_CACHE:-/var/cache/tether}}
 OUT="$CACHE/kube-1.20.2"
 mkdir -p "$OUT"
-BINS=(kube-apiserver kube-controller-manager etcd kubectl)
+BINS=(kube-apiserver kube-controller-manager kube-scheduler kubelet etcd kubectl)
 
-# Bump RECIPE when the build changes in a way cached binaries must not survive (3: reflect2 1.0.2).
-RECIPE=3
+# Bump RECIPE when the build changes in a way cached binaries must not survive (3: reflect2 1.0.2; 4: the node).
+RECIPE=4
 have_all() {
   for b in "${BINS[@]}"; do [ -x "$OUT/$b" ] || return 1; done
+  [ -f "$OUT/pause.c" ] || return 1
   [ "$(cat "$OUT/.recipe" 2>/dev/null)" = "$RECIPE" ]
 }
 if [ "${TETHER_REBUILD:-0}" != 1 ] && have_all; then
@@ -78,7 +80,8 @@ ldflags="-s -w"
 for V in k8s.io/kubernetes/vendor/k8s.io/component-base/version k8s.io/kubernetes/vendor/k8s.io/client-go/pkg/version; do
   ldflags="$ldflags -X $V.gitVersion=v1.20.2 -X $V.gitMajor=1 -X $V.gitMinor=20 -X $V.gitTreeState=clean"
 done
-for cmd in kube-apiserver kube-controller-manager; do
+cp build/pause/linux/pause.c "$OUT/pause.c"
+for cmd in kube-apiserver kube-controller-manager kube-scheduler kubelet; do
   echo "building $cmd (a few minutes)"
   go build -ldflags "$ldflags" -o "$OUT/$cmd.tmp" "./cmd/$cmd"
   mv "$OUT/$cmd.tmp" "$OUT/$cmd"

@@ -1,22 +1,28 @@
 #!/usr/bin/env bash
 # A real Kubernetes 1.20 control plane (etcd + kube-apiserver + kube-controller-manager) for development and
-# integration tests, one per directory, in whatever network namespace this runs in. No kubelet: pods never run.
+# integration tests, one per directory, in whatever network namespace this runs in; with --node also a real node
+# (kube-scheduler, containerd, kubelet: see node.sh) named NAME-node, on which pods run.
 #
 # Usage:
-#   cluster.sh run    NAME DIR [--extra-tokens FILE]  supervise in the foreground until SIGTERM/SIGINT
-#   cluster.sh start  NAME DIR [--extra-tokens FILE]  the same in the background; prints DIR/kubeconfig once ready
+#   cluster.sh run    NAME DIR [--extra-tokens FILE] [--node]  supervise in the foreground until SIGTERM/SIGINT
+#   cluster.sh start  NAME DIR [--extra-tokens FILE] [--node]  the same in the background; prints DIR/kubeconfig
 #   cluster.sh stop   DIR                             stop it and wait until every process is gone
 #   cluster.sh status DIR                             prints ready|starting|stopped; exit 0 only when ready
 # FILE holds extra static tokens, one `token,user,uid,"group1,group2"` per line.
 # Env: TETHER_CACHE (default /var/cache/tether) holds the binaries from build-kube.sh;
 #      APISERVER_PORT pins the apiserver port, e.g. APISERVER_PORT=$(cat DIR/port) to keep it across a restart.
-#      APISERVER_ARGS adds kube-apiserver flags, space-separated (e.g. --http2-max-streams-per-connection=1000).
+#      APISERVER_ARGS adds kube-apiserver flags, space-separated (e.g. --http2-max-streams-per-connection=1000);
+#      TETHER_NODE_IMAGES names images (from deploy/dev/images.sh) the node imports besides pause and busybox;
+#      TETHER_NODE_TAINTS taints the node when it registers (kubelet --register-with-taints).
 # DIR then holds kubeconfig (admin client cert), admin.token (system:masters), port, ca.crt, pids, logs/.
 set -euo pipefail
 
 BIN=${TETHER_CACHE:-/var/cache/tether}/kube-1.20.2
 SELF=$(readlink -f "$0")
 PIDS=() NAMES=()
+NODE=0
+# shellcheck source=deploy/dev/node.sh
+. "$(dirname "$SELF")/node.sh"
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
 
@@ -138,19 +144,24 @@ cleanup() {
     kill -KILL "${PIDS[@]}" 2>/dev/null || true
     wait "${PIDS[@]}" 2>/dev/null || true
   fi
+  [ "$NODE" = 0 ] || node_cleanup
   [ "$(cat "$DIR/supervisor.pid" 2>/dev/null)" != $$ ] || rm -f "$DIR/supervisor.pid"
   exit "$rc"
 }
 
 run() {
+  RUN_ARGS=("$@")
   NAME=$1 DIR=$2; shift 2
   local extra=
   while [ $# -gt 0 ]; do
     case $1 in
       --extra-tokens) extra=$(readlink -f "${2:?--extra-tokens needs a FILE}"); shift 2 ;;
+      --node) NODE=1; shift ;;
       *) die "unknown argument $1" ;;
     esac
   done
+  NODE_NAME=$NAME-node
+  [ "$NODE" = 0 ] || node_prepare
   [[ $NAME =~ ^[a-z0-9]([a-z0-9-]*[a-z0-9])?$ ]] || die "NAME must be a DNS label: $NAME"
   [ -z "$extra" ] || [ -r "$extra" ] || die "cannot read $extra"
   for b in etcd kube-apiserver kube-controller-manager; do
@@ -189,6 +200,8 @@ print(*(s.getsockname()[1] for s in ss))')
 
   local etcd_url=http://127.0.0.1:$etcd_port peer_url=http://127.0.0.1:$peer_port apiserver_args
   read -ra apiserver_args <<<"${APISERVER_ARGS:-}"
+  # Without a node no Pod runs, and the ServiceAccount admission would only get in the way of tests creating them.
+  if [ "$NODE" = 1 ]; then node_apiserver_args; else apiserver_args+=(--disable-admission-plugins=ServiceAccount); fi
   spawn etcd "$BIN/etcd" --name "$NAME" --data-dir "$DIR/etcd" --logger=zap --unsafe-no-fsync \
     --listen-client-urls "$etcd_url" --advertise-client-urls "$etcd_url" \
     --listen-peer-urls "$peer_url" --initial-advertise-peer-urls "$peer_url" --initial-cluster "$NAME=$peer_url"
@@ -198,7 +211,7 @@ print(*(s.getsockname()[1] for s in ss))')
     --etcd-servers="$etcd_url" --tls-cert-file="$DIR/apiserver.crt" --tls-private-key-file="$DIR/apiserver.key" \
     --client-ca-file="$DIR/ca.crt" --token-auth-file="$DIR/tokens.csv" --authorization-mode=Node,RBAC \
     --service-account-key-file="$DIR/sa.pub" --service-account-signing-key-file="$DIR/sa.key" \
-    --service-account-issuer=https://kubernetes.default.svc --disable-admission-plugins=ServiceAccount \
+    --service-account-issuer=https://kubernetes.default.svc \
     --service-cluster-ip-range=10.96.0.0/24 --allow-privileged=true "${apiserver_args[@]}"
   wait_for apiserver 60 api /readyz
 
@@ -209,6 +222,7 @@ print(*(s.getsockname()[1] for s in ss))')
     --cluster-signing-cert-file="$DIR/ca.crt" --cluster-signing-key-file="$DIR/ca.key"
   # The token Secret of `default` proves the ServiceAccount and token controllers are both running.
   wait_for "controller-manager (default ServiceAccount token)" 60 default_sa_has_token
+  [ "$NODE" = 0 ] || node_start
 
   touch ready
   echo "cluster $NAME ready: $DIR/kubeconfig"
@@ -234,7 +248,7 @@ start() {
   setsid nohup "$SELF" run "$name" "$dir" "${@:3}" >"$dir/supervisor.log" 2>&1 </dev/null &
   pid=$!
   echo "$pid" >"$dir/supervisor.pid"
-  end=$((SECONDS + 90))
+  end=$((SECONDS + 180))  # a node adds containerd, image imports and registration
   until [ -e "$dir/ready" ]; do
     if ! kill -0 "$pid" 2>/dev/null || [ "$SECONDS" -ge "$end" ]; then
       kill -TERM "$pid" 2>/dev/null || true

@@ -29,15 +29,20 @@ create() {
   ip -n "$ns" link set "$spoke" up
   ip -n "$ns" route replace default via "10.251.$i.1"
   # Add-then-delete makes the replacement one atomic transaction whether or not the table existed.
-  ip netns exec "$ns" nft -f - <<'EOF'
+  # Only what arrives over the veth is outside; a spoke's pods (on a bridge inside NS) reach its apiserver.
+  ip netns exec "$ns" nft -f - <<EOF
 table inet tether_fw
 delete table inet tether_fw
 table inet tether_fw {
   chain input {
     type filter hook input priority 0; policy accept;
-    iifname "lo" accept
-    ct state established,related accept
-    ct state new drop
+    iifname "$spoke" ct state established,related accept
+    iifname "$spoke" drop
+  }
+  chain forward {
+    type filter hook forward priority 0; policy accept;
+    iifname "$spoke" ct state established,related accept
+    iifname "$spoke" drop
   }
 }
 EOF

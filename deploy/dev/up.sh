@@ -6,7 +6,9 @@
 #   - tunnel-server on the hub, a tunnel-client per spoke holding only an impersonate-only ServiceAccount;
 #   - on each spoke, cluster-admin for the hub's admin user (its identity policy never passes the hub's
 #     system:masters, so the spoke grants the hub admin explicitly; the grant is printed);
-#   - a kubeconfig with one context per spoke, through the hub, printed at the end.
+#   - as root, a real node on spoke-a (kube-scheduler, containerd, kubelet; images built locally, since none
+#     can be pulled), so pods run there and exec, logs -f and port-forward work through the hub;
+#   - a kubeconfig with one context per spoke, through the hub, printed at the end with an example.
 # Usage: deploy/dev/up.sh [up|down]      State in $TETHER_DEV_DIR (default: .tether in the repository).
 set -euo pipefail
 
@@ -64,6 +66,7 @@ say "installing what is missing, building kube 1.20 (once) and tether"
 bash "$ROOT/deploy/dev/deps.sh"
 bash "$ROOT/deploy/dev/build-kube.sh"
 (cd "$ROOT" && cargo build --workspace --bins --quiet)
+if [ $ROOTFUL = 1 ]; then bash "$ROOT/deploy/dev/images.sh" build test >/dev/null; fi
 
 down >/dev/null 2>&1 || true
 rm -rf "$DEV"; mkdir -p "$DEV/logs" "$DEV/pki"
@@ -73,9 +76,16 @@ for s in "${SPOKES[@]}"; do
   ns=$(ns_of "$s")
   if [ -n "$ns" ]; then bash "$ROOT/deploy/dev/netns.sh" create "$ns" "$(index_of "$s")"; fi
 done
-bash "$ROOT/deploy/dev/cluster.sh" start hub "$DEV/hub" >/dev/null &
-for s in "${SPOKES[@]}"; do in_ns "$s" bash "$ROOT/deploy/dev/cluster.sh" start "$s" "$DEV/$s" >/dev/null & done
-wait
+# The node needs root (containerd, cgroups); its pods live behind spoke-a's firewall like its apiserver.
+node_flag() { if [ $ROOTFUL = 1 ] && [ "$1" = spoke-a ]; then echo --node; fi; }
+pids=()
+for s in "${SPOKES[@]}"; do
+  # shellcheck disable=SC2046  # no flag, or one word
+  in_ns "$s" bash "$ROOT/deploy/dev/cluster.sh" start "$s" "$DEV/$s" $(node_flag "$s") >/dev/null &
+  pids+=("$!")
+done
+bash "$ROOT/deploy/dev/cluster.sh" start hub "$DEV/hub" >/dev/null
+for p in "${pids[@]}"; do wait "$p" || { echo "a spoke did not start; logs in $DEV/spoke-*/" >&2; exit 1; }; done
 HUB_KUBECONFIG=$DEV/hub/kubeconfig
 
 say "registering the spokes on the hub"
@@ -132,6 +142,21 @@ done
   --hub-kubeconfig "$HUB_KUBECONFIG" --out "$DEV/kubeconfig"
 # One check through the tunnel before saying it works.
 "$KUBECTL" --kubeconfig "$DEV/kubeconfig" --context spoke-a get namespace default -o name >/dev/null
+NODE_EXAMPLE=
+if [ $ROOTFUL = 1 ]; then
+  "$KUBECTL" --kubeconfig "$DEV/kubeconfig" --context spoke-a wait --for condition=Ready node/spoke-a-node \
+    --timeout=60s >/dev/null
+  NODE_EXAMPLE="
+spoke-a has a real node (spoke-a-node). Its images are local, so pods use imagePullPolicy Never:
+  kubectl --context spoke-a run hello --image=localhost/tether/busybox:1.35.0 --image-pull-policy=Never \\
+    --restart=Never -- httpd -f -p 8080 -h /etc
+  kubectl --context spoke-a wait --for=condition=Ready pod/hello
+  kubectl --context spoke-a exec -it hello -- sh
+  kubectl --context spoke-a port-forward pod/hello 8080:8080 &
+  curl -s http://127.0.0.1:8080/passwd
+  kubectl --context spoke-a logs -f hello
+"
+fi
 
 cat <<MSG
 
@@ -140,7 +165,7 @@ tether is up. Every context below goes kubectl -> hub proxy -> QUIC tunnel -> sp
   export KUBECONFIG=$DEV/kubeconfig
   kubectl --context spoke-a get namespaces
   kubectl --context spoke-b get pods -A
-
+$NODE_EXAMPLE
 You act on the spokes as hub user "admin", whom each spoke granted cluster-admin (ClusterRoleBinding
 tether:hub-admins); the hub's system:masters is never passed to a spoke. A spoke's identity policy is its
 ConfigMap tether-system/tether-identity-policy, followed live, e.g. only hub group "devs" passes:

@@ -7,10 +7,25 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
 }
 
-fn kube_bin(name: &str) -> PathBuf {
-    let cache = std::env::var("TETHER_CACHE").unwrap_or_else(|_| "/var/cache/tether".into());
-    Path::new(&cache).join("kube-1.20.2").join(name)
+fn cache() -> PathBuf {
+    std::env::var("TETHER_CACHE").unwrap_or_else(|_| "/var/cache/tether".into()).into()
 }
+
+fn kube_bin(name: &str) -> PathBuf {
+    cache().join("kube-1.20.2").join(name)
+}
+
+/// The OCI archive `deploy/dev/images.sh` writes for image `name` (tunnel-client, busybox, ...).
+pub fn image_archive(name: &str) -> PathBuf {
+    cache().join("images").join(format!("{name}.oci.tar"))
+}
+
+/// The static release binary the tunnel-client image is built from (see `deploy/dev/test.sh`).
+pub fn release_client_bin() -> PathBuf {
+    repo_root().join(format!("target/{IMAGE_TARGET}/release/tunnel-client"))
+}
+
+const IMAGE_TARGET: &str = "x86_64-unknown-linux-gnu";
 
 pub fn kubectl_bin() -> PathBuf {
     kube_bin("kubectl")
@@ -36,13 +51,40 @@ pub fn check_binaries_fresh() -> Result<()> {
     // Each binary with the workspace crates it is built from.
     let built_from = [
         (server_bin(), &["api", "proto", "certs", "runtime", "stream", "tunnel-server"][..]),
-        (client_bin(), &["proto", "certs", "runtime", "stream", "tunnel-client"][..]),
+        (client_bin(), &CLIENT_CRATES[..]),
         (controller_bin(), &["api", "certs", "runtime", "controller"][..]),
     ];
     for (bin, crates) in built_from {
-        let built = std::fs::metadata(&bin)
+        check_fresh(&bin, crates, "cargo build --workspace --bins")?;
+    }
+    Ok(())
+}
+
+const CLIENT_CRATES: [&str; 5] = ["proto", "certs", "runtime", "stream", "tunnel-client"];
+
+/// The node runs the tunnel-client image, built from the release binary: both must be newer than the sources.
+pub fn check_release_client_fresh() -> Result<()> {
+    let build = format!(
+        "RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --target {IMAGE_TARGET} --bins && \
+         deploy/dev/images.sh build tether target/{IMAGE_TARGET}/release"
+    );
+    let build = build.as_str();
+    check_fresh(&release_client_bin(), &CLIENT_CRATES, build)?;
+    let archive = image_archive("tunnel-client");
+    let image = std::fs::metadata(&archive)
+        .and_then(|m| m.modified())
+        .with_context(|| format!("{} is missing: run `{build}`", archive.display()))?;
+    if image < std::fs::metadata(release_client_bin())?.modified()? {
+        bail!("{} is older than {}: run `{build}`", archive.display(), release_client_bin().display());
+    }
+    Ok(())
+}
+
+fn check_fresh(bin: &Path, crates: &[&str], build: &str) -> Result<()> {
+    {
+        let built = std::fs::metadata(bin)
             .and_then(|m| m.modified())
-            .with_context(|| format!("{} is missing: run `cargo build --workspace --bins`", bin.display()))?;
+            .with_context(|| format!("{} is missing: run `{build}`", bin.display()))?;
         let mut visit: Vec<PathBuf> = crates
             .iter()
             .flat_map(|c| [repo_root().join(c).join("Cargo.toml"), repo_root().join(c).join("src")])
@@ -54,11 +96,7 @@ pub fn check_binaries_fresh() -> Result<()> {
                     visit.push(entry?.path());
                 }
             } else if meta.modified()? > built {
-                bail!(
-                    "{} is older than {}: run `cargo build --workspace --bins` before the e2e suite",
-                    bin.display(),
-                    path.display()
-                );
+                bail!("{} is older than {}: run `{build}` before the e2e suite", bin.display(), path.display());
             }
         }
     }

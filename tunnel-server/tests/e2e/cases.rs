@@ -2,11 +2,16 @@
 mod auth;
 mod auto;
 mod controller;
+mod daemonset;
 mod deploy;
+mod exec;
 mod kubectl;
 mod leases;
+mod logs;
+mod node;
 mod ops;
 mod policy;
+mod portforward;
 mod register;
 mod revocation;
 mod rotation;
@@ -23,6 +28,13 @@ pub fn all() -> Vec<(&'static str, Case)> {
     all.extend(auth::cases());
     all.extend(upgrade::cases());
     all.extend(streams::cases());
+    // Real containers on spoke-a's node; the quiet `logs -f` opened first is checked after the others.
+    all.extend(logs::cases());
+    all.extend(node::cases());
+    all.extend(exec::cases());
+    all.extend(portforward::cases());
+    all.extend(daemonset::cases());
+    all.extend(logs::closing_cases());
     all.extend(ops::cases());
     all.extend(leases::cases());
     all.extend(controller::cases());

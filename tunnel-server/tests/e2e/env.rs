@@ -2,7 +2,8 @@
 //! its own network namespace behind a firewall that drops every new connection from the hub side, when
 //! running as root), the tunnel-server, one tunnel-client per spoke, and an upgrade-speaking echo backend
 //! behind a third client; and a third spoke apiserver on loopback, reachable from the hub side, that the
-//! controller (started with --hub-address and --hub-ca) registers in auto mode. Everything is torn down on
+//! controller (started with --hub-address and --hub-ca) registers in auto mode. As root, both firewalled
+//! spokes also have a real node (kube-scheduler, containerd, kubelet) with the locally built images. Everything is torn down on
 //! drop, whatever the cases did.
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -34,7 +35,9 @@ pub const POLICY_USERS: [(&str, &str); 3] = [
     ("bob", "devs,ops"),
 ];
 
-pub use crate::bins::{check_binaries_fresh, client_bin, controller_bin, kubectl_bin, repo_root, server_bin};
+pub use crate::bins::{
+    check_binaries_fresh, client_bin, controller_bin, image_archive, kubectl_bin, repo_root, server_bin,
+};
 
 pub use crate::procs::{in_netns, run_ok};
 
@@ -46,19 +49,34 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    fn spawn(name: &str, dir: &Path, netns: Option<&str>, extra_tokens: Option<&Path>, logs: &Path) -> Result<Proc> {
+    fn spawn(
+        name: &str,
+        dir: &Path,
+        netns: Option<&str>,
+        extra_tokens: Option<&Path>,
+        node: bool,
+        logs: &Path,
+    ) -> Result<Proc> {
         std::fs::create_dir_all(dir)?;
         let mut command = in_netns(netns, "bash");
         command.arg(repo_root().join("deploy/dev/cluster.sh")).args(["run", name]).arg(dir);
         if let Some(file) = extra_tokens {
             command.arg("--extra-tokens").arg(file);
         }
+        if node {
+            command.arg("--node").env("TETHER_NODE_IMAGES", crate::pods::CLIENT_IMAGE);
+            if name != crate::pods::NODE_SPOKE {
+                // The registration cases apply join manifests here and run their clients as processes: the
+                // DaemonSets must not start a Pod that would spend the same single-use token.
+                command.env("TETHER_NODE_TAINTS", crate::pods::PROCESSES_ONLY_TAINT);
+            }
+        }
         Proc::spawn(&format!("cluster-{name}"), command, logs)
     }
 
     fn ready(name: &str, dir: &Path, netns: Option<&str>, mut proc: Proc) -> Result<Self> {
         let ready = dir.join("ready");
-        wait_for(&format!("cluster {name}"), Duration::from_secs(150), || {
+        wait_for(&format!("cluster {name}"), Duration::from_secs(240), || {
             if let Some(status) = proc.exited() {
                 bail!("cluster {name} exited ({status}):\n{}", proc.log_tail());
             }
@@ -104,6 +122,8 @@ pub struct Spoke {
     pub hub_ip: String,
     /// The spoke's own address as the hub side sees it, when it lives behind the firewall.
     pub spoke_ip: Option<String>,
+    /// The name of the spoke's node, when it has one (every firewalled spoke, so as root).
+    pub node: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -140,6 +160,8 @@ pub struct Env {
     /// Every credential the run handed out or minted (bootstrap tokens of `join` and auto mode, spoke
     /// ServiceAccount tokens), which the log check looks for in every log at the end.
     secrets: Mutex<Vec<String>>,
+    /// `logs -f` streams a node case opened for a later one to finish.
+    pub follows: Mutex<Vec<(&'static str, crate::pods::Follow)>>,
 }
 
 impl Env {
@@ -192,21 +214,27 @@ impl Env {
             }
         }
         let guard = NetnsGuard(netns.iter().flatten().map(|(ns, _)| ns.clone()).collect());
-        let hub_proc = Cluster::spawn("hub", &dir.join("hub"), None, Some(&tokens), &logs)?;
+        let hub_proc = Cluster::spawn("hub", &dir.join("hub"), None, Some(&tokens), false, &logs)?;
         let mut spoke_procs = Vec::new();
         for (name, ns) in SPOKES.iter().zip(&netns) {
+            let node = ns.is_some();
+            if node {
+                crate::bins::check_release_client_fresh()?;
+            }
             let ns = ns.as_ref().map(|(n, _)| n.as_str());
-            spoke_procs.push(Cluster::spawn(name, &dir.join(name), ns, None, &logs)?);
+            spoke_procs.push(Cluster::spawn(name, &dir.join(name), ns, None, node, &logs)?);
         }
-        let auto_proc = Cluster::spawn(AUTO_SPOKE, &dir.join(AUTO_SPOKE), None, None, &logs)?;
+        let auto_proc = Cluster::spawn(AUTO_SPOKE, &dir.join(AUTO_SPOKE), None, None, false, &logs)?;
         let hub = Cluster::ready("hub", &dir.join("hub"), None, hub_proc)?;
         let mut spokes = Vec::new();
         for ((name, ns), proc) in SPOKES.iter().zip(&netns).zip(spoke_procs) {
             let cluster = Cluster::ready(name, &dir.join(name), ns.as_ref().map(|(n, _)| n.as_str()), proc)?;
+            let node = ns.is_some().then(|| format!("{name}-node"));
             spokes.push(Spoke {
                 cluster,
                 hub_ip: ns.as_ref().map_or("127.0.0.1".into(), |(_, i)| format!("10.251.{i}.1")),
                 spoke_ip: ns.as_ref().map(|(_, i)| format!("10.251.{i}.2")),
+                node,
             });
         }
         let auto_spoke = Cluster::ready(AUTO_SPOKE, &dir.join(AUTO_SPOKE), None, auto_proc)?;
@@ -215,6 +243,10 @@ impl Env {
         setup_hub(&hub)?;
         for spoke in &spokes {
             setup_spoke(spoke)?;
+            if spoke.cluster.name == crate::pods::NODE_SPOKE && spoke.node.is_some() {
+                // Started now so they are running by the time the node cases come.
+                spoke.cluster.apply(&crate::pods::manifest())?;
+            }
         }
         // spoke-c gets its client's RBAC from the controller's manifest; only the hub admins' grant is set up.
         grant_hub_admins(&auto_spoke)?;
@@ -267,6 +299,7 @@ impl Env {
             clients: Mutex::new(HashMap::new()),
             firewalled,
             secrets: Mutex::new(Vec::new()),
+            follows: Mutex::new(Vec::new()),
         };
         for spoke in &env.spokes {
             let kubeconfig = std::fs::read_to_string(spoke.cluster.dir.join("tether-client.kubeconfig"))?;
@@ -353,6 +386,17 @@ impl Env {
             bail!("restarted server moved: {addrs:?} vs {:?}", self.addrs);
         }
         Ok(())
+    }
+
+    pub fn server_pid(&self) -> Option<u32> {
+        self.server.lock().unwrap().as_ref().map(Proc::pid)
+    }
+
+    /// The pid of the client process known by `key` (not of `ip netns exec` in front of it).
+    pub fn client_pid(&self, key: &str) -> Option<u32> {
+        let pid = self.clients.lock().unwrap().get(key).map(Proc::pid)?;
+        // `ip netns exec` execs the client, so the pid is the client's own.
+        Some(pid)
     }
 
     pub fn kill_server(&self) {
@@ -603,6 +647,7 @@ impl Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
+        self.follows.lock().unwrap().clear();
         self.clients.lock().unwrap().clear();
         self.controller.lock().unwrap().take();
         self.server.lock().unwrap().take();

@@ -1,12 +1,15 @@
 //! End-to-end tests: real apiservers (etcd + kube-apiserver + kube-controller-manager), the real
-//! tunnel-server and tunnel-client processes, real kubectl. One environment serves every case; it is
-//! started before the first and torn down after the last, also when cases fail.
+//! tunnel-server and tunnel-client processes, real kubectl, and as root a real node running containers. One
+//! environment serves every case; it is started before the first and torn down after the last, also when
+//! cases fail.
 mod bins;
 mod cases;
 mod echo;
 mod env;
 mod http;
+mod pods;
 mod procs;
+mod pty;
 
 use std::sync::Arc;
 
