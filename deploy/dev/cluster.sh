@@ -133,7 +133,10 @@ any_alive() {
 
 cleanup() {
   local rc=$?
-  trap - EXIT TERM INT HUP
+  # Ignored, not reset: a second SIGTERM (a process group signalled twice) must not cut the cleanup short
+  # and leave a node's containers running.
+  trap '' TERM INT HUP
+  trap - EXIT
   rm -f "$DIR/ready"
   if [ ${#PIDS[@]} -gt 0 ]; then
     kill -TERM "${PIDS[@]}" 2>/dev/null || true

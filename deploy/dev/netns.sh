@@ -54,7 +54,8 @@ delete() {
   # Remove the veths explicitly: a process still running inside would otherwise keep NS, and them, alive.
   local link
   for link in $(ip -n "$ns" -o link show type veth | awk -F'[ :@]+' '{print $2}'); do
-    ip -n "$ns" link del "$link"
+    # A node's pod veths may be going away on their own meanwhile.
+    ip -n "$ns" link del "$link" 2>/dev/null || true
   done
   ip netns delete "$ns"
 }

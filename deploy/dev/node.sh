@@ -88,9 +88,10 @@ node_cleanup() {
 # Trees of nodes whose supervisor was SIGKILLed (so never cleaned up) go before a new node of that name starts.
 node_reap_stale() {
   local dir pid
-  for dir in /sys/fs/cgroup/pids/tether-node-"$NODE_NAME"-*; do
-    [ -d "$dir" ] || continue
-    pid=${dir##*-}
+  for dir in /sys/fs/cgroup/pids/tether-node-"$NAME"-*; do
+    pid=${dir#/sys/fs/cgroup/pids/tether-node-"$NAME"-}
+    # Only NAME's own trees: spoke-a's pattern also matches those of a cluster named spoke-a-x.
+    if [ ! -d "$dir" ] || [[ ! $pid =~ ^[0-9]+$ ]]; then continue; fi
     supervisor_alive "$pid" || node_reap_cgroup "${dir#/sys/fs/cgroup/pids/}"
   done
 }
@@ -261,6 +262,12 @@ print(*(s.getsockname()[1] for s in ss))')
   node_reap_stale
   node_configs "$kubelet_port" "$stream_port"
   node_network
+  # The kubelet takes an inotify instance per `logs -f` stream, and the limit is per user for the whole machine
+  # (128 here): past it, follow streams end after their first line. Every Kubernetes node raises it.
+  if [ "$(cat /proc/sys/fs/inotify/max_user_instances)" -lt 8192 ]; then
+    echo "node $NODE_NAME: raising fs.inotify.max_user_instances to 8192 (the kubelet needs one per logs -f)"
+    echo 8192 >/proc/sys/fs/inotify/max_user_instances
+  fi
   mkdir -p /var/log /run/containerd "$DIR/node/run"
   mount --bind "$DIR/node/varlog" /var/log
   mount --bind "$DIR/node/run" /run/containerd

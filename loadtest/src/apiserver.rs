@@ -18,6 +18,8 @@ use crate::client::Target;
 
 /// cluster.sh waits up to 60 s for each of its components; a first start also creates its certificates.
 const READY_TIMEOUT: Duration = Duration::from_secs(150);
+/// A node's kubelet gets another 90 s to be Ready (cluster.sh's own `start` waits 180 s in all).
+const NODE_READY_TIMEOUT: Duration = Duration::from_secs(240);
 
 #[derive(Debug, Clone, Args)]
 pub struct ApiserverArgs {
@@ -48,6 +50,20 @@ impl Apiserver {
     /// Builds the kube binaries unless cached (minutes, once per machine), then starts a cluster in `dir`
     /// and returns once it serves.
     pub fn start(dir: &Path, args: &ApiserverArgs) -> Result<Self> {
+        Self::launch(dir, args, None)
+    }
+
+    /// The same with a real node (`cluster.sh --node`: scheduler, containerd, kubelet) inside network namespace
+    /// `netns`, where its `addr` and `kubeconfig` are valid; returns once the node is Ready. Needs root.
+    ///
+    /// Unlike [`Apiserver::start`]'s cluster, this one is neither killed with this process nor reached by a
+    /// Ctrl-C at the terminal: a killed `cluster.sh` cannot stop its containers, which would outlive the run.
+    /// The caller stops it however the run ends (`loadtest node` does so from a process of its own).
+    pub fn start_node(dir: &Path, args: &ApiserverArgs, netns: &str) -> Result<Self> {
+        Self::launch(dir, args, Some(netns))
+    }
+
+    fn launch(dir: &Path, args: &ApiserverArgs, netns: Option<&str>) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
         let dir = dir.canonicalize()?;
         let deploy = &args.deploy_dir;
@@ -61,34 +77,47 @@ impl Apiserver {
             .with_context(|| format!("running {}", deploy.join("build-kube.sh").display()))?;
         ensure!(status.success(), "build-kube.sh failed ({status}): {}", tail(&build_log));
 
-        // `run` rather than `start`: as our child in our process group, a Ctrl-C reaches it too.
         let script = deploy.join("cluster.sh");
         let log = dir.join("cluster.log");
         let out = std::fs::File::create(&log)?;
-        let mut command = Command::new(&script);
+        let mut command = match netns {
+            // `run` rather than `start`: as our child in our process group, a Ctrl-C reaches it too.
+            None => {
+                let mut command = Command::new(&script);
+                // cluster.sh's own children die with it; this makes it die with us.
+                crate::process::die_with_parent(&mut command);
+                command
+            }
+            // `ip netns exec`, as node.sh expects: it gives the cluster a /sys of the namespace's own (node.sh
+            // mounts the cgroup hierarchies back into it).
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns, "bash"]).arg(&script);
+                std::os::unix::process::CommandExt::process_group(&mut command, 0);
+                command
+            }
+        };
         if let Some(streams) = args.apiserver_http2_streams {
             command.env("APISERVER_ARGS", format!("--http2-max-streams-per-connection={streams}"));
         }
-        // cluster.sh's own children die with it; this makes it die with us.
-        crate::process::die_with_parent(&mut command);
+        command.args(["run", "loadtest"]).arg(&dir);
+        if netns.is_some() {
+            command.arg("--node");
+        }
         let child = command
-            .args(["run", "loadtest"])
-            .arg(&dir)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
             .spawn()
             .with_context(|| format!("starting {}", script.display()))?;
         let mut cluster = Cluster { dir: dir.clone(), script, child };
-        cluster.wait_ready(&log)?;
+        // A node adds containerd, its image imports and the kubelet's registration to the control plane.
+        cluster.wait_ready(&log, if netns.is_some() { NODE_READY_TIMEOUT } else { READY_TIMEOUT })?;
 
         let read =
             |name: &str| std::fs::read_to_string(dir.join(name)).with_context(|| format!("{name} of the cluster"));
         let port: u16 = read("port")?.trim().parse().context("the cluster's port")?;
-        let pid = read("pids")?
-            .lines()
-            .find_map(|l| l.strip_prefix("apiserver ")?.trim().parse().ok())
-            .context("the apiserver's pid in the cluster's pids file")?;
+        let pid = component_pid(&dir, "apiserver")?;
         Ok(Self {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             ca_pem: read("ca.crt")?,
@@ -98,6 +127,12 @@ impl Apiserver {
             pid,
             _cluster: cluster,
         })
+    }
+
+    /// The pid of one of the cluster's processes (`etcd`, `apiserver`, and with a node `containerd`,
+    /// `kubelet`, ...), from the pids file cluster.sh writes.
+    pub fn component_pid(&self, component: &str) -> Result<u32> {
+        component_pid(&self.dir, component)
     }
 
     /// Requests straight to the apiserver as its admin.
@@ -182,17 +217,14 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn wait_ready(&mut self, log: &Path) -> Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT;
+    fn wait_ready(&mut self, log: &Path, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
         while !self.dir.join("ready").exists() {
             if let Some(status) = self.child.try_wait()? {
                 bail!("cluster.sh exited ({status}) before the cluster was ready: {}", tail(log));
             }
             if Instant::now() > deadline {
-                bail!(
-                    "the cluster was not ready within {READY_TIMEOUT:?}; logs in {}",
-                    self.dir.join("logs").display()
-                );
+                bail!("the cluster was not ready within {timeout:?}; logs in {}", self.dir.join("logs").display());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -215,6 +247,13 @@ impl Drop for Cluster {
         }
         let _ = self.child.wait();
     }
+}
+
+fn component_pid(dir: &Path, component: &str) -> Result<u32> {
+    let pids = std::fs::read_to_string(dir.join("pids")).context("the cluster's pids file")?;
+    pids.lines()
+        .find_map(|l| l.strip_prefix(component)?.strip_prefix(' ')?.trim().parse().ok())
+        .with_context(|| format!("the {component}'s pid in the cluster's pids file"))
 }
 
 /// The last lines of a log, for an error message.

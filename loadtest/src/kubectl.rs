@@ -84,7 +84,7 @@ pub fn run(options: Options) -> Result<Report> {
          -Group of the caller): the apiserver's own share of what the path through tether costs",
     );
     rows(&mut report, "GET on a new connection", &paths, &fresh);
-    match kubectl_binary(&options) {
+    match kubectl_binary(options.kubectl.as_deref()) {
         Some(kubectl) if options.kubectl_runs > 0 => {
             let configs = [direct_kubeconfig(dir, &apiserver)?, tether_kubeconfig(dir, &pki, &hub)?];
             let runs = kubectl_runs(&kubectl, &configs, &dir.join("kubectl-cache"), options.kubectl_runs, &progress)?;
@@ -187,9 +187,9 @@ fn rows(report: &mut Report, request: &str, paths: &[Target], latencies: &[Laten
 }
 
 /// `--kubectl`, else the one build-kube.sh caches (the apiserver's version), else the first on PATH.
-fn kubectl_binary(options: &Options) -> Option<PathBuf> {
-    if let Some(path) = &options.kubectl {
-        return Some(path.clone());
+pub(crate) fn kubectl_binary(explicit: Option<&Path>) -> Option<PathBuf> {
+    if let Some(path) = explicit {
+        return Some(path.to_path_buf());
     }
     let cache = std::env::var_os("TETHER_CACHE").map_or_else(|| PathBuf::from("/var/cache/tether"), PathBuf::from);
     let cached = cache.join("kube-1.20.2/kubectl");
@@ -238,12 +238,12 @@ fn kubectl_runs(
     Ok(times.map(Latencies::new))
 }
 
-fn direct_kubeconfig(dir: &Path, apiserver: &Apiserver) -> Result<PathBuf> {
+pub(crate) fn direct_kubeconfig(dir: &Path, apiserver: &Apiserver) -> Result<PathBuf> {
     let server = format!("https://{}", apiserver.addr);
     write_kubeconfig(&dir.join("direct.kubeconfig"), &server, &apiserver.dir.join("ca.crt"), &apiserver.token)
 }
 
-fn tether_kubeconfig(dir: &Path, pki: &Pki, hub: &Hub) -> Result<PathBuf> {
+pub(crate) fn tether_kubeconfig(dir: &Path, pki: &Pki, hub: &Hub) -> Result<PathBuf> {
     let server = format!("https://{}/clusters/bench", hub.proxy);
     write_kubeconfig(&dir.join("tether.kubeconfig"), &server, &pki.path("hub-ca.crt"), TOKEN)
 }

@@ -5,11 +5,14 @@
 //! library behind a fixed allow-all reviewer, as if every answer came from its cache), the spoke
 //! (`tunnel-client`'s library, exactly as its binary runs it) and a TLS backend standing in for a spoke
 //! apiserver. They are this binary, re-executed with a hidden role, so that one `cargo run -p loadtest`
-//! builds everything. `watches` and `kubectl` start a real kube-apiserver with `deploy/dev/cluster.sh`.
+//! builds everything. `watches` and `kubectl` start a real kube-apiserver with `deploy/dev/cluster.sh`, and
+//! `node` one with a real node (kubelet, containerd) in a network namespace of its own.
 pub mod apiserver;
 pub mod bulk;
 pub mod client;
 pub mod kubectl;
+pub mod memory;
+pub mod node;
 pub mod pki;
 pub mod process;
 pub mod proxy;
@@ -48,6 +51,9 @@ pub enum Command {
     Reconnect(reconnect::Options),
     /// Sequential kubectl-style GETs against a real spoke apiserver, through the hub and directly.
     Kubectl(kubectl::Options),
+    /// kubectl port-forward, exec and logs -f against a real node behind a firewall, through the hub and
+    /// directly (needs root).
+    Node(node::Options),
     /// A component of a run (internal).
     #[command(hide = true)]
     Role(roles::Role),
@@ -78,5 +84,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bulk(o) => report::finish(&o.common.clone(), bulk::run(o)),
         Command::Reconnect(o) => report::finish(&o.common.clone(), reconnect::run(o)),
         Command::Kubectl(o) => report::finish(&o.common.clone(), kubectl::run(o)),
+        Command::Node(o) => report::finish(&o.common.clone(), node::run(o)),
     }
 }

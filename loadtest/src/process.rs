@@ -16,13 +16,23 @@ pub struct Process {
 impl Process {
     /// Starts `loadtest role <args>`, its output in `<dir>/<name>.log` (appended, so a restart keeps both).
     pub fn role(name: &str, dir: &Path, args: &[String]) -> Result<Self> {
+        Self::role_in(name, dir, args, None)
+    }
+
+    /// The same inside network namespace `netns` when given (a spoke behind its firewall).
+    pub fn role_in(name: &str, dir: &Path, args: &[String], netns: Option<&str>) -> Result<Self> {
         let exe = std::env::current_exe().context("locating this binary")?;
         let mut command = Command::new(exe);
         command.arg("role").args(args);
+        if let Some(netns) = netns {
+            enter_netns(&mut command, netns)?;
+        }
         Self::spawn(name, dir, command)
     }
 
-    fn spawn(name: &str, dir: &Path, mut command: Command) -> Result<Self> {
+    /// Starts any `command` as a component (kubectl, for one): output in `<dir>/<name>.log`, stdin empty,
+    /// killed with this process and when the handle drops.
+    pub fn spawn(name: &str, dir: &Path, mut command: Command) -> Result<Self> {
         let log = dir.join(format!("{name}.log"));
         let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
         // Components log as in production (info) unless LOADTEST_LOG says otherwise.
@@ -94,6 +104,16 @@ impl Process {
         Ok(())
     }
 
+    /// The log so far (stdout and stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether it is still running (an exit is reaped here).
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().is_ok_and(|status| status.is_none())
+    }
+
     fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().rev().take(5).collect();
@@ -153,4 +173,25 @@ pub fn die_with_parent(command: &mut Command) {
             Ok(())
         });
     }
+}
+
+/// Makes `command` start inside network namespace `netns` (a name under /run/netns), as `ip netns exec` does
+/// but without a process in front of it: the pid is the command's own (its CPU time and memory are read), and
+/// a timed kubectl run pays for no extra exec.
+pub fn enter_netns(command: &mut Command, netns: &str) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let path = Path::new("/run/netns").join(netns);
+    let namespace = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: between fork and exec the closure calls only setns, which is async-signal-safe; the closure owns
+    // the file, so the descriptor is open for as long as the command can be spawned (and closed on exec).
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
 }

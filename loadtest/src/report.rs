@@ -14,11 +14,20 @@ pub struct Report {
     pub goals: Vec<Goal>,
     /// What a reader needs to interpret the numbers (sizes, counts, what was compared).
     pub notes: Vec<String>,
+    /// Indices into `rows` where a table of its own begins in the text output (see [`Report::new_table`]).
+    tables: Vec<usize>,
 }
 
 impl Report {
     pub fn new(command: &'static str) -> Self {
-        Self { command, rows: Vec::new(), goals: Vec::new(), notes: Vec::new() }
+        Self { command, rows: Vec::new(), goals: Vec::new(), notes: Vec::new(), tables: Vec::new() }
+    }
+
+    /// Rows pushed from now on print as a table of their own: a subcommand that measures unlike things
+    /// (rates, latencies, memory) would otherwise print one wide table, mostly empty cells. The JSON keeps
+    /// one list of rows.
+    pub fn new_table(&mut self) {
+        self.tables.push(self.rows.len());
     }
 
     pub fn note(&mut self, note: impl Into<String>) {
@@ -55,20 +64,17 @@ impl Report {
     }
 
     fn to_table(&self) -> String {
-        let mut columns: Vec<&str> = Vec::new();
-        for row in &self.rows {
-            for (name, _) in &row.cells {
-                if !columns.contains(name) {
-                    columns.push(name);
-                }
+        let mut bounds: Vec<usize> = self.tables.iter().copied().filter(|&i| i > 0 && i < self.rows.len()).collect();
+        bounds.dedup();
+        let mut text = String::new();
+        let mut start = 0;
+        for end in bounds.into_iter().chain([self.rows.len()]) {
+            if start > 0 {
+                text.push('\n');
             }
+            text.push_str(&table(&self.rows[start..end]));
+            start = end;
         }
-        let mut table = comfy_table::Table::new();
-        table.load_preset(comfy_table::presets::ASCII_MARKDOWN).set_header(columns.clone());
-        for row in &self.rows {
-            table.add_row(columns.iter().map(|c| row.display(c)));
-        }
-        let mut text = format!("{}\n", table);
         for goal in &self.goals {
             let mark = if goal.met { "met" } else { "NOT met" };
             text.push_str(&format!("goal {}: {} (measured {}) {mark}\n", goal.what, goal.target, goal.measured));
@@ -78,6 +84,24 @@ impl Report {
         }
         text
     }
+}
+
+/// The rows as one table whose columns are every column any of them has, in order of appearance.
+fn table(rows: &[Row]) -> String {
+    let mut columns: Vec<&str> = Vec::new();
+    for row in rows {
+        for (name, _) in &row.cells {
+            if !columns.contains(name) {
+                columns.push(name);
+            }
+        }
+    }
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::ASCII_MARKDOWN).set_header(columns.clone());
+    for row in rows {
+        table.add_row(columns.iter().map(|c| row.display(c)));
+    }
+    format!("{table}\n")
 }
 
 pub struct Goal {

@@ -47,6 +47,8 @@ pub enum RoleKind {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Once stdin closes, undo what `loadtest node` changed: its cluster, network namespace, inotify limit.
+    Teardown(crate::node::TeardownArgs),
 }
 
 #[derive(Debug, Args)]
@@ -82,6 +84,7 @@ pub fn run(role: Role) -> Result<()> {
         RoleKind::Spoke { args } => spoke(args),
         RoleKind::Backend(args) => backend(args),
         RoleKind::Pki { dir } => crate::pki::Pki::open_or_create(&dir).map(drop),
+        RoleKind::Teardown(args) => crate::node::teardown(args),
     }
 }
 

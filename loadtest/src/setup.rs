@@ -91,6 +91,11 @@ pub struct HubOptions {
 
 impl Hub {
     pub fn start(dir: &Path, pki: &Pki, options: HubOptions) -> Result<Self> {
+        Self::start_on(dir, pki, options, "127.0.0.1:0".parse()?)
+    }
+
+    /// The same with QUIC listening on `quic`: the host end of a spoke namespace's veth, for a client inside it.
+    pub fn start_on(dir: &Path, pki: &Pki, options: HubOptions, quic: SocketAddr) -> Result<Self> {
         let mut args: Vec<String> = vec![
             "hub".into(),
             "--clusters".into(),
@@ -110,7 +115,7 @@ impl Hub {
             dir.join("hub.ready").display().to_string(),
         ];
         args.extend(options.extra);
-        Self::launch(dir, args, "127.0.0.1:0".parse()?, "127.0.0.1:0".parse()?)
+        Self::launch(dir, args, quic, "127.0.0.1:0".parse()?)
     }
 
     fn launch(dir: &Path, args: Vec<String>, quic: SocketAddr, proxy: SocketAddr) -> Result<Self> {
@@ -140,12 +145,26 @@ pub struct Spoke {
     pub process: Process,
     dir: PathBuf,
     args: Vec<String>,
+    netns: Option<String>,
 }
 
 impl Spoke {
     /// A tunnel-client for `cluster` against the hub at `hub`, its apiserver given by `kubeconfig`. Returns
     /// once its first tunnel is up.
     pub fn start(dir: &Path, pki: &Pki, cluster: &str, hub: SocketAddr, kubeconfig: &Path) -> Result<Self> {
+        Self::start_in(dir, pki, cluster, hub, kubeconfig, None)
+    }
+
+    /// The same inside network namespace `netns` when given: a spoke behind its firewall, whose apiserver
+    /// (`kubeconfig`) is reachable only from there and which reaches `hub` through the namespace's veth.
+    pub fn start_in(
+        dir: &Path,
+        pki: &Pki,
+        cluster: &str,
+        hub: SocketAddr,
+        kubeconfig: &Path,
+        netns: Option<&str>,
+    ) -> Result<Self> {
         let (cert, key) = pki.write_spoke(cluster)?;
         let args: Vec<String> = [
             "spoke",
@@ -176,14 +195,15 @@ impl Spoke {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let mut spoke = Self::launch(dir, args)?;
+        let mut spoke = Self::launch(dir, args, netns.map(String::from))?;
         spoke.wait_up()?;
         Ok(spoke)
     }
 
-    fn launch(dir: &Path, args: Vec<String>) -> Result<Self> {
+    fn launch(dir: &Path, args: Vec<String>, netns: Option<String>) -> Result<Self> {
         ready_file(dir, "spoke");
-        Ok(Self { process: Process::role("spoke", dir, &args)?, dir: dir.to_path_buf(), args })
+        let process = Process::role_in("spoke", dir, &args, netns.as_deref())?;
+        Ok(Self { process, dir: dir.to_path_buf(), args, netns })
     }
 
     pub fn wait_up(&mut self) -> Result<()> {
@@ -197,7 +217,7 @@ impl Spoke {
             true => self.process.terminate(Duration::from_secs(15))?,
             false => self.process.kill()?,
         }
-        *self = Self::launch(&self.dir, self.args.clone())?;
+        *self = Self::launch(&self.dir, self.args.clone(), self.netns.clone())?;
         Ok(())
     }
 }

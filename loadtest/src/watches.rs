@@ -4,7 +4,6 @@
 //! thousands of watches on every spoke and almost all of them are idle, so their cost is memory, not CPU.
 mod events;
 
-use std::collections::VecDeque;
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
@@ -14,8 +13,8 @@ use hyper::body::Incoming;
 
 use crate::apiserver::{Apiserver, ApiserverArgs};
 use crate::client::{read, Target, H2};
+use crate::memory::Meter;
 use crate::pki::Pki;
-use crate::process::rss_of;
 use crate::report::{Progress, Report, Row};
 use crate::roles::TOKEN;
 use crate::setup::{Hub, HubOptions, Spoke, WorkDir};
@@ -80,7 +79,7 @@ pub fn run(options: Options) -> Result<Report> {
         for target in [&direct, &tether] {
             drop(open(target, 0..options.per_connection.min(options.watches / 2), &options, &progress).await?);
         }
-        let mut meter = Meter::new(pids, &tether, options.settle).await?;
+        let mut meter = Meter::new(pids, MEASURED, &tether, options.settle).await?;
         // Direct first: a Go heap keeps what it grew to, so the apiserver's own cost is clean only in the first
         // phase, and it is the baseline.
         let (baseline, watches) = phase(&direct, &options, &mut meter, &progress, &mut report).await?;
@@ -157,7 +156,7 @@ impl Phase {
 async fn phase(
     target: &Target,
     options: &Options,
-    meter: &mut Meter,
+    meter: &mut Meter<3>,
     progress: &Progress,
     report: &mut Report,
 ) -> Result<(Phase, Vec<Watches>)> {
@@ -257,62 +256,6 @@ async fn watch(
         bail!("status {status}");
     }
     Ok(response)
-}
-
-/// Reads the memory of hub, client and apiserver once it settled. A GET through the hub on every reading
-/// keeps both busy: an allocator takes back memory freed on another thread, and returns it to the system,
-/// only when the owning thread next allocates, so an idle process can hold what closed watches freed.
-struct Meter {
-    pids: [u32; 3],
-    busy: H2,
-    through: Target,
-    limit: Duration,
-}
-
-impl Meter {
-    async fn new(pids: [u32; 3], through: &Target, limit: Duration) -> Result<Self> {
-        Ok(Self { pids, busy: through.h2().await?, through: through.clone(), limit })
-    }
-
-    /// The RSS of each process once it stopped moving: every reading of the last two seconds within 0.5 %
-    /// (or 256 KiB) of each other. Past the limit the last reading counts, with a note that it had not.
-    async fn settle(&mut self, what: &str, progress: &Progress, report: &mut Report) -> Result<[u64; 3]> {
-        const EVERY: Duration = Duration::from_millis(250);
-        const WINDOW: usize = 8;
-        let deadline = Instant::now() + self.limit;
-        let mut window: VecDeque<[u64; 3]> = VecDeque::with_capacity(WINDOW + 1);
-        loop {
-            // Its answer does not matter, and it may never come when the tunnel's streams to the apiserver are
-            // all taken.
-            let mut busy = self.busy.clone();
-            let get = async { read(busy.send_request(self.through.get("/version")).await?).await };
-            let _ = tokio::time::timeout(EVERY, get).await;
-            let mut reading = [0; 3];
-            for (slot, (&pid, name)) in reading.iter_mut().zip(self.pids.iter().zip(MEASURED)) {
-                *slot = rss_of(pid).with_context(|| format!("the {name}'s memory (did it exit?)"))?;
-            }
-            window.push_back(reading);
-            if window.len() > WINDOW {
-                window.pop_front();
-            }
-            let moving: Vec<&str> = (0..3)
-                .filter(|&i| {
-                    let (low, high) = window.iter().fold((u64::MAX, 0), |(l, h), r| (l.min(r[i]), h.max(r[i])));
-                    high - low > (reading[i] / 200).max(256 << 10)
-                })
-                .map(|i| MEASURED[i])
-                .collect();
-            if window.len() == WINDOW && moving.is_empty() {
-                return Ok(reading);
-            }
-            if Instant::now() > deadline {
-                report.note(format!("{what}: {} had not settled after {:?}", moving.join(", "), self.limit));
-                return Ok(reading);
-            }
-            progress.update(format!("{what}: waiting for memory to settle"));
-            tokio::time::sleep(EVERY).await;
-        }
-    }
 }
 
 fn rows(report: &mut Report, direct: &Phase, tether: &Phase, events: &[Latencies; 2]) {

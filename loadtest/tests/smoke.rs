@@ -95,6 +95,71 @@ fn kubectl_gets_from_a_real_apiserver_through_the_hub_and_directly() {
     assert!(requests.contains(&"keep-alive GET") && requests.contains(&"GET on a new connection"), "{requests:?}");
 }
 
+/// The network namespaces `loadtest node` names, present now.
+fn node_namespaces() -> Vec<String> {
+    let entries: Vec<_> = std::fs::read_dir("/run/netns").map(|d| d.flatten().collect()).unwrap_or_default();
+    entries
+        .iter()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|name| name.starts_with("tether-loadtest-"))
+        .collect()
+}
+
+#[test]
+fn node_measures_port_forward_exec_and_logs_through_the_hub_and_directly() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        let why = "not root, so loadtest node cannot run (a network namespace, containerd and a kubelet need root)";
+        assert!(std::env::var("CI").map_or(true, |v| v != "true"), "{why} (CI=true)");
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let before = node_namespaces();
+    // A failed or short echo, a byte that did not come back and a stream without a line are errors inside
+    // the run: success means every byte was verified on both paths.
+    let report = loadtest(&[
+        "node",
+        "--size",
+        "2MiB",
+        "--transfers",
+        "1",
+        "--round-trips",
+        "20",
+        "--exec-runs",
+        "1",
+        "--streams",
+        "5",
+        "--settle",
+        "3s",
+    ]);
+    assert_eq!(report["command"], "node");
+    let of = |measure: &str| -> Vec<&Value> { rows(&report).iter().filter(|r| r["measure"] == measure).collect() };
+    for (measure, column) in [
+        ("port-forward echo", "MB/s each way"),
+        ("exec 1-byte round trip", "p50 ms"),
+        ("kubectl exec -- true", "p50 ms"),
+    ] {
+        let paths: Vec<&str> = of(measure).iter().filter_map(|r| r["path"].as_str()).collect();
+        assert_eq!(paths, ["direct", "tether"], "{measure}");
+        for r in of(measure) {
+            assert!(r[column].as_f64().unwrap() > 0.0, "{measure}: {r}");
+        }
+    }
+    for r in of("exec 1-byte round trip") {
+        assert_eq!(r["count"], 20.0, "{r}");
+    }
+    let tether = of("port-forward echo").into_iter().find(|r| r["path"] == "tether").unwrap();
+    assert!(tether["hub+client cpu ms/MiB"].as_f64().unwrap() > 0.0, "the hub and client did work: {tether}");
+    let processes: Vec<&str> = of("logs -f memory").iter().filter_map(|r| r["process"].as_str()).collect();
+    assert_eq!(processes, ["hub", "client", "hub + client", "apiserver", "kubelet"]);
+    for r in of("logs -f memory") {
+        assert!(r["open MiB"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    // The run waits for its teardown: the cluster and the namespace are gone when it returns.
+    let left: Vec<String> = node_namespaces().into_iter().filter(|n| !before.contains(n)).collect();
+    assert!(left.is_empty(), "network namespaces left behind: {left:?}");
+}
+
 /// The processes whose parent is `pid`, from /proc.
 fn children(pid: u32) -> Vec<u32> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.flatten().collect()).unwrap_or(Vec::new());
