@@ -14,10 +14,38 @@ use crate::Case;
 
 pub fn cases() -> Vec<(&'static str, Case)> {
     vec![
+        ("node::a_deployment_gets_running_pods", deployment),
         ("node::two_nodes_never_see_each_others_containers", separate),
         ("node::pod_addresses_stay_behind_the_firewall", pod_addresses),
         ("node::a_missing_image_fails_the_set_up_naming_it", missing_image),
     ]
+}
+
+/// The controller-manager's ReplicaSet, the scheduler and the kubelet together: a Deployment through the hub
+/// reports its replicas ready.
+fn deployment(env: &Env) -> Result<()> {
+    let Some(spoke) = node_spoke(env)? else { return Ok(()) };
+    let manifest = format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: sleeper, namespace: default}}\nspec:\n  replicas: 2\n  \
+         selector: {{matchLabels: {{app: sleeper}}}}\n  template:\n    metadata: {{labels: {{app: sleeper}}}}\n    spec:\n      \
+         terminationGracePeriodSeconds: 1\n      containers:\n      - name: sleep\n        image: {BUSYBOX}\n        \
+         imagePullPolicy: Never\n        command: [sleep, '1000000']\n"
+    );
+    let file = env.dir.join("deployment.yaml");
+    std::fs::write(&file, manifest)?;
+    let file = file.to_str().context("path")?;
+    let applied = crate::pods::hub_command(env, &["apply", "-f", file]).output()?;
+    if !applied.status.success() {
+        bail!("kubectl apply of a Deployment through the hub: {}", text(&applied.stderr));
+    }
+    let ready = crate::procs::wait_for("2 ready replicas through the hub", Duration::from_secs(90), || {
+        let out =
+            crate::pods::hub_command(env, &["get", "deployment", "sleeper", "-o", "jsonpath={.status.readyReplicas}"])
+                .output()?;
+        Ok((text(&out.stdout).trim() == "2").then_some(()))
+    });
+    let _ = spoke.cluster.kubectl(&["delete", "deployment", "sleeper", "--wait=false"]);
+    ready
 }
 
 /// Container ids the node's own containerd knows.
