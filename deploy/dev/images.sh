@@ -84,6 +84,9 @@ stage_busybox() { # DIR
   while read -r path; do
     case $path in bin/busybox | linuxrc) ;; *) mkdir -p "$r/$(dirname "$path")" && ln -s /bin/busybox "$r/$path" ;; esac
   done < <("$bb" --list-full)
+  # The tests' port-forward target (see the source for why not `nc -ll -e cat`).
+  gcc -Os -Wall -Werror -static -o "$r/bin/echo-server" "$ROOT/deploy/images/busybox/echo-server.c"
+  strip "$r/bin/echo-server"
   stage_etc "$r"
 }
 

@@ -66,8 +66,8 @@ pub struct Options {
     pub apiserver: ApiserverArgs,
 }
 
-/// `echo` answers every connection to ECHO_PORT with what it sent (busybox `nc -ll -e cat`: one `cat` per
-/// connection, which exits at the connection's EOF) and has `cat` for exec; `ticker` prints a line a second.
+/// `echo` answers every connection to ECHO_PORT with what it sent (the busybox image's `echo-server`: a
+/// process per connection, half-closing at its EOF) and has `cat` for exec; `ticker` prints a line a second.
 const PODS: &str = "apiVersion: v1
 kind: Pod
 metadata: {name: echo, namespace: default}
@@ -77,7 +77,7 @@ spec:
   - name: echo
     image: localhost/tether/busybox:1.35.0
     imagePullPolicy: Never
-    command: [sh, -c, 'nc -ll -p 7000 -e cat & exec sleep 1000000']
+    command: [sh, -c, 'echo-server 7000 & exec sleep 1000000']
 ---
 apiVersion: v1
 kind: Pod
@@ -198,7 +198,7 @@ pub fn run(options: Options) -> Result<Report> {
         ));
     }
     report.note(format!(
-        "port-forward echo: {:.0} MiB per transfer to `nc -ll -e cat` in the pod while reading it back, every \
+        "port-forward echo: {:.0} MiB per transfer to `echo-server` in the pod while reading it back, every \
          byte compared; MB/s each way = MB sent / time from connect to the last byte back; median of {} \
          transfers per path, alternating, after a 1 MiB warm-up; cpu per MiB echoed (each crosses both ways): \
          kubectl, hub + client, and apiserver + kubelet + containerd",

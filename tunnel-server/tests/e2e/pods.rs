@@ -18,7 +18,7 @@ pub const BUSYBOX: &str = "localhost/tether/busybox:1.35.0";
 pub const CLIENT_IMAGE: &str = concat!("ghcr.io/tether-io/tunnel-client:", env!("CARGO_PKG_VERSION"));
 /// Taints spoke-b's node: only Pods that tolerate it run there (see `Cluster::spawn`).
 pub const PROCESSES_ONLY_TAINT: &str = "e2e.tether.io/processes-only=true:NoSchedule";
-/// The echo port of the tools pod (busybox `nc -ll -e cat`: one `cat` per connection).
+/// The echo port of the tools pod (the busybox image's `echo-server`: a process per connection).
 pub const ECHO_PORT: u16 = 7000;
 
 /// `tools` sleeps and echoes on [`ECHO_PORT`]; `ticker` prints a numbered line every second.
@@ -30,7 +30,7 @@ pub fn manifest() -> String {
              imagePullPolicy: Never\n    command: [sh, -c, '{script}']\n"
         )
     };
-    pod("tools", &format!("nc -ll -p {ECHO_PORT} -e cat & exec sleep 1000000"))
+    pod("tools", &format!("echo-server {ECHO_PORT} & exec sleep 1000000"))
         + &pod("ticker", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 1; done")
 }
 

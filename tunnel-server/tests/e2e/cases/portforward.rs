@@ -88,7 +88,14 @@ fn bulk(env: &Env) -> Result<()> {
             Ok(workers.into_iter().map(|w| w.join().map_err(|_| anyhow::anyhow!("panicked"))?).collect::<Vec<_>>())
         })?;
         for (i, result) in results.into_iter().enumerate() {
-            result.with_context(|| format!("connection {i} of {MANY} concurrent {path} ({})", forward.stderr()))?;
+            result.with_context(|| {
+                format!(
+                    "connection {i} of {MANY} concurrent {path} ({}; in the pod: {}; its log: {})",
+                    forward.stderr(),
+                    pod_tcp_counters(spoke),
+                    spoke.cluster.kubectl_ok(&["logs", "tools"]).unwrap_or_else(|e| e.to_string()),
+                )
+            })?;
         }
     }
     eprintln!(
@@ -98,6 +105,38 @@ fn bulk(env: &Env) -> Result<()> {
         rates[0].1 / rates[1].1
     );
     Ok(())
+}
+
+/// The pod's TCP counters that tell a queue overflow or an abort from a reset elsewhere, for a failure's message.
+fn pod_tcp_counters(spoke: &crate::env::Spoke) -> String {
+    const WANTED: [&str; 7] = [
+        "ListenOverflows",
+        "ListenDrops",
+        "TCPAbortOnData",
+        "TCPAbortOnClose",
+        "TCPAbortOnMemory",
+        "OutRsts",
+        "EstabResets",
+    ];
+    let out = match spoke.cluster.kubectl_ok(&["exec", "tools", "--", "cat", "/proc/net/netstat", "/proc/net/snmp"]) {
+        Ok(out) => out,
+        Err(e) => return format!("no counters ({e})"),
+    };
+    // Each protocol is a line of names followed by a line of values, both prefixed "Proto:".
+    let lines: Vec<_> = out.lines().collect();
+    let mut found = Vec::new();
+    for pair in lines.windows(2) {
+        let (names, values) = (pair[0].split_whitespace(), pair[1].split_whitespace());
+        if pair[0].split(':').next() != pair[1].split(':').next() {
+            continue;
+        }
+        for (name, value) in names.zip(values) {
+            if WANTED.contains(&name) && value.parse::<u64>().is_ok() {
+                found.push(format!("{name}={value}"));
+            }
+        }
+    }
+    found.join(" ")
 }
 
 fn closed_port(env: &Env) -> Result<()> {
