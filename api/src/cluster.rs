@@ -2,7 +2,6 @@
 //! `deploy/hub/crds/` is generated from these types by the controller's `crdgen`; CI fails when the two
 //! differ. The tunnel-server watches these objects to know which clusters exist; who may use a cluster's
 //! proxy is RBAC on the [`PROXY_SUBRESOURCE`] of [`RESOURCE`], named after the cluster.
-use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
@@ -44,9 +43,6 @@ pub struct ManagedClusterSpec {
     /// Condition types, set by other actors, that must be True (with `Available`) for `Ready`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub readiness_gates: Vec<String>,
-    /// Labels placement decisions select on (pushed resources choose clusters by these).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub placement_labels: BTreeMap<String, String>,
     /// Lifetime of this cluster's client certificates, in seconds: shortens the controller's
     /// `--certificate-validity` for this cluster, never lengthens it. Clients renew at 80 % of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]

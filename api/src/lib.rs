@@ -7,6 +7,7 @@
 pub mod cluster;
 pub mod csr;
 pub mod lease;
+pub mod push;
 pub mod revocations;
 pub mod token;
 

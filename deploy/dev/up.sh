@@ -89,9 +89,9 @@ for p in "${pids[@]}"; do wait "$p" || { echo "a spoke did not start; logs in $D
 HUB_KUBECONFIG=$DEV/hub/kubeconfig
 
 say "registering the spokes on the hub"
-"$KUBECTL" --kubeconfig "$HUB_KUBECONFIG" apply -f "$ROOT/deploy/hub/crds/managedclusters.tether.io.yaml" >/dev/null
+"$KUBECTL" --kubeconfig "$HUB_KUBECONFIG" apply -f "$ROOT/deploy/hub/crds/" >/dev/null
 "$KUBECTL" --kubeconfig "$HUB_KUBECONFIG" wait --for condition=established --timeout=60s \
-  crd/managedclusters.tether.io >/dev/null
+  crd/managedclusters.tether.io crd/manifestpushes.tether.io crd/manifestdeliveries.tether.io >/dev/null
 # Where tunnel-servers renew their Leases and the controller records revocations.
 "$KUBECTL" --kubeconfig "$HUB_KUBECONFIG" create namespace tether-system >/dev/null
 for s in "${SPOKES[@]}"; do

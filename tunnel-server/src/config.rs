@@ -59,6 +59,16 @@ pub struct ServeConfig {
     /// to review; past it the address gets 429 with Retry-After for tokens not cached; 0 for no limit.
     #[arg(long, env = "TETHER_AUTH_FAILURE_RATE", default_value_t = 30)]
     pub auth_failure_rate: u32,
+    /// Hub users that are push controllers: on the proxy they may act only as push identities
+    /// (`Impersonate-User: tether:push:<namespace>`, group `tether:pushers`), which needs no impersonation
+    /// rights on the hub, and never as themselves or anyone else. Comma-separated; empty for none.
+    #[arg(
+        long,
+        env = "TETHER_PUSH_CONTROLLERS",
+        value_delimiter = ',',
+        default_value = "system:serviceaccount:tether-system:controller"
+    )]
+    pub push_controllers: Vec<String>,
     /// Proxy: time from TCP accept to a finished TLS handshake.
     #[arg(long, env = "TETHER_PROXY_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
     pub proxy_handshake_timeout: Duration,

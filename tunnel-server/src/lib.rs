@@ -99,6 +99,7 @@ pub async fn serve(config: ServeConfig, hub: Hub, shutdown: CancellationToken) -
         ttl: config.auth_cache_ttl,
         cache_bytes: config.auth_cache_bytes,
         failures_per_minute: config.auth_failure_rate,
+        push_controllers: config.push_controllers.iter().filter(|u| !u.is_empty()).cloned().collect(),
     };
     let auth = HubAuth::new(hub.reviews, auth_settings);
     let forward = ForwardSettings { open_timeout: Duration::from_secs(10), response_timeout: config.response_timeout };

@@ -169,7 +169,11 @@ impl Proxy {
         caller: &Arc<UserInfo>,
         headers: &http::HeaderMap,
     ) -> Result<UserInfo, ProxyError> {
-        let Some(wanted) = Impersonation::from_headers(headers).map_err(ProxyError::BadRequest)? else {
+        let wanted = Impersonation::from_headers(headers).map_err(ProxyError::BadRequest)?;
+        if self.auth.is_push_controller(caller) {
+            return identity::push_identity(wanted).map_err(ProxyError::Forbidden);
+        }
+        let Some(wanted) = wanted else {
             return Ok(caller.as_ref().clone());
         };
         let mut checks = Vec::new();

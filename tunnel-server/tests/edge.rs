@@ -407,3 +407,62 @@ async fn a_failing_hub_is_a_503_with_a_generic_message() -> Result<()> {
     }
     Ok(())
 }
+
+/// Accepts `good` as the push controller `controller`; allows everything, recording who asked for what.
+#[derive(Default)]
+struct Recording {
+    access: std::sync::Mutex<Vec<(UserInfo, Attributes)>>,
+}
+
+impl Reviews for Recording {
+    fn token<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<UserInfo>, ProxyError>> {
+        Box::pin(async move {
+            Ok((token == "good").then(|| UserInfo {
+                username: "controller".into(),
+                uid: String::new(),
+                groups: vec!["system:authenticated".into()],
+                extra: Default::default(),
+            }))
+        })
+    }
+    fn access<'a>(&'a self, user: &'a UserInfo, attributes: &'a Attributes) -> BoxFuture<'a, Result<bool, ProxyError>> {
+        self.access.lock().unwrap().push((user.clone(), attributes.clone()));
+        Box::pin(async { Ok(true) })
+    }
+}
+
+#[tokio::test]
+async fn the_push_controller_acts_only_as_push_identities() -> Result<()> {
+    let reviews = Arc::new(Recording::default());
+    let auth =
+        AuthSettings { push_controllers: vec!["controller".into()], ..AuthSettings::new(Duration::from_secs(60)) };
+    let edge = Edge::start(reviews.clone(), auth, limits()).await?;
+    let mut io = edge.connect().await?;
+    let as_user = |extra: &str| {
+        format!("GET /clusters/a/api HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer good\r\n{extra}\r\n")
+    };
+    // As itself, or as anyone but a push identity, it is refused before the hub is asked anything, although
+    // the hub would allow everything.
+    for extra in [
+        "",
+        "impersonate-user: admin\r\n",
+        "impersonate-user: tether:push:team-a\r\nimpersonate-group: system:masters\r\n",
+        "impersonate-user: tether:push:Team-A\r\n",
+    ] {
+        let answer = exchange(&mut io, &as_user(extra)).await?;
+        let message = answer.json()?["message"].as_str().unwrap_or_default().to_string();
+        if answer.status != 403 || !message.contains("only as a push identity") {
+            bail!("{extra:?}: {} {message}", answer.status);
+        }
+    }
+    assert!(reviews.access.lock().unwrap().is_empty(), "the hub was asked: {:?}", reviews.access.lock().unwrap());
+    // As a push identity, the hub authorizes that identity's use of the cluster, like any user's.
+    let answer = exchange(&mut io, &as_user("impersonate-user: tether:push:team-a\r\n")).await?;
+    assert_ne!(answer.status, 403, "{}", String::from_utf8_lossy(&answer.body));
+    let asked = reviews.access.lock().unwrap().clone();
+    let [(user, attributes)] = &asked[..] else { bail!("expected one access review, got {asked:?}") };
+    assert_eq!(user.username, "tether:push:team-a");
+    assert_eq!(user.groups, ["tether:pushers", "system:authenticated"]);
+    assert_eq!((attributes.resource.as_str(), attributes.subresource.as_str()), ("managedclusters", "proxy"));
+    Ok(())
+}

@@ -144,11 +144,13 @@ pub struct AuthSettings {
     pub cache_bytes: u64,
     /// Rejected tokens per minute and source address the hub is asked to review; 0 for no limit.
     pub failures_per_minute: u32,
+    /// Users that may act on the proxy only as push identities ([`super::identity::push_identity`]).
+    pub push_controllers: Vec<String>,
 }
 
 impl AuthSettings {
     pub fn new(ttl: Duration) -> Self {
-        Self { ttl, cache_bytes: 32 * 1024 * 1024, failures_per_minute: 30 }
+        Self { ttl, cache_bytes: 32 * 1024 * 1024, failures_per_minute: 30, push_controllers: Vec::new() }
     }
 }
 
@@ -161,6 +163,7 @@ pub struct HubAuth {
     // Keyed by a SHA-256 of (user, attributes), both partly chosen by the caller (impersonation).
     decisions: Cache<[u8; 32], bool>,
     failures: Arc<FailureLimiter>,
+    push_controllers: Vec<String>,
 }
 
 /// What moka itself keeps per entry (key, value, timestamps, links), estimated.
@@ -182,7 +185,13 @@ impl HubAuth {
                 .weigher(move |_, _| weight(0))
                 .build(),
             failures: Arc::new(FailureLimiter::new(settings.failures_per_minute)),
+            push_controllers: settings.push_controllers,
         }
+    }
+
+    /// Whether `user` is a push controller, which acts on the proxy only as push identities.
+    pub fn is_push_controller(&self, user: &UserInfo) -> bool {
+        self.push_controllers.contains(&user.username)
     }
 
     /// `Ok(None)` for a token the hub does not accept. A token not cached is reviewed once however many

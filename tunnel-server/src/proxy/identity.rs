@@ -70,6 +70,27 @@ impl Impersonation {
     }
 }
 
+/// What the push controller may be on the proxy: a push identity (`tether:push:<namespace>`, in group
+/// `tether:pushers`) and nothing else, itself included. It needs no impersonation rights on the hub, so
+/// nothing but this rule decides, and the hub's RBAC on `managedclusters/proxy` then authorizes the push
+/// identity like any user.
+pub fn push_identity(wanted: Option<Impersonation>) -> Result<UserInfo, String> {
+    let refuse = |why: &str| Err(format!("the push controller acts on the proxy only as a push identity: {why}"));
+    let Some(wanted) = wanted else { return refuse("no Impersonate-User") };
+    let user = wanted.user.as_deref().unwrap_or_default();
+    if tether_api::push::push_namespace(user).is_none() {
+        return refuse(&format!("{user:?} is not {}<namespace>", tether_api::push::PUSH_USER_PREFIX));
+    }
+    if let Some(group) = wanted.groups.iter().find(|g| *g != tether_api::push::PUSHERS_GROUP) {
+        return refuse(&format!("group {group:?}"));
+    }
+    if !wanted.extra.is_empty() || wanted.uid.is_some() {
+        return refuse("extra or uid");
+    }
+    let groups = vec![tether_api::push::PUSHERS_GROUP.to_string(), "system:authenticated".to_string()];
+    Ok(UserInfo { username: user.to_string(), uid: String::new(), groups, extra: BTreeMap::new() })
+}
+
 /// Keys of `Impersonate-Extra-<key>` are percent-encoded, as the apiserver decodes them. It lowercases the
 /// header name before decoding (and HTTP/2 sends names in lowercase anyway), so uppercase letters are
 /// encoded too: the spoke then sees the key exactly as the hub checked it.
@@ -202,5 +223,29 @@ mod tests {
             .map(|k| apiserver_extra_key(k.as_str()))
             .collect();
         assert_eq!(keys, ["Department Name", "acme.io/Key_x"]);
+    }
+
+    #[test]
+    fn the_push_controller_is_only_ever_a_push_identity() {
+        let ask = |pairs: &[(&str, &str)]| Impersonation::from_headers(&headers(pairs)).unwrap();
+        let user = push_identity(ask(&[("impersonate-user", "tether:push:team-a")])).unwrap();
+        assert_eq!(user.username, "tether:push:team-a");
+        assert_eq!(user.groups, ["tether:pushers", "system:authenticated"]);
+        let with_group = ask(&[("impersonate-user", "tether:push:team-a"), ("impersonate-group", "tether:pushers")]);
+        assert_eq!(push_identity(with_group).unwrap(), user);
+        for refused in [
+            ask(&[]),
+            ask(&[("impersonate-user", "admin")]),
+            ask(&[("impersonate-user", "tether:push:Team")]),
+            ask(&[("impersonate-user", "tether:push:a"), ("impersonate-group", "system:masters")]),
+            ask(&[("impersonate-user", "tether:push:a"), ("impersonate-uid", "1")]),
+            ask(&[("impersonate-user", "tether:push:a"), ("impersonate-extra-scopes", "x")]),
+        ] {
+            let err = push_identity(refused.clone()).unwrap_err();
+            assert!(
+                err.starts_with("the push controller acts on the proxy only as a push identity"),
+                "{refused:?}: {err}"
+            );
+        }
     }
 }

@@ -671,9 +671,18 @@ impl Drop for NetnsGuard {
 fn setup_hub(hub: &Cluster) -> Result<()> {
     // Where the tunnel-server writes its Leases.
     hub.kubectl_ok(&["create", "namespace", "tether-system"])?;
-    let crd = repo_root().join("deploy/hub/crds/managedclusters.tether.io.yaml");
-    hub.kubectl_ok(&["apply", "-f", crd.to_str().context("path")?])?;
-    hub.kubectl_ok(&["wait", "--for", "condition=established", "--timeout=60s", "crd/managedclusters.tether.io"])?;
+    // Every CRD, so the hub's apiserver (1.20) checks each generated schema.
+    let crds = repo_root().join("deploy/hub/crds");
+    hub.kubectl_ok(&["apply", "-f", crds.to_str().context("path")?])?;
+    hub.kubectl_ok(&[
+        "wait",
+        "--for",
+        "condition=established",
+        "--timeout=60s",
+        "crd/managedclusters.tether.io",
+        "crd/manifestpushes.tether.io",
+        "crd/manifestdeliveries.tether.io",
+    ])?;
     let mut yaml = String::new();
     for name in ["spoke-a", "spoke-b", "echo", "ghost"] {
         yaml.push_str(&format!(
