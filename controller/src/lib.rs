@@ -14,6 +14,7 @@ mod error;
 mod fixtures;
 pub mod join;
 pub mod metrics;
+pub mod push;
 pub mod reconcile;
 #[cfg(test)]
 mod scripted_tests;
