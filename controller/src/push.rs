@@ -2,3 +2,4 @@
 //! holds the pure decisions: which clusters a placement selects and what each of them gets.
 pub mod placement;
 pub mod render;
+pub mod rollout;
