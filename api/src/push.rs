@@ -408,6 +408,10 @@ pub enum ApplyResult {
     #[default]
     Pending,
     Applied,
+    /// A `ReadOnly` manifest read (never written, so never pruned or deleted).
+    Observed,
+    /// Left the delivery (or the delivery is being deleted); deleting it on the spoke has not succeeded yet.
+    Pruning,
     /// The spoke's apiserver refused it (its message beside).
     Failed,
     /// Another field manager owns fields it sets (server-side apply without `force`).
