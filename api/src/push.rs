@@ -333,6 +333,9 @@ pub struct ManifestDeliverySpec {
     pub push: String,
     /// The push's generation this rendering comes from.
     pub push_generation: i64,
+    /// When the controller wrote this generation here: a progressive rollout's deadline counts from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushed_at: Option<Time>,
     pub manifests: Vec<DeliveredManifest>,
     #[serde(default)]
     pub delete_policy: DeletePolicy,

@@ -5,3 +5,4 @@ pub mod order;
 pub mod placement;
 pub mod render;
 pub mod rollout;
+pub mod summary;
