@@ -51,29 +51,28 @@ pub fn is_dns_label(s: &str) -> bool {
 }
 
 /// The [`PUSHED_BY_LABEL`] value of push `namespace/name`: `namespace.name` when that fits a label value
-/// (63 characters), otherwise its first 46 characters, a dot and 16 hex digits of its SHA-256, so it stays
-/// unique per push. Always a valid label value (names and namespaces are lowercase alphanumerics, `-`, `.`).
+/// (63 characters), otherwise shortened (see [`shortened`]). Always a valid label value (names and
+/// namespaces are lowercase alphanumerics, `-`, `.`).
 pub fn owner_label_value(namespace: &str, name: &str) -> String {
-    let full = format!("{namespace}.{name}");
-    if full.len() <= 63 {
-        return full;
-    }
-    let digest = ring::digest::digest(&ring::digest::SHA256, full.as_bytes());
-    let hex: String = digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect();
-    let head = full[..46].trim_end_matches(['.', '-']);
-    format!("{head}.{hex}")
+    shortened(format!("{namespace}.{name}"), 63)
 }
 
 /// The name of the delivery of push `name` to `cluster`: `name.cluster` when that fits an object name (253),
-/// otherwise shortened like [`owner_label_value`].
+/// otherwise shortened (see [`shortened`]).
 pub fn delivery_name(push: &str, cluster: &str) -> String {
-    let full = format!("{push}.{cluster}");
-    if full.len() <= 253 {
+    shortened(format!("{push}.{cluster}"), 253)
+}
+
+/// `full` when it has at most `max` characters, otherwise its head, a dot and 16 hex digits of its SHA-256:
+/// still unique, and still starting and ending with an alphanumeric.
+fn shortened(full: String, max: usize) -> String {
+    if full.len() <= max {
         return full;
     }
     let digest = ring::digest::digest(&ring::digest::SHA256, full.as_bytes());
     let hex: String = digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}.{hex}", full[..236].trim_end_matches(['.', '-']))
+    let head = full[..max - 17].trim_end_matches(['.', '-']);
+    format!("{head}.{hex}")
 }
 
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
