@@ -336,6 +336,10 @@ pub struct ManifestDeliverySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pushed_at: Option<Time>,
     pub manifests: Vec<DeliveredManifest>,
+    /// Manifests of the push this cluster cannot get (rendering failed), with why: shown as `Invalid` in
+    /// the status, and an object of theirs applied before is kept, not pruned.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rejected: Vec<RejectedManifest>,
     #[serde(default)]
     pub delete_policy: DeletePolicy,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -353,6 +357,13 @@ pub struct DeliveredManifest {
     pub force: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub feedback: Vec<FeedbackRule>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RejectedManifest {
+    pub manifest: ManifestRef,
+    pub message: String,
 }
 
 fn embedded_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {

@@ -1,7 +1,8 @@
 //! Unregistration: deleting a ManagedCluster runs an ordered cleanup under the `tether.io/cleanup`
 //! finalizer, after every other finalizer is gone (a user's finalizer may still need the tunnel).
 //!
-//! Order: (pushed resources, once the push controller exists) → revoke the cluster's certificates, which
+//! Order: delete the cluster's `ManifestDelivery`s and wait until they are gone (their finalizer deletes
+//! or orphans the pushed objects, through the tunnel that is still up) → revoke the cluster's certificates, which
 //! makes the tunnel-servers close its tunnels and refuse it at every later handshake → wait until no
 //! tunnel-server holds it → delete its Leases (before the tunnels are gone a tunnel-server would renew
 //! them again) → remove the finalizer.
@@ -11,6 +12,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
+
+use tether_api::push::ManifestDelivery;
 
 use crate::conditions::{self, CLUSTER_LABEL};
 use crate::crd::ManagedCluster;
@@ -59,6 +62,10 @@ pub async fn add_finalizer(cluster: &ManagedCluster, ctx: &Context) -> Result<()
 pub async fn clean_up(cluster: &ManagedCluster, ctx: &Context) -> Result<Option<Action>, Error> {
     let name = cluster.name_any();
     let lease_namespace = ctx.lease_namespace.as_str();
+    if let Some(waiting) = remove_deliveries(&name, ctx).await? {
+        tracing::info!(cluster = %name, deliveries = waiting, "waiting for the pushed objects to be cleaned up");
+        return Ok(Some(Action::requeue(std::time::Duration::from_secs(2))));
+    }
     revoke(&name, ctx, lease_namespace).await?;
     let leases = ctx.leases_of(&name);
     let view = conditions::view_leases(&leases, ctx.liveness, Timestamp::now());
@@ -73,6 +80,31 @@ pub async fn clean_up(cluster: &ManagedCluster, ctx: &Context) -> Result<Option<
     patch_finalizers(cluster, finalizers, ctx).await?;
     tracing::info!(cluster = %name, "unregistered");
     Ok(None)
+}
+
+/// Deletes the cluster's deliveries; how many are still there (their finalizers at work), if any.
+async fn remove_deliveries(cluster: &str, ctx: &Context) -> Result<Option<usize>, Error> {
+    let api: Api<ManifestDelivery> = Api::all(ctx.client.clone());
+    let selector = format!("{CLUSTER_LABEL}={cluster}");
+    let list = match api.list(&ListParams::default().labels(&selector)).await {
+        Ok(list) => list,
+        // A hub without the push CRDs has no deliveries.
+        Err(kube::Error::Api(status)) if status.code == 404 => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    if list.items.is_empty() {
+        return Ok(None);
+    }
+    for delivery in list.items.iter().filter(|d| d.metadata.deletion_timestamp.is_none()) {
+        let namespaced: Api<ManifestDelivery> =
+            Api::namespaced(ctx.client.clone(), &delivery.namespace().unwrap_or_default());
+        match namespaced.delete(&delivery.name_any(), &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Some(list.items.len()))
 }
 
 /// Records the revocation once; a later pass keeps the first time (certificates issued after it, for a

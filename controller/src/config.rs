@@ -31,6 +31,8 @@ impl Cli {
     }
 }
 
+// Parsed once at start: the size of the larger variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Run the controller (the default).
@@ -99,6 +101,31 @@ pub struct Config {
     /// not joined when it expires gets a new one.
     #[arg(long, env = "TETHER_BOOTSTRAP_TOKEN_TTL", default_value = "1h", value_parser = positive_duration)]
     pub bootstrap_token_ttl: Duration,
+    /// Push: the base URL of the tunnel-server's proxy (`https://HOST:PORT`), through which pushes are
+    /// applied to spokes. Without it, ManifestPushes are not applied.
+    #[arg(long, env = "TETHER_PROXY_URL")]
+    pub proxy_url: Option<String>,
+    /// Push: the CA (PEM) that signed the proxy's serving certificate.
+    #[arg(long, env = "TETHER_PROXY_CA", requires = "proxy_url")]
+    pub proxy_ca: Option<PathBuf>,
+    /// Push: the bearer token the controller authenticates to the proxy with (re-read as it rotates); the
+    /// tunnel-server's --push-controllers must name its user.
+    #[arg(
+        long,
+        env = "TETHER_PROXY_TOKEN_FILE",
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    )]
+    pub proxy_token_file: PathBuf,
+    /// Push: deliveries (one cluster's share of a push) reconciled at once, and pushes.
+    #[arg(long, env = "TETHER_PUSH_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pub push_concurrency: u16,
+    /// Push: deadline of each request to a spoke.
+    #[arg(long, env = "TETHER_PUSH_TIMEOUT", default_value = "20s", value_parser = positive_duration)]
+    pub push_timeout: Duration,
+    /// Push: time between full re-applies of each delivery, unless its push sets resyncSeconds (watches
+    /// correct drift in between).
+    #[arg(long, env = "TETHER_PUSH_RESYNC", default_value = "5m", value_parser = positive_duration)]
+    pub push_resync: Duration,
 }
 
 #[derive(Debug, Clone, clap::Args)]

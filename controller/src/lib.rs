@@ -87,6 +87,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         controller: "tether-controller".into(),
         instance: config.instance.clone().or_else(|| std::env::var("HOSTNAME").ok()),
     };
+    let reporter_push = reporter.clone();
     let ctx = Arc::new(Context {
         client: client.clone(),
         lease_namespace: config.lease_namespace.clone(),
@@ -129,7 +130,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
                     .map(|csr| ObjectRef::from_obj(csr.as_ref()))
                     .collect::<Vec<_>>()
             })
-            .graceful_shutdown_on(shutdown.cancelled_owned())
+            .graceful_shutdown_on(shutdown.clone().cancelled_owned())
             .run(csr::reconcile, csr::error_policy, ctx)
             .for_each(|_| futures::future::ready(()))
     });
@@ -141,6 +142,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         ),
         None => tracing::warn!("no --ca-cert and --ca-key: spoke certificate requests are neither approved nor signed"),
     }
+    let push = match push_settings(&config)? {
+        Some(settings) => Some(push::run(client.clone(), settings, reporter_push, shutdown.clone())),
+        None => {
+            tracing::warn!("no --proxy-url: ManifestPushes are not applied");
+            None
+        }
+    };
     readiness.set(true);
     tracing::info!("controller running");
     let csr_controller = async move {
@@ -148,7 +156,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
             controller.await;
         }
     };
-    tokio::join!(cluster_controller, csr_controller);
+    let push = async move {
+        if let Some(push) = push {
+            push.await;
+        }
+    };
+    tokio::join!(cluster_controller, csr_controller, push);
     Ok(())
 }
 
@@ -182,6 +195,44 @@ fn auto_config(config: &Config) -> Result<Option<auto::AutoConfig>> {
         token_ttl: config.bootstrap_token_ttl,
         token_namespace: config.lease_namespace.clone(),
         connect: auto::AutoConfig::connector(),
+    }))
+}
+
+/// Push settings, when --proxy-url is given.
+fn push_settings(config: &Config) -> Result<Option<push::PushSettings>> {
+    let Some(url) = &config.proxy_url else { return Ok(None) };
+    let url: http::Uri =
+        url.parse().map_err(|e| Error::Config { flag: "--proxy-url", reason: format!("{url}: {e}") })?;
+    if url.scheme_str() != Some("https") || url.authority().is_none() {
+        return Err(Error::Config { flag: "--proxy-url", reason: format!("{url}: not an https://HOST:PORT URL") });
+    }
+    let ca = match &config.proxy_ca {
+        Some(path) => {
+            let flag = "--proxy-ca";
+            let pem =
+                std::fs::read_to_string(path).map_err(|source| Error::FlagFile { flag, path: path.clone(), source })?;
+            tether_certs::pem_to_der_certs(&pem).map_err(|source| Error::FlagPem {
+                flag,
+                path: path.clone(),
+                source,
+            })?
+        }
+        None => Vec::new(),
+    };
+    if !config.proxy_token_file.exists() {
+        let reason = format!("{} does not exist", config.proxy_token_file.display());
+        return Err(Error::Config { flag: "--proxy-token-file", reason });
+    }
+    tracing::info!(proxy = %url, "pushes are applied through the proxy");
+    Ok(Some(push::PushSettings {
+        proxy: push::spokes::ProxySettings {
+            url,
+            ca,
+            token_file: config.proxy_token_file.clone(),
+            timeout: config.push_timeout,
+        },
+        concurrency: config.push_concurrency,
+        default_resync: config.push_resync,
     }))
 }
 

@@ -1,8 +1,176 @@
-//! Pushing resources to spokes (`ManifestPush` → a `ManifestDelivery` per selected cluster). This part
-//! holds the pure decisions: which clusters a placement selects and what each of them gets.
+//! Pushing resources to spokes (`ManifestPush` → a `ManifestDelivery` per selected cluster, applied
+//! through the hub's proxy as the push's namespace identity). The pure decisions (placement, rendering,
+//! rollout, feedback, order, summary) are apart from the reconcilers that act on them.
+pub mod apply;
+pub mod context;
+pub mod delivery;
+pub mod drift;
+pub mod fanout;
 pub mod feedback;
 pub mod order;
 pub mod placement;
 pub mod render;
 pub mod rollout;
+pub mod spokes;
 pub mod summary;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kube::runtime::controller::{self, Action};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{watcher, Controller, WatchStreamExt};
+use kube::{Api, ResourceExt};
+use metrics::{counter, gauge, histogram};
+use tether_api::push::{ManifestDelivery, ManifestPush};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics as m;
+use crate::{Error, ManagedCluster};
+use context::PushContext;
+use spokes::{ProxySettings, Spokes};
+
+/// How the push controllers run.
+#[derive(Debug, Clone)]
+pub struct PushSettings {
+    pub proxy: ProxySettings,
+    /// Deliveries reconciled at once: one slow or unreachable cluster holds one of these, no more.
+    pub concurrency: u16,
+    pub default_resync: Duration,
+}
+
+/// Runs the push and delivery controllers until `shutdown`.
+pub async fn run(hub: kube::Client, settings: PushSettings, reporter: Reporter, shutdown: CancellationToken) {
+    let clusters_api: Api<ManagedCluster> = Api::all(hub.clone());
+    let (clusters, writer) = reflector::store();
+    let mirror =
+        reflector::reflector(writer, watcher(clusters_api.clone(), watcher::Config::default()).default_backoff());
+    let cancel = shutdown.clone();
+    tokio::spawn(async move {
+        let mut mirror = std::pin::pin!(mirror.take_until(cancel.cancelled_owned()));
+        while mirror.next().await.is_some() {}
+    });
+
+    let (trigger, triggered) = tokio::sync::mpsc::channel(4096);
+    let deliveries_api: Api<ManifestDelivery> = Api::all(hub.clone());
+    let delivery_controller = Controller::new(deliveries_api.clone(), watcher::Config::default())
+        .with_config(controller::Config::default().concurrency(settings.concurrency));
+    let ctx = Arc::new(PushContext::new(
+        hub.clone(),
+        Spokes::new(settings.proxy),
+        drift::Drift::new(trigger, shutdown.clone()),
+        Recorder::new(hub.clone(), reporter),
+        clusters.clone(),
+        delivery_controller.store(),
+        settings.default_resync,
+    ));
+    // A cluster coming back (its Available condition changing) brings its deliveries back at once.
+    let availability = Changes::default();
+    let mapper_ctx = ctx.clone();
+    let delivery_controller = delivery_controller
+        .watches(clusters_api.clone(), watcher::Config::default(), move |cluster| {
+            let available = cluster
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == crate::conditions::AVAILABLE))
+                .map(|c| c.status.clone());
+            if availability.changed(&cluster.name_any(), available) {
+                mapper_ctx.deliveries_of(&cluster.name_any())
+            } else {
+                Vec::new()
+            }
+        })
+        .reconcile_on(futures::stream::unfold(triggered, |mut rx| async { rx.recv().await.map(|r| (r, rx)) }))
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+        .run(timed_delivery, delivery_error_policy, ctx.clone())
+        .for_each(|_| futures::future::ready(()));
+
+    let pushes_api: Api<ManifestPush> = Api::all(hub.clone());
+    let push_controller = Controller::new(pushes_api, watcher::Config::default())
+        .with_config(controller::Config::default().concurrency(settings.concurrency));
+    let pushes = push_controller.store();
+    // A cluster's labels or acceptance changing may change every push's placement.
+    let placement_inputs = Changes::default();
+    let push_ctx = ctx.clone();
+    let push_controller = push_controller
+        .owns(deliveries_api, watcher::Config::default())
+        .watches(clusters_api, watcher::Config::default(), move |cluster| {
+            let inputs = (cluster.labels().clone(), cluster.spec.hub_accepts_client);
+            if placement_inputs.changed(&cluster.name_any(), inputs) {
+                pushes.state().iter().map(|p| ObjectRef::from_obj(p.as_ref())).collect()
+            } else {
+                Vec::new()
+            }
+        })
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+        .run(fanout::reconcile, push_error_policy, push_ctx);
+    let ready_ctx = ctx.clone();
+    let push_controller = async move {
+        let ctx = ready_ctx;
+        // Deliveries and clusters are read from mirrors: a push reconciled before they are listed would
+        // write every delivery again.
+        let _ = ctx.deliveries.wait_until_ready().await;
+        let _ = ctx.clusters.wait_until_ready().await;
+        push_controller.for_each(|_| futures::future::ready(())).await;
+    };
+    let watches = {
+        let ctx = ctx.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            while shutdown.run_until_cancelled(tick.tick()).await.is_some() {
+                gauge!(m::PUSH_WATCHES).set(ctx.drift.count() as f64);
+            }
+        }
+    };
+    tracing::info!("push controllers running");
+    tokio::join!(delivery_controller, push_controller, watches);
+}
+
+async fn timed_delivery(delivery: Arc<ManifestDelivery>, ctx: Arc<PushContext>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = delivery::reconcile(delivery, ctx).await;
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    counter!(m::PUSH_RECONCILES, "outcome" => outcome).increment(1);
+    histogram!(m::PUSH_RECONCILE_DURATION).record(started.elapsed().as_secs_f64());
+    result
+}
+
+fn delivery_error_policy(delivery: Arc<ManifestDelivery>, error: &Error, ctx: Arc<PushContext>) -> Action {
+    let reference = ObjectRef::from_obj(delivery.as_ref());
+    let delay = ctx.unreachable_backoff(&reference);
+    tracing::warn!(delivery = %reference, %error, retry_in_ms = delay.as_millis() as u64, "delivery reconcile failed");
+    Action::requeue(delay)
+}
+
+fn push_error_policy(push: Arc<ManifestPush>, error: &Error, _: Arc<PushContext>) -> Action {
+    let conflict = matches!(error, Error::Kube(kube::Error::Api(e)) if e.code == 409);
+    if !conflict {
+        tracing::warn!(push = %push.name_any(), namespace = ?push.namespace(), %error, "push reconcile failed");
+    }
+    Action::requeue(Duration::from_secs(if conflict { 1 } else { 5 }))
+}
+
+/// The last value of something per cluster, to map only real changes to reconciles (a ManagedCluster's
+/// status changes at every Lease renewal).
+struct Changes<T>(Mutex<HashMap<String, T>>);
+
+impl<T> Default for Changes<T> {
+    fn default() -> Self {
+        Self(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<T: PartialEq> Changes<T> {
+    fn changed(&self, cluster: &str, value: T) -> bool {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if all.get(cluster) == Some(&value) {
+            return false;
+        }
+        all.insert(cluster.to_string(), value);
+        true
+    }
+}

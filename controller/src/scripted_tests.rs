@@ -104,6 +104,7 @@ async fn cleanup_revokes_then_deletes_leases_then_drops_the_finalizer() {
     let (ctx, api) = context(
         vec![],
         vec![
+            call(Method::GET, DELIVERIES_PATH, 200, deliveries(&[])),
             call(Method::GET, "/api/v1/namespaces/tether-system/configmaps/tether-revocations", 404, not_found()),
             call(
                 Method::PATCH,
@@ -124,17 +125,17 @@ async fn cleanup_revokes_then_deletes_leases_then_drops_the_finalizer() {
     assert_eq!(action, Action::await_change());
     let seen = api.await.unwrap();
     assert!(
-        seen.calls[1].1.contains("fieldManager=tether-controller"),
+        seen.calls[2].1.contains("fieldManager=tether-controller"),
         "revocation is a server-side apply: {}",
-        seen.calls[1].1
-    );
-    assert!(seen.calls[1].2["data"]["a"].is_string());
-    assert!(
-        seen.calls[2].1.contains("labelSelector=tether.io%2Fcluster%3Da"),
-        "only this cluster's leases: {}",
         seen.calls[2].1
     );
-    assert_eq!(seen.calls[3].2["metadata"]["finalizers"], json!([]));
+    assert!(seen.calls[2].2["data"]["a"].is_string());
+    assert!(
+        seen.calls[3].1.contains("labelSelector=tether.io%2Fcluster%3Da"),
+        "only this cluster's leases: {}",
+        seen.calls[3].1
+    );
+    assert_eq!(seen.calls[4].2["metadata"]["finalizers"], json!([]));
     assert_eq!(seen.event_reasons, ["Unregistered"]);
 }
 
@@ -143,10 +144,51 @@ async fn cleanup_waits_while_a_tunnel_server_still_holds_the_cluster() {
     let revoked = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "tether-revocations"}, "data": {"a": "2026-01-01T00:00:00Z"}});
     let (ctx, api) = context(
         vec![lease("hub-0", "connected")],
-        vec![call(Method::GET, "/api/v1/namespaces/tether-system/configmaps/tether-revocations", 200, revoked)],
+        vec![
+            call(Method::GET, DELIVERIES_PATH, 200, deliveries(&[])),
+            call(Method::GET, "/api/v1/namespaces/tether-system/configmaps/tether-revocations", 200, revoked),
+        ],
     );
     let action = reconcile(Arc::new(cluster(&[FINALIZER], true)), Arc::new(ctx)).await.unwrap();
     // Already revoked (the first time is kept); the leases stay until the tunnel has closed.
     assert_eq!(action, Action::requeue(LIVENESS.renew_interval));
-    assert_eq!(api.await.unwrap().calls.len(), 1);
+    assert_eq!(api.await.unwrap().calls.len(), 2);
+}
+
+const DELIVERIES_PATH: &str = "/apis/tether.io/v1alpha1/manifestdeliveries?&labelSelector=tether.io%2Fcluster%3Da";
+
+fn deliveries(names: &[(&str, bool)]) -> serde_json::Value {
+    let items: Vec<serde_json::Value> = names
+        .iter()
+        .map(|(name, deleting)| {
+            let mut metadata = json!({"name": name, "namespace": "team-a"});
+            if *deleting {
+                metadata["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+            }
+            json!({"apiVersion": "tether.io/v1alpha1", "kind": "ManifestDelivery", "metadata": metadata,
+                   "spec": {"cluster": "a", "push": "web", "pushGeneration": 1, "manifests": []}})
+        })
+        .collect();
+    json!({"apiVersion": "tether.io/v1alpha1", "kind": "ManifestDeliveryList", "metadata": {}, "items": items})
+}
+
+#[tokio::test]
+async fn cleanup_first_removes_the_pushed_objects_and_revokes_only_once_they_are_gone() {
+    let (ctx, api) = context(
+        vec![],
+        vec![
+            call(Method::GET, DELIVERIES_PATH, 200, deliveries(&[("web.a", false), ("db.a", true)])),
+            call(
+                Method::DELETE,
+                "/apis/tether.io/v1alpha1/namespaces/team-a/manifestdeliveries/web.a?",
+                200,
+                json!({"apiVersion": "tether.io/v1alpha1", "kind": "ManifestDelivery", "metadata": {"name": "web.a"},
+                       "spec": {"cluster": "a", "push": "web", "pushGeneration": 1, "manifests": []}}),
+            ),
+        ],
+    );
+    let action = reconcile(Arc::new(cluster(&[FINALIZER], true)), Arc::new(ctx)).await.unwrap();
+    assert_eq!(action, Action::requeue(std::time::Duration::from_secs(2)));
+    let seen = api.await.unwrap();
+    assert_eq!(seen.calls.len(), 2, "no revocation while a delivery's finalizer still cleans the spoke");
 }

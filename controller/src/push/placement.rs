@@ -25,10 +25,10 @@ impl<'a> Compiled<'a> {
         Ok(Self { names: &placement.cluster_names, selector, selects_nothing })
     }
 
-    /// Whether `cluster` is selected: the hub accepts it, and it is named (when names are given) and its
+    /// Whether `cluster` is selected: the hub accepts it, it is not being unregistered, and it is named (when names are given) and its
     /// metadata labels match (when a selector is given).
     pub fn selects(&self, cluster: &ManagedCluster) -> bool {
-        if self.selects_nothing || !cluster.spec.hub_accepts_client {
+        if self.selects_nothing || !cluster.spec.hub_accepts_client || cluster.metadata.deletion_timestamp.is_some() {
             return false;
         }
         let named = self.names.is_empty() || self.names.iter().any(|n| *n == cluster.name_any());
@@ -58,7 +58,11 @@ mod tests {
     }
 
     fn clusters() -> Vec<ManagedCluster> {
+        let mut leaving = cluster("eu-4", true, &[("region", "eu"), ("env", "prod")]);
+        leaving.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()));
         vec![
+            leaving,
             cluster("eu-1", true, &[("region", "eu"), ("env", "prod")]),
             cluster("eu-2", true, &[("region", "eu"), ("env", "dev")]),
             cluster("us-1", true, &[("region", "us"), ("env", "prod")]),
@@ -80,7 +84,7 @@ mod tests {
     #[test]
     fn names_and_labels_select_accepted_clusters_and_both_together_intersect() {
         let by_label = Placement { label_selector: Some(labels(&[("region", "eu")])), ..Default::default() };
-        assert_eq!(select(by_label), ["eu-1", "eu-2"], "eu-3 is not accepted");
+        assert_eq!(select(by_label), ["eu-1", "eu-2"], "eu-3 is not accepted, eu-4 is leaving");
         let by_name =
             Placement { cluster_names: vec!["us-1".into(), "eu-3".into(), "nope".into()], ..Default::default() };
         assert_eq!(select(by_name), ["us-1"]);

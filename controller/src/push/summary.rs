@@ -29,7 +29,8 @@ pub fn cluster_state(delivery: Option<&ManifestDelivery>, generation: i64) -> Cl
     }
 }
 
-fn failed(result: ApplyResult) -> bool {
+/// Whether a manifest's result is a failure (of the object, not of reaching the cluster).
+pub fn failed(result: ApplyResult) -> bool {
     matches!(
         result,
         ApplyResult::Failed

@@ -1,0 +1,133 @@
+//! Clients for the spokes, through the hub's proxy: one per (cluster, push namespace), each acting as that
+//! namespace's push identity (user `tether:push:<namespace>`, group `tether:pushers`) with the controller's
+//! own credentials, so the hub authorizes the push as that identity and the spoke's RBAC decides what it
+//! may do there. Also what each spoke serves (discovery), resolved kind by kind and remembered.
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::discovery::{ApiCapabilities, Scope};
+use tether_api::push::{push_user, PUSHERS_GROUP};
+
+use crate::{Error, Result};
+
+/// How the controller reaches the proxy.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// The proxy's base URL; a cluster is at `<url>/clusters/<name>`.
+    pub url: http::Uri,
+    /// The CA certificates (DER) the proxy's serving certificate is checked against.
+    pub ca: Vec<Vec<u8>>,
+    /// The controller's bearer token, re-read by the client as it rotates.
+    pub token_file: PathBuf,
+    /// Deadline of each request (watches excepted).
+    pub timeout: Duration,
+}
+
+/// A resolved kind: how to address it and whether it is namespaced.
+#[derive(Debug, Clone)]
+pub struct Kind {
+    pub resource: ApiResource,
+    pub namespaced: bool,
+}
+
+/// Why a kind could not be resolved.
+#[derive(Debug)]
+pub enum Resolve {
+    /// The spoke does not serve it (its group/version, or the kind within it).
+    Unknown,
+    /// Asking failed (the tunnel is down, a timeout, a refusal): try again later.
+    Failed(kube::Error),
+}
+
+/// Bounds on what is remembered: entries beyond these are dropped wholesale (rebuilt on use), so a hub
+/// with many clusters and namespaces never grows without limit.
+const MAX_CLIENTS: usize = 4096;
+const MAX_KINDS: usize = 16384;
+
+pub struct Spokes {
+    settings: ProxySettings,
+    clients: Mutex<HashMap<(String, String), kube::Client>>,
+    kinds: Mutex<HashMap<(String, GroupVersionKind), Kind>>,
+}
+
+impl Spokes {
+    pub fn new(settings: ProxySettings) -> Self {
+        Self { settings, clients: Default::default(), kinds: Default::default() }
+    }
+
+    /// The client of `cluster` acting as the push identity of `namespace`.
+    pub fn client(&self, cluster: &str, namespace: &str) -> Result<kube::Client> {
+        let key = (cluster.to_string(), namespace.to_string());
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(client) = clients.get(&key) {
+            return Ok(client.clone());
+        }
+        if clients.len() >= MAX_CLIENTS {
+            clients.clear();
+        }
+        let client = self.build(cluster, namespace)?;
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
+
+    fn build(&self, cluster: &str, namespace: &str) -> Result<kube::Client> {
+        let base = self.settings.url.to_string();
+        let url = format!("{}/clusters/{cluster}", base.trim_end_matches('/'));
+        let url: http::Uri =
+            url.parse().map_err(|e| Error::Config { flag: "--proxy-url", reason: format!("{url}: {e}") })?;
+        let mut config = kube::Config::new(url);
+        config.root_cert = Some(self.settings.ca.clone());
+        config.read_timeout = Some(self.settings.timeout);
+        config.write_timeout = Some(self.settings.timeout);
+        config.connect_timeout = Some(self.settings.timeout.min(Duration::from_secs(10)));
+        config.auth_info.token_file = Some(self.settings.token_file.display().to_string());
+        config.auth_info.impersonate = Some(push_user(namespace));
+        config.auth_info.impersonate_groups = Some(vec![PUSHERS_GROUP.to_string()]);
+        Ok(kube::Client::try_from(config)?)
+    }
+
+    /// What `cluster` serves for `gvk`, asked once per kind and remembered until [`Spokes::forget`].
+    pub async fn kind(&self, client: &kube::Client, cluster: &str, gvk: &GroupVersionKind) -> Result<Kind, Resolve> {
+        let key = (cluster.to_string(), gvk.clone());
+        if let Some(kind) = self.kinds.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return Ok(kind.clone());
+        }
+        let (resource, capabilities) = match kube::discovery::pinned_kind(client, gvk).await {
+            Ok(found) => found,
+            Err(kube::Error::Discovery(_)) => return Err(Resolve::Unknown),
+            Err(kube::Error::Api(status)) if status.code == 404 => return Err(Resolve::Unknown),
+            Err(e) => return Err(Resolve::Failed(e)),
+        };
+        let kind = Kind { resource, namespaced: namespaced(&capabilities) };
+        let mut kinds = self.kinds.lock().unwrap_or_else(|e| e.into_inner());
+        if kinds.len() >= MAX_KINDS {
+            kinds.clear();
+        }
+        kinds.insert(key, kind.clone());
+        Ok(kind)
+    }
+
+    /// Forgets what `cluster` serves (a kind it refused as unknown may be served after a CRD appears).
+    pub fn forget(&self, cluster: &str) {
+        self.kinds.lock().unwrap_or_else(|e| e.into_inner()).retain(|(c, _), _| c != cluster);
+    }
+
+    /// Drops every client of `cluster` (it left, or its tunnel moved).
+    pub fn drop_cluster(&self, cluster: &str) {
+        self.clients.lock().unwrap_or_else(|e| e.into_inner()).retain(|(c, _), _| c != cluster);
+        self.forget(cluster);
+    }
+}
+
+fn namespaced(capabilities: &ApiCapabilities) -> bool {
+    matches!(capabilities.scope, Scope::Namespaced)
+}
+
+/// The group, version and kind of an object's `apiVersion` and `kind`.
+pub fn gvk(api_version: &str, kind: &str) -> GroupVersionKind {
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    GroupVersionKind::gvk(group, version, kind)
+}
