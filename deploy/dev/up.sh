@@ -84,7 +84,12 @@ for s in "${SPOKES[@]}"; do
   in_ns "$s" bash "$ROOT/deploy/dev/cluster.sh" start "$s" "$DEV/$s" $(node_flag "$s") >/dev/null &
   pids+=("$!")
 done
-bash "$ROOT/deploy/dev/cluster.sh" start hub "$DEV/hub" >/dev/null
+# The controller's own hub user (a static token): the tunnel-server lets it act only as push identities.
+head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$DEV/controller.token"
+chmod 600 "$DEV/controller.token"
+printf '%s,tether-controller,tether-controller,"tether:controllers"\n' "$(cat "$DEV/controller.token")" \
+  >"$DEV/hub-tokens.csv"
+bash "$ROOT/deploy/dev/cluster.sh" start hub "$DEV/hub" --extra-tokens "$DEV/hub-tokens.csv" >/dev/null
 for p in "${pids[@]}"; do wait "$p" || { echo "a spoke did not start; logs in $DEV/spoke-*/" >&2; exit 1; }; done
 HUB_KUBECONFIG=$DEV/hub/kubeconfig
 
@@ -116,7 +121,8 @@ say "starting tunnel-server (proxy https://localhost:$PROXY_PORT, QUIC udp/$QUIC
 daemon tunnel-server "$BIN/tunnel-server" serve \
   --quic-addr "0.0.0.0:$QUIC_PORT" --proxy-addr "127.0.0.1:$PROXY_PORT" --ops-addr 127.0.0.1:0 \
   --tls-cert "$DEV/pki/hub/tls.crt" --tls-key "$DEV/pki/hub/tls.key" --tunnel-ca "$DEV/pki/ca.crt" \
-  --client-ca "$DEV/hub/ca.crt" --hub-kubeconfig "$HUB_KUBECONFIG" --ready-file "$DEV/server.ready"
+  --client-ca "$DEV/hub/ca.crt" --hub-kubeconfig "$HUB_KUBECONFIG" --ready-file "$DEV/server.ready" \
+  --push-controllers tether-controller
 wait_file "$DEV/server.ready" tunnel-server "$DEV/logs/tunnel-server.log"
 
 say "starting the controller"
@@ -125,7 +131,9 @@ say "starting the controller"
 # loopback.
 daemon controller "$BIN/controller" --hub-kubeconfig "$HUB_KUBECONFIG" --ops-addr 127.0.0.1:0 \
   --ca-cert "$DEV/pki/ca.crt" --ca-key "$DEV/pki/ca.key" --bootstrap-requester admin \
-  --hub-address "127.0.0.1:$QUIC_PORT" --hub-ca "$DEV/pki/ca.crt"
+  --hub-address "127.0.0.1:$QUIC_PORT" --hub-ca "$DEV/pki/ca.crt" \
+  --proxy-url "https://localhost:$PROXY_PORT" --proxy-ca "$DEV/pki/ca.crt" \
+  --proxy-token-file "$DEV/controller.token"
 
 say "starting a tunnel-client in each spoke"
 for s in "${SPOKES[@]}"; do

@@ -53,11 +53,7 @@ pub fn classify(error: &kube::Error) -> Refusal {
 /// Writes `manifest` through `api` by its strategy.
 pub async fn write(api: &Api<DynamicObject>, name: &str, manifest: &DeliveredManifest) -> Outcome {
     let result = match manifest.strategy {
-        Strategy::ServerSideApply => {
-            let mut params = PatchParams::apply(FIELD_MANAGER);
-            params.force = manifest.force;
-            api.patch(name, &params, &Patch::Apply(&manifest.object)).await.map(|o| Outcome::Written(Box::new(o)))
-        }
+        Strategy::ServerSideApply => apply(api, name, manifest).await,
         Strategy::CreateOnly => create_only(api, name, &manifest.object).await,
         Strategy::ReadOnly => match api.get_opt(name).await {
             Ok(Some(object)) => Ok(Outcome::Observed(Box::new(object))),
@@ -66,6 +62,36 @@ pub async fn write(api: &Api<DynamicObject>, name: &str, manifest: &DeliveredMan
         },
     };
     result.unwrap_or_else(|e| Outcome::Refused(classify(&e)))
+}
+
+/// Server-side apply. A conflict with fields someone edited by hand (an `Update`: `kubectl edit`, `patch`,
+/// `scale`) is drift, and the push's value is put back; a conflict with another *applier* (a second
+/// declarative owner) is reported, unless the manifest says `force`.
+async fn apply(api: &Api<DynamicObject>, name: &str, manifest: &DeliveredManifest) -> kube::Result<Outcome> {
+    let mut params = PatchParams::apply(FIELD_MANAGER);
+    params.force = manifest.force;
+    match api.patch(name, &params, &Patch::Apply(&manifest.object)).await {
+        Err(kube::Error::Api(status)) if status.code == 409 && !manifest.force => {
+            let existing = api.get_opt(name).await?;
+            if existing.as_ref().is_some_and(|o| other_appliers(o).is_empty()) {
+                params.force = true;
+                let object = api.patch(name, &params, &Patch::Apply(&manifest.object)).await?;
+                return Ok(Outcome::Written(Box::new(object)));
+            }
+            Err(kube::Error::Api(status))
+        }
+        result => result.map(|o| Outcome::Written(Box::new(o))),
+    }
+}
+
+/// Field managers other than the push's that own fields by server-side apply.
+pub fn other_appliers(object: &DynamicObject) -> Vec<String> {
+    let entries = object.metadata.managed_fields.iter().flatten();
+    entries
+        .filter(|e| e.operation.as_deref() == Some("Apply"))
+        .filter_map(|e| e.manager.clone())
+        .filter(|m| m != FIELD_MANAGER)
+        .collect()
 }
 
 async fn create_only(api: &Api<DynamicObject>, name: &str, object: &Value) -> kube::Result<Outcome> {
@@ -127,6 +153,27 @@ mod tests {
         }))
         .unwrap();
         kube::Error::Api(Box::new(status))
+    }
+
+    #[test]
+    fn only_other_appliers_make_a_conflict_stick() {
+        let object = |entries: serde_json::Value| -> DynamicObject {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "x", "managedFields": entries}
+            }))
+            .unwrap()
+        };
+        let hand_edited = object(serde_json::json!([
+            {"manager": FIELD_MANAGER, "operation": "Apply"},
+            {"manager": "kubectl-patch", "operation": "Update"},
+        ]));
+        assert!(other_appliers(&hand_edited).is_empty());
+        let shared = object(serde_json::json!([
+            {"manager": FIELD_MANAGER, "operation": "Apply"},
+            {"manager": "argocd", "operation": "Apply"},
+        ]));
+        assert_eq!(other_appliers(&shared), ["argocd"]);
     }
 
     #[test]

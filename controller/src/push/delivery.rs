@@ -120,7 +120,8 @@ impl Pass {
             pass.results.extend(leftover);
         }
         if pass.unreachable.is_none() {
-            ctx.drift.sync(reference, &client, &owner, std::mem::take(&mut pass.scopes));
+            let watch_client = ctx.spokes.watch_client(cluster, &namespace)?;
+            ctx.drift.sync(reference, &watch_client, &owner, std::mem::take(&mut pass.scopes));
             pass.memory.generation = Some(generation);
             if pass.full {
                 pass.memory.resync_due = Some(Instant::now() + resync);
@@ -456,6 +457,8 @@ pub fn condition(
     generation: Option<i64>,
     now: Timestamp,
 ) -> Condition {
+    // An empty message is sent as null, which the CRD's schema refuses.
+    let message = if message.is_empty() { reason.to_string() } else { message };
     let since = old
         .iter()
         .find(|c| c.type_ == type_ && c.status == status)

@@ -187,6 +187,9 @@ async fn run(
                 false
             }
         };
+        if changed {
+            tracing::debug!(delivery = %delivery, "drift watch saw a change");
+        }
         // A full channel means a reconcile is queued already; the delivery's reconcile reads the mirror.
         if changed {
             let _ = trigger.try_send(delivery.clone());

@@ -47,9 +47,15 @@ pub enum Resolve {
 const MAX_CLIENTS: usize = 4096;
 const MAX_KINDS: usize = 16384;
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Use {
+    Requests,
+    Watches,
+}
+
 pub struct Spokes {
     settings: ProxySettings,
-    clients: Mutex<HashMap<(String, String), kube::Client>>,
+    clients: Mutex<HashMap<(String, String, Use), kube::Client>>,
     kinds: Mutex<HashMap<(String, GroupVersionKind), Kind>>,
 }
 
@@ -58,9 +64,20 @@ impl Spokes {
         Self { settings, clients: Default::default(), kinds: Default::default() }
     }
 
-    /// The client of `cluster` acting as the push identity of `namespace`.
+    /// The client of `cluster` acting as the push identity of `namespace`, each request bounded by the
+    /// timeout.
     pub fn client(&self, cluster: &str, namespace: &str) -> Result<kube::Client> {
-        let key = (cluster.to_string(), namespace.to_string());
+        self.cached(cluster, namespace, Use::Requests)
+    }
+
+    /// The same for watches: no read timeout (a quiet watch sends nothing for minutes; the apiserver ends
+    /// it after its own timeout).
+    pub fn watch_client(&self, cluster: &str, namespace: &str) -> Result<kube::Client> {
+        self.cached(cluster, namespace, Use::Watches)
+    }
+
+    fn cached(&self, cluster: &str, namespace: &str, purpose: Use) -> Result<kube::Client> {
+        let key = (cluster.to_string(), namespace.to_string(), purpose);
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(client) = clients.get(&key) {
             return Ok(client.clone());
@@ -68,19 +85,21 @@ impl Spokes {
         if clients.len() >= MAX_CLIENTS {
             clients.clear();
         }
-        let client = self.build(cluster, namespace)?;
+        let client = self.build(cluster, namespace, purpose)?;
         clients.insert(key, client.clone());
         Ok(client)
     }
 
-    fn build(&self, cluster: &str, namespace: &str) -> Result<kube::Client> {
+    fn build(&self, cluster: &str, namespace: &str, purpose: Use) -> Result<kube::Client> {
         let base = self.settings.url.to_string();
         let url = format!("{}/clusters/{cluster}", base.trim_end_matches('/'));
         let url: http::Uri =
             url.parse().map_err(|e| Error::Config { flag: "--proxy-url", reason: format!("{url}: {e}") })?;
         let mut config = kube::Config::new(url);
         config.root_cert = Some(self.settings.ca.clone());
-        config.read_timeout = Some(self.settings.timeout);
+        config.read_timeout = (purpose == Use::Requests).then_some(self.settings.timeout);
+        // An unreachable cluster is the delivery's to retry (it says Pending meanwhile), not each request's.
+        config.default_retry = false;
         config.write_timeout = Some(self.settings.timeout);
         config.connect_timeout = Some(self.settings.timeout.min(Duration::from_secs(10)));
         config.auth_info.token_file = Some(self.settings.token_file.display().to_string());
@@ -117,7 +136,7 @@ impl Spokes {
 
     /// Drops every client of `cluster` (it left, or its tunnel moved).
     pub fn drop_cluster(&self, cluster: &str) {
-        self.clients.lock().unwrap_or_else(|e| e.into_inner()).retain(|(c, _), _| c != cluster);
+        self.clients.lock().unwrap_or_else(|e| e.into_inner()).retain(|(c, _, _), _| c != cluster);
         self.forget(cluster);
     }
 }

@@ -12,6 +12,7 @@ mod node;
 mod ops;
 mod policy;
 mod portforward;
+mod push;
 mod register;
 mod revocation;
 mod rotation;
@@ -38,6 +39,7 @@ pub fn all() -> Vec<(&'static str, Case)> {
     all.extend(ops::cases());
     all.extend(leases::cases());
     all.extend(controller::cases());
+    all.extend(push::cases());
     all.extend(deploy::cases());
     all.extend(unregister::cases());
     all.extend(register::cases());

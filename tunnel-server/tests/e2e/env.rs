@@ -28,6 +28,8 @@ pub const HUB_REPLICA: &str = "e2e-hub";
 /// (`admin-token`), both in `system:masters` on the hub. The spokes' identity policy never passes
 /// `system:masters`, so every spoke grants these users cluster-admin explicitly, as `up.sh` does.
 pub const HUB_ADMINS: [&str; 2] = ["admin", "admin-token"];
+/// The controller's user on the hub (a static token), named in the tunnel-server's --push-controllers.
+pub const PUSH_CONTROLLER: &str = "tether-controller";
 /// More hub token users, for the identity-policy cases: (user, groups).
 pub const POLICY_USERS: [(&str, &str); 3] = [
     ("carol", "system:masters"),
@@ -194,6 +196,10 @@ impl Env {
             lines.push_str(&format!("{token},{user},policy{i}-uid,\"{groups}\"\n"));
             policy_tokens.insert(*user, token);
         }
+        // The controller's own hub user, which the tunnel-server lets act only as push identities.
+        let controller_token = format!("controller-{}", rand_suffix());
+        lines.push_str(&format!("{controller_token},{PUSH_CONTROLLER},controller-uid,\"tether:controllers\"\n"));
+        std::fs::write(dir.join("controller.token"), &controller_token)?;
         std::fs::write(&tokens, lines)?;
 
         // Network namespaces first, then all four clusters start side by side.
@@ -301,6 +307,7 @@ impl Env {
             secrets: Mutex::new(Vec::new()),
             follows: Mutex::new(Vec::new()),
         };
+        env.remember_secret(&std::fs::read_to_string(env.dir.join("controller.token"))?);
         for spoke in &env.spokes {
             let kubeconfig = std::fs::read_to_string(spoke.cluster.dir.join("tether-client.kubeconfig"))?;
             let token = kubeconfig.lines().find_map(|l| l.trim().strip_prefix("token:")).context("client token")?;
@@ -353,6 +360,7 @@ impl Env {
             .args(["--replica-id", HUB_REPLICA, "--lease-renew-interval", "1s", "--lease-duration", "5s"])
             // A small stream window makes the slow-reader case fill it quickly.
             .args(["--stream-window", "1048576"])
+            .args(["--push-controllers", PUSH_CONTROLLER])
             .arg("--ready-file")
             .arg(self.dir.join("server.ready"))
             .env("TETHER_LOG", "info,tunnel_server=debug");
@@ -495,6 +503,13 @@ impl Env {
             .args(["--hub-address", &format!("127.0.0.1:{}", self.addrs.quic_port)])
             .arg("--hub-ca")
             .arg(self.dir.join("pki/ca.crt"))
+            // Pushes go through the proxy as the controller's own hub user.
+            .args(["--proxy-url", &format!("https://localhost:{}", self.addrs.proxy.port())])
+            .arg("--proxy-ca")
+            .arg(self.dir.join("pki/ca.crt"))
+            .arg("--proxy-token-file")
+            .arg(self.dir.join("controller.token"))
+            .args(["--push-resync", "30s"])
             .env("TETHER_LOG", "info,controller=debug");
         *self.controller.lock().unwrap() = Some(Proc::spawn("controller", c, &self.logs)?);
         Ok(())
