@@ -92,19 +92,28 @@ pub async fn run(hub: kube::Client, settings: PushSettings, reporter: Reporter, 
     let push_controller = Controller::new(pushes_api, watcher::Config::default())
         .with_config(controller::Config::default().concurrency(settings.concurrency));
     let pushes = push_controller.store();
-    // A cluster's labels or acceptance changing may change every push's placement.
+    // A cluster's labels or acceptance changing may change every push's placement. The pushes are
+    // reconciled once the mirror the reconciler reads holds that change (it is fed by another watch).
     let placement_inputs = Changes::default();
+    let (replace, replaced) = tokio::sync::mpsc::channel(4096);
+    let mapper_clusters = clusters.clone();
     let push_ctx = ctx.clone();
     let push_controller = push_controller
         .owns(deliveries_api, watcher::Config::default())
         .watches(clusters_api, watcher::Config::default(), move |cluster| {
             let inputs = (cluster.labels().clone(), cluster.spec.hub_accepts_client);
             if placement_inputs.changed(&cluster.name_any(), inputs) {
-                pushes.state().iter().map(|p| ObjectRef::from_obj(p.as_ref())).collect()
-            } else {
-                Vec::new()
+                let (pushes, mirror, replace) = (pushes.clone(), mapper_clusters.clone(), replace.clone());
+                tokio::spawn(async move {
+                    mirrored(&mirror, &cluster).await;
+                    for push in pushes.state() {
+                        let _ = replace.send(ObjectRef::from_obj(push.as_ref())).await;
+                    }
+                });
             }
+            Vec::<ObjectRef<ManifestPush>>::new()
         })
+        .reconcile_on(futures::stream::unfold(replaced, |mut rx| async { rx.recv().await.map(|r| (r, rx)) }))
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(fanout::reconcile, push_error_policy, push_ctx);
     let ready_ctx = ctx.clone();
@@ -128,6 +137,21 @@ pub async fn run(hub: kube::Client, settings: PushSettings, reporter: Reporter, 
     };
     tracing::info!("push controllers running");
     tokio::join!(delivery_controller, push_controller, watches);
+}
+
+/// Waits (at most 5 s) until `mirror` holds `cluster` at its resourceVersion or later.
+async fn mirrored(mirror: &reflector::Store<ManagedCluster>, cluster: &ManagedCluster) {
+    let wanted = cluster.resource_version();
+    let parse = |rv: Option<String>| rv.and_then(|v| v.parse::<u64>().ok());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < deadline {
+        let held = mirror.get(&ObjectRef::from_obj(cluster)).and_then(|c| c.resource_version());
+        // resourceVersions are opaque, but etcd's are numbers: a later one counts too.
+        if held == wanted || matches!((parse(held), parse(wanted.clone())), (Some(h), Some(w)) if h >= w) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn timed_delivery(delivery: Arc<ManifestDelivery>, ctx: Arc<PushContext>) -> Result<Action, Error> {

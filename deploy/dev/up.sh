@@ -146,6 +146,38 @@ for s in "${SPOKES[@]}"; do
   wait_file "$DEV/client-$s.ready" "tunnel-client $s" "$DEV/logs/tunnel-client-$s.log"
 done
 
+say "letting hub namespace team-a push to the spokes (hub and spoke RBAC, as the README shows)"
+"$KUBECTL" --kubeconfig "$HUB_KUBECONFIG" apply -f - >/dev/null <<'YAML'
+apiVersion: v1
+kind: Namespace
+metadata: {name: team-a}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: push-to-clusters}
+rules: [{apiGroups: [tether.io], resources: [managedclusters/proxy], verbs: ['*']}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: push-team-a}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: push-to-clusters}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: "tether:push:team-a"}]
+YAML
+for s in "${SPOKES[@]}"; do
+  "$KUBECTL" --kubeconfig "$HUB_KUBECONFIG" label managedcluster "$s" env=dev --overwrite >/dev/null
+  in_ns "$s" "$KUBECTL" --kubeconfig "$DEV/$s/kubeconfig" apply -f - >/dev/null <<'YAML'
+apiVersion: v1
+kind: Namespace
+metadata: {name: team-a}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: tether-push, namespace: team-a}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: admin}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: "tether:push:team-a"}]
+YAML
+done
+
 "$BIN/tunnel-server" kubeconfig --server "https://localhost:$PROXY_PORT" --ca-file "$DEV/pki/ca.crt" \
   --hub-kubeconfig "$HUB_KUBECONFIG" --out "$DEV/kubeconfig"
 # One check through the tunnel before saying it works.
@@ -181,6 +213,18 @@ ConfigMap tether-system/tether-identity-policy, followed live, e.g. only hub gro
     --from-literal=allowGroups=devs
 
 The hub itself: KUBECONFIG=$HUB_KUBECONFIG ($KUBECTL get managedclusters shows each spoke's state).
+Push a ConfigMap to every spoke labelled env=dev, as hub namespace team-a (which both spokes allow):
+$KUBECTL --kubeconfig $HUB_KUBECONFIG apply -f - <<'YAML'
+apiVersion: tether.io/v1alpha1
+kind: ManifestPush
+metadata: {name: hello, namespace: team-a}
+spec:
+  placement: {labelSelector: {matchLabels: {env: dev}}}
+  manifests:
+  - {apiVersion: v1, kind: ConfigMap, metadata: {name: hello, namespace: team-a}, data: {greeting: hi}}
+YAML
+  $KUBECTL --kubeconfig $HUB_KUBECONFIG get manifestpushes,manifestdeliveries -n team-a
+  kubectl --context spoke-b get configmap hello -n team-a -o yaml
 A kubectl of the clusters' version: $KUBECTL
 Logs in $DEV/logs. Stop everything with: bash deploy/dev/up.sh down
 MSG

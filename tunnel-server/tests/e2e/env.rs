@@ -651,6 +651,21 @@ impl Env {
         self.hub.kubectl_ok(&["get", "events", "-n", "default", "--field-selector", &selector, "-o", "json"])
     }
 
+    /// The hub's revocation record (ConfigMap `tether-revocations` data, as JSON text; empty when there is
+    /// none yet).
+    pub fn revocations(&self) -> Result<String> {
+        let out = self.hub.kubectl(&[
+            "get",
+            "configmap",
+            "tether-revocations",
+            "-n",
+            "tether-system",
+            "-o",
+            "jsonpath={.data}",
+        ])?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     pub fn hub_kubectl_ok(&self, context: &str, args: &[&str]) -> Result<String> {
         let output = self.hub_kubectl(&self.kubeconfig, context, args)?;
         if !output.status.success() {

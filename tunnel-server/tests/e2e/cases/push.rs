@@ -545,15 +545,7 @@ fn third_cluster(env: &Env) -> Result<()> {
             let out = env.hub.kubectl(&["get", "managedcluster", &cluster])?;
             Ok((!out.status.success()).then_some(()))
         })?;
-        let revoked = env.hub.kubectl_ok(&[
-            "get",
-            "configmap",
-            "tether-revocations",
-            "-n",
-            "tether-system",
-            "-o",
-            "jsonpath={.data}",
-        ])?;
+        let revoked = env.revocations()?;
         if !revoked.contains(&cluster) {
             bail!("not revoked after the cleanup: {revoked}");
         }

@@ -43,16 +43,8 @@ fn unregister(env: &Env) -> Result<()> {
         if reachable(env, cluster)? != StatusCode::OK {
             bail!("the tunnel closed while a user finalizer still held the cluster");
         }
-        let revoked = env.hub.kubectl(&[
-            "get",
-            "configmap",
-            "tether-revocations",
-            "-n",
-            "tether-system",
-            "-o",
-            "jsonpath={.data}",
-        ])?;
-        if String::from_utf8_lossy(&revoked.stdout).contains(cluster) {
+        let revoked = env.revocations()?;
+        if revoked.contains(cluster) {
             bail!("revoked before the user's finalizer was removed");
         }
 
@@ -71,15 +63,7 @@ fn unregister(env: &Env) -> Result<()> {
         })?;
         // Certificates revoked (the record survives hub restarts: it is in the API), leases gone, and the
         // client is refused at its next handshake.
-        let revoked = env.hub.kubectl_ok(&[
-            "get",
-            "configmap",
-            "tether-revocations",
-            "-n",
-            "tether-system",
-            "-o",
-            "jsonpath={.data}",
-        ])?;
+        let revoked = env.revocations()?;
         if !revoked.contains(cluster) {
             bail!("no revocation recorded: {revoked}");
         }
