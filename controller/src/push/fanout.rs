@@ -192,9 +192,7 @@ async fn write_delivery(
         [(PUSH_LABEL.to_string(), push.name_any()), (CLUSTER_LABEL.to_string(), delivery.spec.cluster.clone())].into(),
     );
     delivery.metadata.owner_references = Some(vec![owner]);
-    let mut value = serde_json::to_value(&delivery).map_err(|e| Error::Config { flag: "-", reason: e.to_string() })?;
-    value["metadata"].as_object_mut().map(|m| m.remove("managedFields"));
-    let written = api.patch(&name, &PatchParams::apply(HUB_MANAGER).force(), &Patch::Apply(&value)).await?;
+    let written = api.patch(&name, &PatchParams::apply(HUB_MANAGER).force(), &Patch::Apply(&delivery)).await?;
     tracing::info!(delivery = %name, cluster = %written.spec.cluster, generation = written.spec.push_generation, "delivery written");
     Ok(written)
 }
