@@ -340,10 +340,12 @@ fn refusals(env: &Env) -> Result<()> {
     if on_spoke(b, "configmap", &ns, "good")?.is_some() {
         bail!("spoke-b did not authorise the push, yet the object exists");
     }
-    let status = push_status(env, &ns, "mixed")?;
-    if status["summary"]["failed"] != 2 || status["failedClusters"].as_array().map(Vec::len) != Some(2) {
-        bail!("both clusters must be listed as failed: {status}");
-    }
+    // The push's summary follows its deliveries' status: wait for both to be counted.
+    wait_for("both clusters listed as failed", DEADLINE, || {
+        let status = push_status(env, &ns, "mixed")?;
+        let listed = status["failedClusters"].as_array().map(Vec::len) == Some(2);
+        Ok((status["summary"]["failed"] == 2 && listed).then_some(()))
+    })?;
     wait_for("a Forbidden event", DEADLINE, || {
         Ok(delivery_events(env, &ns, "mixed.spoke-b")?.contains("Forbidden").then_some(()))
     })?;
