@@ -50,7 +50,12 @@ impl Apiserver {
     /// Builds the kube binaries unless cached (minutes, once per machine), then starts a cluster in `dir`
     /// and returns once it serves.
     pub fn start(dir: &Path, args: &ApiserverArgs) -> Result<Self> {
-        Self::launch(dir, args, None)
+        Self::launch(dir, args, None, &[])
+    }
+
+    /// The same, also accepting the static bearer tokens `tokens`: (token, user, groups).
+    pub fn start_with_tokens(dir: &Path, args: &ApiserverArgs, tokens: &[(&str, &str, &str)]) -> Result<Self> {
+        Self::launch(dir, args, None, tokens)
     }
 
     /// The same with a real node (`cluster.sh --node`: scheduler, containerd, kubelet) inside network namespace
@@ -60,12 +65,16 @@ impl Apiserver {
     /// Ctrl-C at the terminal: a killed `cluster.sh` cannot stop its containers, which would outlive the run.
     /// The caller stops it however the run ends (`loadtest node` does so from a process of its own).
     pub fn start_node(dir: &Path, args: &ApiserverArgs, netns: &str) -> Result<Self> {
-        Self::launch(dir, args, Some(netns))
+        Self::launch(dir, args, Some(netns), &[])
     }
 
-    fn launch(dir: &Path, args: &ApiserverArgs, netns: Option<&str>) -> Result<Self> {
+    fn launch(dir: &Path, args: &ApiserverArgs, netns: Option<&str>, tokens: &[(&str, &str, &str)]) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
         let dir = dir.canonicalize()?;
+        let tokens_file = dir.join("extra-tokens.csv");
+        let lines: String =
+            tokens.iter().map(|(token, user, groups)| format!("{token},{user},{user},\"{groups}\"\n")).collect();
+        write_private(&tokens_file, &lines)?;
         let deploy = &args.deploy_dir;
         let build_log = dir.join("build-kube.log");
         let out = std::fs::File::create(&build_log)?;
@@ -100,7 +109,7 @@ impl Apiserver {
         if let Some(streams) = args.apiserver_http2_streams {
             command.env("APISERVER_ARGS", format!("--http2-max-streams-per-connection={streams}"));
         }
-        command.args(["run", "loadtest"]).arg(&dir);
+        command.args(["run", "loadtest"]).arg(&dir).arg("--extra-tokens").arg(&tokens_file);
         if netns.is_some() {
             command.arg("--node");
         }
@@ -254,6 +263,14 @@ fn component_pid(dir: &Path, component: &str) -> Result<u32> {
     pids.lines()
         .find_map(|l| l.strip_prefix(component)?.strip_prefix(' ')?.trim().parse().ok())
         .with_context(|| format!("the {component}'s pid in the cluster's pids file"))
+}
+
+/// Writes a file only its owner may read: it holds tokens.
+pub(crate) fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    file.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))
 }
 
 /// The last lines of a log, for an error message.

@@ -250,15 +250,12 @@ pub(crate) fn tether_kubeconfig(dir: &Path, pki: &Pki, hub: &Hub) -> Result<Path
 
 /// A kubeconfig with a bearer token, readable by its owner only.
 fn write_kubeconfig(path: &Path, server: &str, ca: &Path, token: &str) -> Result<PathBuf> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let text = format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\n    \
          certificate-authority: {}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n\
          users:\n- name: u\n  user:\n    token: {token}\n",
         ca.display()
     );
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
-    file.write_all(text.as_bytes())?;
+    crate::apiserver::write_private(path, &text)?;
     Ok(path.to_path_buf())
 }

@@ -5,17 +5,20 @@
 //! library behind a fixed allow-all reviewer, as if every answer came from its cache), the spoke
 //! (`tunnel-client`'s library, exactly as its binary runs it) and a TLS backend standing in for a spoke
 //! apiserver. They are this binary, re-executed with a hidden role, so that one `cargo run -p loadtest`
-//! builds everything. `watches` and `kubectl` start a real kube-apiserver with `deploy/dev/cluster.sh`, and
-//! `node` one with a real node (kubelet, containerd) in a network namespace of its own.
+//! builds everything. `watches` and `kubectl` start a real kube-apiserver with `deploy/dev/cluster.sh`,
+//! `node` one with a real node (kubelet, containerd) in a network namespace of its own, and `push` one for the
+//! hub and one per spoke, with the real tunnel-server and controller between them.
 pub mod apiserver;
 pub mod bulk;
 pub mod client;
+pub mod fake_api;
 pub mod kubectl;
 pub mod memory;
 pub mod node;
 pub mod pki;
 pub mod process;
 pub mod proxy;
+pub mod push;
 pub mod reconnect;
 pub mod report;
 pub mod roles;
@@ -54,6 +57,9 @@ pub enum Command {
     /// kubectl port-forward, exec and logs -f against a real node behind a firewall, through the hub and
     /// directly (needs root).
     Node(node::Options),
+    /// A push of many manifests to a real spoke against applying them directly, drift correction, and one
+    /// push to many simulated spokes: time, memory per cluster, status size.
+    Push(push::Options),
     /// A component of a run (internal).
     #[command(hide = true)]
     Role(roles::Role),
@@ -85,5 +91,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reconnect(o) => report::finish(&o.common.clone(), reconnect::run(o)),
         Command::Kubectl(o) => report::finish(&o.common.clone(), kubectl::run(o)),
         Command::Node(o) => report::finish(&o.common.clone(), node::run(o)),
+        Command::Push(o) => report::finish(&o.common.clone(), push::run(o)),
     }
 }

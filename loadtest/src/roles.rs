@@ -42,6 +42,11 @@ pub enum RoleKind {
         args: Vec<String>,
     },
     Backend(BackendArgs),
+    /// The hub controller (`controller run`), with its arguments after `--`.
+    Controller {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Write a run's certificates to DIR (the peer script starts the backend before the measurement).
     Pki {
         #[arg(long)]
@@ -59,6 +64,11 @@ pub struct HubArgs {
     /// Also know `sim-0` .. `sim-<N-1>`, the simulated spokes of `tunnels`.
     #[arg(long, default_value_t = 0)]
     pub simulated: usize,
+    /// Run as tunnel-server does against the hub apiserver of `--hub-kubeconfig` (token and access reviews,
+    /// ManagedClusters, revocations, Leases) instead of the fixed allow-all answers; `--clusters` and
+    /// `--simulated` are then unused.
+    #[arg(long)]
+    pub apiserver: bool,
     /// tunnel-server serve arguments, after `--`.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub serve: Vec<String>,
@@ -83,6 +93,7 @@ pub fn run(role: Role) -> Result<()> {
         RoleKind::Hub(args) => hub(args),
         RoleKind::Spoke { args } => spoke(args),
         RoleKind::Backend(args) => backend(args),
+        RoleKind::Controller { args } => controller(args),
         RoleKind::Pki { dir } => crate::pki::Pki::open_or_create(&dir).map(drop),
         RoleKind::Teardown(args) => crate::node::teardown(args),
     }
@@ -117,6 +128,10 @@ fn hub(args: HubArgs) -> Result<()> {
     let mut clusters = args.clusters;
     clusters.extend((0..args.simulated).map(|i| format!("sim-{i}")));
     let runtime = tether_runtime::build_runtime(config.worker_threads)?;
+    if args.apiserver {
+        runtime.block_on(async { tunnel_server::run(config, tether_runtime::shutdown::on_signals()).await })?;
+        return Ok(());
+    }
     runtime.block_on(async {
         let hub = tunnel_server::Hub {
             reviews: Arc::new(Allow),
@@ -135,6 +150,16 @@ fn spoke(args: Vec<String>) -> Result<()> {
     let config = tunnel_client::Config::try_parse_from(std::iter::once("tunnel-client".to_string()).chain(args))?;
     let runtime = tether_runtime::build_runtime(config.worker_threads)?;
     runtime.block_on(async { tunnel_client::run(config, tether_runtime::shutdown::on_signals()).await })?;
+    Ok(())
+}
+
+/// What the controller's `main` does for `controller run`, with its arguments.
+fn controller(args: Vec<String>) -> Result<()> {
+    use clap::Parser;
+    let cli = controller::Cli::try_parse_from(["controller".to_string(), "run".to_string()].into_iter().chain(args))?;
+    let controller::Command::Run(config) = cli.command() else { unreachable!("run was parsed") };
+    let runtime = tether_runtime::build_runtime(config.worker_threads)?;
+    runtime.block_on(async { controller::run(config, tether_runtime::shutdown::on_signals()).await })?;
     Ok(())
 }
 

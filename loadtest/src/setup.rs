@@ -118,6 +118,30 @@ impl Hub {
         Self::launch(dir, args, quic, "127.0.0.1:0".parse()?)
     }
 
+    /// A hub as tunnel-server runs in production, against the hub apiserver of `kubeconfig`: token and
+    /// access reviews, ManagedClusters, revocations and Leases are real. `extra` are more `serve` arguments.
+    pub fn start_with_apiserver(dir: &Path, pki: &Pki, kubeconfig: &Path, extra: &[String]) -> Result<Self> {
+        let mut args: Vec<String> = vec![
+            "hub".into(),
+            "--apiserver".into(),
+            "--".into(),
+            "--ops-addr".into(),
+            "127.0.0.1:0".into(),
+            "--tls-cert".into(),
+            pki.path("hub.crt").display().to_string(),
+            "--tls-key".into(),
+            pki.path("hub.key").display().to_string(),
+            "--tunnel-ca".into(),
+            pki.path("hub-ca.crt").display().to_string(),
+            "--hub-kubeconfig".into(),
+            kubeconfig.display().to_string(),
+            "--ready-file".into(),
+            dir.join("hub.ready").display().to_string(),
+        ];
+        args.extend(extra.iter().cloned());
+        Self::launch(dir, args, "127.0.0.1:0".parse()?, "127.0.0.1:0".parse()?)
+    }
+
     fn launch(dir: &Path, args: Vec<String>, quic: SocketAddr, proxy: SocketAddr) -> Result<Self> {
         let ready = ready_file(dir, "hub");
         let mut full = args.clone();

@@ -18,7 +18,7 @@ use crate::process::Process;
 use crate::report::{Progress, Report, Row};
 use crate::roles::TOKEN;
 use crate::setup::{Hub, HubOptions, WorkDir};
-use crate::simulated;
+use crate::simulated::{self, Responder};
 use crate::Common;
 
 #[derive(Debug, Clone, Args)]
@@ -75,7 +75,7 @@ pub fn run(options: Options) -> Result<Report> {
 }
 
 /// Every spoke's certificate, signed up front so that signing does not count against the connect rate.
-fn identities(pki: &Pki, count: usize, progress: &Progress) -> Result<Vec<quinn::ClientConfig>> {
+pub(crate) fn identities(pki: &Pki, count: usize, progress: &Progress) -> Result<Vec<quinn::ClientConfig>> {
     let hub_ca = pki.hub_ca_pem().to_string();
     let made = AtomicUsize::new(0);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -125,7 +125,7 @@ async fn measure(
 
     // One spoke first: the baseline requests, and the hub's memory with its proxy connections open.
     let (_, first) = configs.next().expect("at least two");
-    simulated::connect(&endpoints[0], first, hub.quic, "sim-0".into(), stop.clone()).await?;
+    simulated::connect(&endpoints[0], first, hub.quic, "sim-0".into(), Responder::Fixed, stop.clone()).await?;
     let one =
         closed_loop(target, random_of(1), options.concurrency, Duration::from_millis(300), options.duration, progress)
             .await?;
@@ -138,7 +138,9 @@ async fn measure(
             let endpoint = &endpoints[i / options.per_socket];
             let connected = &connected;
             async move {
-                let result = simulated::connect(endpoint, config, hub.quic, format!("sim-{i}"), stop.clone()).await;
+                let instance = format!("sim-{i}");
+                let result =
+                    simulated::connect(endpoint, config, hub.quic, instance, Responder::Fixed, stop.clone()).await;
                 let done = connected.fetch_add(result.is_ok() as usize, Ordering::Relaxed) + 1;
                 progress.update(format!("tunnels: {done} of {n} connected"));
                 result.err().map(|e| format!("sim-{i}: {e:#}"))

@@ -95,6 +95,45 @@ fn kubectl_gets_from_a_real_apiserver_through_the_hub_and_directly() {
     assert!(requests.contains(&"keep-alive GET") && requests.contains(&"GET on a new connection"), "{requests:?}");
 }
 
+#[test]
+#[ignore = "the first push after the controller starts stayed Pending for 5 minutes in 1 of 3 runs (issue 12's note): \
+            run with --ignored until that is found"]
+fn push_converges_on_a_real_spoke_corrects_drift_and_reaches_every_simulated_spoke() {
+    // Inside the run, a push whose status does not say every cluster applied it, an object that is not
+    // restored and a simulated spoke that does not hold every object are errors: success means all happened.
+    let report = loadtest(&[
+        "push",
+        "--manifests",
+        "10",
+        "--rounds",
+        "2",
+        "--drift",
+        "2",
+        "--simulated",
+        "30",
+        "--simulated-manifests",
+        "3",
+        "--worker-threads",
+        "2",
+        "--settle",
+        "3s",
+    ]);
+    assert_eq!(report["command"], "push");
+    for path in ["direct", "tether"] {
+        let r = row(&report, "converge", path);
+        assert_eq!(r["rounds"], 2.0, "{r}");
+        assert!(r["p50 ms"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    for what in ["edit", "delete"] {
+        assert_eq!(row(&report, "drift", what)["count"], 1.0, "{what}");
+    }
+    assert_eq!(row(&report, "at scale", "clusters applied")["value"], 30.0);
+    // Discovery, three applies, the drift watch's list and watch: about six; a retry loop would be many more.
+    let requests = row(&report, "at scale", "requests per cluster")["value"].as_f64().unwrap();
+    assert!((4.0..=20.0).contains(&requests), "requests per cluster: {requests}");
+    assert!(row(&report, "at scale", "removing every push")["value"].as_f64().unwrap() > 0.0);
+}
+
 /// The network namespaces `loadtest node` names, present now.
 fn node_namespaces() -> Vec<String> {
     let entries: Vec<_> = std::fs::read_dir("/run/netns").map(|d| d.flatten().collect()).unwrap_or_default();
