@@ -225,12 +225,12 @@ fn push_settings(config: &Config) -> Result<Option<push::PushSettings>> {
     }
     tracing::info!(proxy = %url, "pushes are applied through the proxy");
     Ok(Some(push::PushSettings {
-        proxy: push::spokes::ProxySettings {
+        spokes: push::spokes::Spokes::new(push::spokes::ProxySettings {
             url,
             ca,
             token_file: config.proxy_token_file.clone(),
             timeout: config.push_timeout,
-        },
+        })?,
         concurrency: config.push_concurrency,
         default_resync: config.push_resync,
     }))

@@ -31,12 +31,14 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics as m;
 use crate::{Error, ManagedCluster};
 use context::PushContext;
-use spokes::{ProxySettings, Spokes};
+use spokes::Spokes;
+
+/// Delivery changes the shared watch holds for a controller that has not taken them yet (it waits beyond).
+const DELIVERY_EVENTS: usize = 1024;
 
 /// How the push controllers run.
-#[derive(Debug, Clone)]
 pub struct PushSettings {
-    pub proxy: ProxySettings,
+    pub spokes: Spokes,
     /// Deliveries reconciled at once: one slow or unreachable cluster holds one of these, no more.
     pub concurrency: u16,
     pub default_resync: Duration,
@@ -54,17 +56,32 @@ pub async fn run(hub: kube::Client, settings: PushSettings, reporter: Reporter, 
         while mirror.next().await.is_some() {}
     });
 
-    let (trigger, triggered) = tokio::sync::mpsc::channel(4096);
+    // One watch of the deliveries feeds the mirror both reconcilers read and, once the mirror holds each
+    // change, both controllers. The push controller sums the deliveries it reads there: told of a change
+    // the mirror did not hold yet, it would write a stale summary and wait for the next resync.
+    let (deliveries, delivery_writer) = reflector::store_shared(DELIVERY_EVENTS);
+    let (Some(delivery_changes), Some(owned_changes)) = (delivery_writer.subscribe(), delivery_writer.subscribe())
+    else {
+        unreachable!("a shared store has subscribers");
+    };
     let deliveries_api: Api<ManifestDelivery> = Api::all(hub.clone());
-    let delivery_controller = Controller::new(deliveries_api.clone(), watcher::Config::default())
+    let feed = watcher(deliveries_api, watcher::Config::default()).default_backoff().reflect_shared(delivery_writer);
+    let cancel = shutdown.clone();
+    tokio::spawn(async move {
+        let mut feed = std::pin::pin!(feed.take_until(cancel.cancelled_owned()));
+        while feed.next().await.is_some() {}
+    });
+
+    let (trigger, triggered) = tokio::sync::mpsc::channel(4096);
+    let delivery_controller = Controller::for_shared_stream(delivery_changes, deliveries.clone())
         .with_config(controller::Config::default().concurrency(settings.concurrency));
     let ctx = Arc::new(PushContext::new(
         hub.clone(),
-        Spokes::new(settings.proxy),
+        settings.spokes,
         drift::Drift::new(trigger, shutdown.clone()),
         Recorder::new(hub.clone(), reporter),
         clusters.clone(),
-        delivery_controller.store(),
+        deliveries,
         settings.default_resync,
     ));
     // A cluster coming back (its Available condition changing) brings its deliveries back at once.
@@ -99,7 +116,7 @@ pub async fn run(hub: kube::Client, settings: PushSettings, reporter: Reporter, 
     let mapper_clusters = clusters.clone();
     let push_ctx = ctx.clone();
     let push_controller = push_controller
-        .owns(deliveries_api, watcher::Config::default())
+        .owns_shared_stream(owned_changes)
         .watches(clusters_api, watcher::Config::default(), move |cluster| {
             let inputs = (cluster.labels().clone(), cluster.spec.hub_accepts_client);
             if placement_inputs.changed(&cluster.name_any(), inputs) {
@@ -115,16 +132,8 @@ pub async fn run(hub: kube::Client, settings: PushSettings, reporter: Reporter, 
         })
         .reconcile_on(futures::stream::unfold(replaced, |mut rx| async { rx.recv().await.map(|r| (r, rx)) }))
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
-        .run(fanout::reconcile, push_error_policy, push_ctx);
-    let ready_ctx = ctx.clone();
-    let push_controller = async move {
-        let ctx = ready_ctx;
-        // Deliveries and clusters are read from mirrors: a push reconciled before they are listed would
-        // write every delivery again.
-        let _ = ctx.deliveries.wait_until_ready().await;
-        let _ = ctx.clusters.wait_until_ready().await;
-        push_controller.for_each(|_| futures::future::ready(())).await;
-    };
+        .run(ready_then_fanout, push_error_policy, push_ctx);
+    let push_controller = push_controller.for_each(|_| futures::future::ready(()));
     let watches = {
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
@@ -141,17 +150,24 @@ pub async fn run(hub: kube::Client, settings: PushSettings, reporter: Reporter, 
 
 /// Waits (at most 5 s) until `mirror` holds `cluster` at its resourceVersion or later.
 async fn mirrored(mirror: &reflector::Store<ManagedCluster>, cluster: &ManagedCluster) {
-    let wanted = cluster.resource_version();
-    let parse = |rv: Option<String>| rv.and_then(|v| v.parse::<u64>().ok());
+    let wanted = cluster.resource_version().unwrap_or_default();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while tokio::time::Instant::now() < deadline {
         let held = mirror.get(&ObjectRef::from_obj(cluster)).and_then(|c| c.resource_version());
-        // resourceVersions are opaque, but etcd's are numbers: a later one counts too.
-        if held == wanted || matches!((parse(held), parse(wanted.clone())), (Some(h), Some(w)) if h >= w) {
+        if context::holds(held.as_deref(), &wanted) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Deliveries and clusters are read from mirrors: a push reconciled before they are listed would write
+/// every delivery again. (The controller itself keeps running meanwhile: the deliveries' shared watch
+/// waits for every subscriber to take each change.)
+async fn ready_then_fanout(push: Arc<ManifestPush>, ctx: Arc<PushContext>) -> Result<Action, Error> {
+    let _ = ctx.deliveries.wait_until_ready().await;
+    let _ = ctx.clusters.wait_until_ready().await;
+    fanout::reconcile(push, ctx).await
 }
 
 async fn timed_delivery(delivery: Arc<ManifestDelivery>, ctx: Arc<PushContext>) -> Result<Action, Error> {

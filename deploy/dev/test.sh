@@ -8,18 +8,25 @@ cd "$ROOT"
 started=$(date +%s)
 # A one-shot build gains nothing from incremental state, which would double the target directory.
 export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
-bash deploy/dev/deps.sh
-bash deploy/dev/build-kube.sh
-bash deploy/dev/images.sh build test
-shellcheck -x deploy/dev/*.sh .ci/run
-cargo fmt --all --check
-cargo build --workspace --bins --tests --benches --quiet
+# Each step says how long it took, to see where CI's minutes go.
+step() {
+  local began
+  began=$(date +%s)
+  "$@"
+  echo "test.sh: $(( $(date +%s) - began )) s for: $*" >&2
+}
+step bash deploy/dev/deps.sh
+step bash deploy/dev/build-kube.sh
+step bash deploy/dev/images.sh build test
+step shellcheck -x deploy/dev/*.sh .ci/run
+step cargo fmt --all --check
+step cargo build --workspace --bins --tests --benches --quiet
 # The node runs the tunnel-client image, which holds the static release binary (its own target directory, so
 # the flags never invalidate the debug build).
-RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --target x86_64-unknown-linux-gnu --bin tunnel-client \
-  --quiet
-bash deploy/dev/images.sh build tunnel-client target/x86_64-unknown-linux-gnu/release
-cargo clippy --workspace --all-targets --quiet -- -D warnings
-cargo test --workspace
-bash deploy/dev/fuzz-smoke.sh
+RUSTFLAGS='-C target-feature=+crt-static' step cargo build --release --target x86_64-unknown-linux-gnu \
+  --bin tunnel-client --quiet
+step bash deploy/dev/images.sh build tunnel-client target/x86_64-unknown-linux-gnu/release
+step cargo clippy --workspace --all-targets --quiet -- -D warnings
+step cargo test --workspace
+step bash deploy/dev/fuzz-smoke.sh
 echo "all tests passed in $(( $(date +%s) - started )) s"

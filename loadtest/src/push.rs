@@ -3,7 +3,8 @@
 //!
 //! - **converge**: a push of M ConfigMaps to the real spoke(s), from its creation on the hub to its status
 //!   saying every cluster applied it, against the same M server-side applies sent directly, one after
-//!   another (the controller applies a delivery's manifests in order), alternating round by round;
+//!   another as `kubectl apply` sends them, and as many at once as the controller writes to one cluster
+//!   (its stages in order, a few writes of a stage at once), alternating round by round;
 //! - **drift**: an object edited or deleted straight on the real spoke, until the controller has put it back;
 //! - **scale**: one push to N simulated spokes (each keeps what is applied to it, and lists and watches it
 //!   back as an apiserver does): the time until all are Applied, the controller's and the hub's memory per
@@ -31,6 +32,7 @@ use crate::setup::WorkDir;
 use crate::stats::Latencies;
 use crate::Common;
 use cluster::NAMESPACE;
+use controller::push::delivery::WRITES_AT_ONCE;
 use rig::{Rig, CONTROLLER_TOKEN, CONTROLLER_USER};
 
 #[derive(Debug, Clone, Args)]
@@ -80,6 +82,8 @@ const POLL_DRIFT: Duration = Duration::from_millis(5);
 struct Measured {
     threads: usize,
     direct: Latencies,
+    /// The same applies, as many at once as the controller writes to one cluster.
+    direct_at_once: Latencies,
     tether: Latencies,
     edits: Latencies,
     deletes: Latencies,
@@ -156,11 +160,13 @@ async fn measure(
     report: &mut Report,
 ) -> Result<Measured> {
     let mode = if threads <= 1 { "ct".to_string() } else { format!("mt{threads}") };
-    let (mut direct, mut tether) = (Vec::new(), Vec::new());
+    let (mut direct, mut direct_at_once, mut tether) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..options.rounds {
         progress.update(format!("{mode}: converge round {} of {}", round + 1, options.rounds));
         let objects = cluster::config_maps(&format!("direct-{mode}-{round}"), options.manifests);
-        direct.push(cluster::apply_directly(&spokes[0], &objects).await?);
+        direct.push(cluster::apply_directly(&spokes[0], &objects, 1).await?);
+        let objects = cluster::config_maps(&format!("direct{WRITES_AT_ONCE}-{mode}-{round}"), options.manifests);
+        direct_at_once.push(cluster::apply_directly(&spokes[0], &objects, WRITES_AT_ONCE).await?);
         let name = format!("real-{mode}-{round}");
         let objects = cluster::config_maps(&name, options.manifests);
         let started = Instant::now();
@@ -180,6 +186,7 @@ async fn measure(
     Ok(Measured {
         threads,
         direct: Latencies::new(direct),
+        direct_at_once: Latencies::new(direct_at_once),
         tether: Latencies::new(tether),
         edits: Latencies::new(edits),
         deletes: Latencies::new(deletes),
@@ -283,7 +290,8 @@ fn runtime_name(threads: usize) -> String {
 fn rows(report: &mut Report, options: &Options, measured: &[Measured]) {
     for m in measured {
         let direct = m.direct.p50_us();
-        for (path, latencies) in [("direct", &m.direct), ("tether", &m.tether)] {
+        let at_once = format!("direct, {WRITES_AT_ONCE} at once");
+        for (path, latencies) in [("direct", &m.direct), (at_once.as_str(), &m.direct_at_once), ("tether", &m.tether)] {
             report.rows.push(
                 Row::new()
                     .text("runtime", runtime_name(m.threads))

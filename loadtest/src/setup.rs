@@ -103,17 +103,8 @@ impl Hub {
             "--simulated".into(),
             options.simulated.to_string(),
             "--".into(),
-            "--ops-addr".into(),
-            "127.0.0.1:0".into(),
-            "--tls-cert".into(),
-            pki.path("hub.crt").display().to_string(),
-            "--tls-key".into(),
-            pki.path("hub.key").display().to_string(),
-            "--tunnel-ca".into(),
-            pki.path("hub-ca.crt").display().to_string(),
-            "--ready-file".into(),
-            dir.join("hub.ready").display().to_string(),
         ];
+        args.extend(serve_args(dir, pki));
         args.extend(options.extra);
         Self::launch(dir, args, quic, "127.0.0.1:0".parse()?)
     }
@@ -121,23 +112,9 @@ impl Hub {
     /// A hub as tunnel-server runs in production, against the hub apiserver of `kubeconfig`: token and
     /// access reviews, ManagedClusters, revocations and Leases are real. `extra` are more `serve` arguments.
     pub fn start_with_apiserver(dir: &Path, pki: &Pki, kubeconfig: &Path, extra: &[String]) -> Result<Self> {
-        let mut args: Vec<String> = vec![
-            "hub".into(),
-            "--apiserver".into(),
-            "--".into(),
-            "--ops-addr".into(),
-            "127.0.0.1:0".into(),
-            "--tls-cert".into(),
-            pki.path("hub.crt").display().to_string(),
-            "--tls-key".into(),
-            pki.path("hub.key").display().to_string(),
-            "--tunnel-ca".into(),
-            pki.path("hub-ca.crt").display().to_string(),
-            "--hub-kubeconfig".into(),
-            kubeconfig.display().to_string(),
-            "--ready-file".into(),
-            dir.join("hub.ready").display().to_string(),
-        ];
+        let mut args: Vec<String> = vec!["hub".into(), "--apiserver".into(), "--".into()];
+        args.extend(serve_args(dir, pki));
+        args.extend(["--hub-kubeconfig".into(), kubeconfig.display().to_string()]);
         args.extend(extra.iter().cloned());
         Self::launch(dir, args, "127.0.0.1:0".parse()?, "127.0.0.1:0".parse()?)
     }
@@ -163,6 +140,23 @@ impl Hub {
         *self = Self::launch(&self.dir, self.args.clone(), self.quic, self.proxy)?;
         Ok(())
     }
+}
+
+/// The `serve` arguments of every hub: its certificates and where it says it is ready.
+fn serve_args(dir: &Path, pki: &Pki) -> Vec<String> {
+    let path = |name: &str| pki.path(name).display().to_string();
+    vec![
+        "--ops-addr".into(),
+        "127.0.0.1:0".into(),
+        "--tls-cert".into(),
+        path("hub.crt"),
+        "--tls-key".into(),
+        path("hub.key"),
+        "--tunnel-ca".into(),
+        path("hub-ca.crt"),
+        "--ready-file".into(),
+        dir.join("hub.ready").display().to_string(),
+    ]
 }
 
 pub struct Spoke {

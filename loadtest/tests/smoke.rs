@@ -96,8 +96,6 @@ fn kubectl_gets_from_a_real_apiserver_through_the_hub_and_directly() {
 }
 
 #[test]
-#[ignore = "the first push after the controller starts stayed Pending for 5 minutes in 1 of 3 runs (issue 12's note): \
-            run with --ignored until that is found"]
 fn push_converges_on_a_real_spoke_corrects_drift_and_reaches_every_simulated_spoke() {
     // Inside the run, a push whose status does not say every cluster applied it, an object that is not
     // restored and a simulated spoke that does not hold every object are errors: success means all happened.
@@ -128,9 +126,10 @@ fn push_converges_on_a_real_spoke_corrects_drift_and_reaches_every_simulated_spo
         assert_eq!(row(&report, "drift", what)["count"], 1.0, "{what}");
     }
     assert_eq!(row(&report, "at scale", "clusters applied")["value"], 30.0);
-    // Discovery, three applies, the drift watch's list and watch: about six; a retry loop would be many more.
+    // Discovery, three applies, the drift watch's list and watch: six. A pass that writes everything again
+    // (taking its own status write or the watch's first listing for a change) makes nine or more.
     let requests = row(&report, "at scale", "requests per cluster")["value"].as_f64().unwrap();
-    assert!((4.0..=20.0).contains(&requests), "requests per cluster: {requests}");
+    assert!((6.0..=7.0).contains(&requests), "requests per cluster: {requests}");
     assert!(row(&report, "at scale", "removing every push")["value"].as_f64().unwrap() > 0.0);
 }
 

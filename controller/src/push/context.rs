@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
+use kube::ResourceExt;
 use tether_api::push::ManifestDelivery;
 
 use super::drift::Drift;
@@ -22,6 +23,26 @@ pub struct Memory {
     pub resync_due: Option<Instant>,
     /// The resourceVersion each object had after it was last written, by object.
     pub recorded: HashMap<String, String>,
+    /// The delivery's resourceVersion after its status was last written here.
+    pub status_version: Option<String>,
+}
+
+impl Memory {
+    /// Whether `delivery` (as the mirror holds it) is older than the status last written: the mirror has
+    /// not caught up, and the results it holds are not the latest.
+    pub fn is_ahead_of(&self, delivery: &ManifestDelivery) -> bool {
+        self.status_version.as_deref().is_some_and(|written| !holds(delivery.resource_version().as_deref(), written))
+    }
+}
+
+/// Whether a mirror holding an object at `held` holds it at `wanted` or later. resourceVersions are
+/// opaque, but etcd's are increasing numbers, so a later one counts too.
+pub fn holds(held: Option<&str>, wanted: &str) -> bool {
+    match held {
+        Some(held) if held == wanted => true,
+        Some(held) => matches!((held.parse::<u64>(), wanted.parse::<u64>()), (Ok(h), Ok(w)) if h >= w),
+        None => false,
+    }
 }
 
 pub struct PushContext {
@@ -119,6 +140,20 @@ mod tests {
     use tether_api::push::{ClusterFailure, ManifestPushStatus};
 
     use super::*;
+
+    #[test]
+    fn a_mirror_behind_the_last_status_written_is_not_read_as_the_latest() {
+        assert!(holds(Some("12"), "12") && holds(Some("13"), "12") && holds(Some("opaque"), "opaque"));
+        assert!(!holds(Some("11"), "12") && !holds(None, "12") && !holds(Some("opaque"), "12"));
+        let mut delivery = ManifestDelivery::new("p.a", Default::default());
+        delivery.metadata.resource_version = Some("41".into());
+        let mut memory = Memory::default();
+        assert!(!memory.is_ahead_of(&delivery), "nothing written yet");
+        memory.status_version = Some("42".into());
+        assert!(memory.is_ahead_of(&delivery));
+        delivery.metadata.resource_version = Some("42".into());
+        assert!(!memory.is_ahead_of(&delivery));
+    }
 
     #[test]
     fn a_status_patch_removes_what_the_new_status_leaves_out() {

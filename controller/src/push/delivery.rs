@@ -3,10 +3,11 @@
 //! what left it, reads feedback back, restores drift, and writes what happened to the delivery's status
 //! with an Event for every failure and every correction. Its finalizer deletes the applied objects
 //! (`deletePolicy: Delete`) before the delivery goes.
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DynamicObject, Patch, PatchParams};
@@ -48,6 +49,11 @@ pub async fn reconcile(delivery: Arc<ManifestDelivery>, ctx: Arc<PushContext>) -
         patch_finalizers(&delivery, finalizers, &ctx).await?;
         return Ok(Action::await_change());
     }
+    // The event of the last status written is on its way and brings this delivery back; a pass now
+    // would take the results before it for the latest and write again what is already there.
+    if ctx.memory(&reference).is_ahead_of(&delivery) {
+        return Ok(Action::requeue(Duration::from_secs(5)));
+    }
     let pass = Pass::run(&delivery, &reference, &ctx).await?;
     let action = pass.finish(&delivery, &reference, &ctx).await?;
     Ok(action)
@@ -79,15 +85,6 @@ impl Pass {
         let memory = ctx.memory(reference);
         let resync = delivery.spec.resync_seconds.map_or(ctx.default_resync, |s| Duration::from_secs(s.into()));
         let full = memory.generation != Some(generation) || memory.resync_due.is_none_or(|due| Instant::now() >= due);
-        let mut pass = Pass {
-            results: Vec::new(),
-            corrected: Vec::new(),
-            unreachable: None,
-            waiting: false,
-            full,
-            memory,
-            scopes: Vec::new(),
-        };
         let client = ctx.spokes.client(cluster, &namespace)?;
         let previous: HashMap<ManifestRef, &ManifestResult> =
             status_of(delivery).manifests.iter().map(|r| (r.manifest.clone(), r)).collect();
@@ -95,12 +92,35 @@ impl Pass {
 
         let refs: Vec<ManifestRef> =
             delivery.spec.manifests.iter().map(|m| identity(&m.object).unwrap_or_default()).collect();
+        let writer =
+            Writer { ctx, client: &client, delivery, reference, full, memory: &memory, unreachable: OnceLock::new() };
+        let mut written = Vec::with_capacity(refs.len());
+        tracing::debug!(delivery = %reference, full, generation, "pass");
+        for stage in order::stages(&refs) {
+            writer.resolve(stage.iter().map(|&i| &refs[i])).await;
+            let writes = futures::stream::iter(stage).map(|i| {
+                let (writer, id, previous) = (&writer, &refs[i], previous.get(&refs[i]).copied());
+                async move { (i, writer.one(&delivery.spec.manifests[i], id, previous).await) }
+            });
+            written.extend(writes.buffered(WRITES_AT_ONCE).collect::<Vec<_>>().await);
+        }
+        let unreachable = writer.unreachable.into_inner();
+        let mut pass = Pass {
+            results: Vec::new(),
+            corrected: Vec::new(),
+            unreachable,
+            waiting: false,
+            full,
+            memory,
+            scopes: Vec::new(),
+        };
         let mut results: Vec<Option<ManifestResult>> = vec![None; refs.len()];
-        for i in order::apply_order(&refs) {
-            let manifest = &delivery.spec.manifests[i];
-            let id = &refs[i];
-            let result = pass.one(ctx, &client, delivery, reference, manifest, id, previous.get(id).copied()).await;
-            results[i] = Some(result);
+        for (i, write) in written {
+            results[i] = Some(write.result);
+            pass.scopes.extend(write.watch);
+            pass.corrected.extend(write.corrected.map(|how| (refs[i].clone(), how)));
+            pass.memory.recorded.extend(write.recorded);
+            pass.waiting |= write.waiting;
         }
         pass.results = results.into_iter().flatten().collect();
         pass.results.extend(delivery.spec.rejected.iter().map(|r| ManifestResult {
@@ -128,113 +148,6 @@ impl Pass {
             }
         }
         Ok(pass)
-    }
-
-    /// Applies (or reads) one manifest, unless the spoke still holds exactly what was last written.
-    #[allow(clippy::too_many_arguments)]
-    async fn one(
-        &mut self,
-        ctx: &PushContext,
-        client: &kube::Client,
-        delivery: &ManifestDelivery,
-        reference: &ObjectRef<ManifestDelivery>,
-        manifest: &DeliveredManifest,
-        id: &ManifestRef,
-        previous: Option<&ManifestResult>,
-    ) -> ManifestResult {
-        let cluster = delivery.spec.cluster.as_str();
-        let mut result = ManifestResult { manifest: id.clone(), ..Default::default() };
-        if let Some(why) = &self.unreachable {
-            result.message = format!("not tried: {why}");
-            return result;
-        }
-        let api_version = id.api_version.clone().unwrap_or_default();
-        let kind = match ctx.spokes.kind(client, cluster, &gvk(&api_version, &id.kind)).await {
-            Ok(kind) => kind,
-            Err(Resolve::Unknown) => {
-                if let Some(crd) = defining_crd(delivery, &api_version, &id.kind) {
-                    self.waiting = true;
-                    result.message = format!("waiting for CustomResourceDefinition {crd} to be established");
-                } else {
-                    ctx.spokes.forget(cluster);
-                    result.result = ApplyResult::UnknownKind;
-                    result.message = format!("the cluster serves no kind {} in {api_version}", id.kind);
-                }
-                return result;
-            }
-            Err(Resolve::Failed(e)) => return self.refused(result, apply::classify(&e)),
-        };
-        let namespace = match (kind.namespaced, id.namespace.as_deref()) {
-            (true, None) => {
-                result.result = ApplyResult::Invalid;
-                result.message = format!("{} is namespaced: metadata.namespace is required", id.kind);
-                return result;
-            }
-            (true, Some(ns)) => Some(ns),
-            (false, _) => None,
-        };
-        let api: Api<DynamicObject> = match namespace {
-            Some(ns) => Api::namespaced_with(client.clone(), ns, &kind.resource),
-            None => Api::all_with(client.clone(), &kind.resource),
-        };
-        let scope = Scope::of(&kind.resource, namespace);
-        let key = object_key(id);
-        let seen = ctx.drift.seen(reference, &scope, &id.name);
-        let recorded = self.memory.recorded.get(&key).cloned();
-        let watched = manifest.strategy != Strategy::ReadOnly;
-        if watched {
-            self.scopes.push((scope, kind.resource.clone()));
-        }
-        // Unchanged since written: the last result (and its feedback) still holds.
-        if let (false, true, Seen::Present(rv), Some(last), Some(previous)) =
-            (self.full, watched, &seen, &recorded, previous)
-        {
-            if rv == last && previous.result == ApplyResult::Applied {
-                return previous.clone();
-            }
-        }
-        let object = match apply::write(&api, &id.name, manifest).await {
-            Outcome::Written(object) => {
-                result.result = ApplyResult::Applied;
-                object
-            }
-            Outcome::Observed(object) => {
-                result.result = ApplyResult::Observed;
-                object
-            }
-            Outcome::Refused(refusal) => return self.refused(result, refusal),
-        };
-        let rv = object.resource_version().unwrap_or_default();
-        // A correction: the same spec as last time, and this write changed what the spoke held, which was
-        // neither what was last written nor what the watch last saw.
-        let drifted = self.memory.generation == delivery.metadata.generation
-            && watched
-            && recorded.as_ref().is_some_and(|last| *last != rv)
-            && match &seen {
-                Seen::Present(before) => *before != rv,
-                Seen::Absent => true,
-                Seen::Unknown => false,
-            };
-        if drifted {
-            let how = if seen == Seen::Absent { "deleted" } else { "changed" };
-            self.corrected.push((id.clone(), how));
-        }
-        self.memory.recorded.insert(key, rv);
-        let value = serde_json::to_value(&*object).unwrap_or_default();
-        let read = feedback::read(&value, &manifest.feedback);
-        result.feedback = read.values;
-        result.available = read.available;
-        result.message = read.errors.join("; ");
-        result
-    }
-
-    fn refused(&mut self, mut result: ManifestResult, refusal: Refusal) -> ManifestResult {
-        if refusal.unreachable {
-            self.unreachable = Some(refusal.message.clone());
-        }
-        result.result = refusal.result;
-        result.message = refusal.message;
-        result
     }
 
     /// Deletes one object that left the delivery; its result while that has not succeeded.
@@ -287,7 +200,7 @@ impl Pass {
 
     /// Writes the status and the Events, remembers what was written, and says when to come back.
     async fn finish(
-        self,
+        mut self,
         delivery: &ManifestDelivery,
         reference: &ObjectRef<ManifestDelivery>,
         ctx: &PushContext,
@@ -315,7 +228,9 @@ impl Pass {
             let patch = status_patch(old, &status);
             let api: Api<ManifestDelivery> =
                 Api::namespaced(ctx.hub.clone(), &delivery.namespace().unwrap_or_default());
-            api.patch_status(&delivery.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+            let written =
+                api.patch_status(&delivery.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+            self.memory.status_version = written.resource_version();
         }
         for (id, how) in &self.corrected {
             counter!(m::PUSH_DRIFT_CORRECTIONS).increment(1);
@@ -348,6 +263,161 @@ impl Pass {
                 Action::requeue(resync)
             }
         })
+    }
+}
+
+/// Manifests of one stage written to a cluster at once. Through the tunnel each write waits longer for
+/// its answer than next to the apiserver; a few in flight keep a long list from adding that up.
+pub const WRITES_AT_ONCE: usize = 8;
+
+/// What the writes of one pass share.
+struct Writer<'a> {
+    ctx: &'a PushContext,
+    client: &'a kube::Client,
+    delivery: &'a ManifestDelivery,
+    reference: &'a ObjectRef<ManifestDelivery>,
+    full: bool,
+    memory: &'a Memory,
+    /// Set by the first write that could not reach the cluster: the writes not started yet are not tried.
+    unreachable: OnceLock<String>,
+}
+
+/// One manifest's write: its result, and what the pass learns from it.
+#[derive(Default)]
+struct Write {
+    result: ManifestResult,
+    /// The watch that covers the object.
+    watch: Option<(Scope, kube::core::ApiResource)>,
+    /// How it had drifted, if this write restored it.
+    corrected: Option<&'static str>,
+    /// The object's key and resourceVersion once written.
+    recorded: Option<(String, String)>,
+    /// A custom resource waits for its CRD.
+    waiting: bool,
+}
+
+impl From<ManifestResult> for Write {
+    fn from(result: ManifestResult) -> Self {
+        Self { result, ..Default::default() }
+    }
+}
+
+impl Writer<'_> {
+    /// Asks the spoke once for each kind of `ids` it is not known to serve yet, one at a time, so that
+    /// the writes that follow at once find them remembered rather than each asking.
+    async fn resolve<'i>(&self, ids: impl Iterator<Item = &'i ManifestRef>) {
+        let mut asked = HashSet::new();
+        for id in ids {
+            let gvk = gvk(id.api_version.as_deref().unwrap_or_default(), &id.kind);
+            if self.unreachable.get().is_some() || !asked.insert(gvk.clone()) {
+                continue;
+            }
+            if let Err(Resolve::Failed(e)) = self.ctx.spokes.kind(self.client, &self.delivery.spec.cluster, &gvk).await
+            {
+                let refusal = apply::classify(&e);
+                if refusal.unreachable {
+                    let _ = self.unreachable.set(refusal.message);
+                }
+            }
+        }
+    }
+
+    /// Applies (or reads) one manifest, unless the spoke still holds exactly what was last written.
+    async fn one(&self, manifest: &DeliveredManifest, id: &ManifestRef, previous: Option<&ManifestResult>) -> Write {
+        let Writer { ctx, client, delivery, reference, .. } = *self;
+        let cluster = delivery.spec.cluster.as_str();
+        let mut result = ManifestResult { manifest: id.clone(), ..Default::default() };
+        if let Some(why) = self.unreachable.get() {
+            result.message = format!("not tried: {why}");
+            return result.into();
+        }
+        let api_version = id.api_version.clone().unwrap_or_default();
+        let kind = match ctx.spokes.kind(client, cluster, &gvk(&api_version, &id.kind)).await {
+            Ok(kind) => kind,
+            Err(Resolve::Unknown) => {
+                if let Some(crd) = defining_crd(delivery, &api_version, &id.kind) {
+                    result.message = format!("waiting for CustomResourceDefinition {crd} to be established");
+                    return Write { result, waiting: true, ..Default::default() };
+                }
+                ctx.spokes.forget(cluster);
+                result.result = ApplyResult::UnknownKind;
+                result.message = format!("the cluster serves no kind {} in {api_version}", id.kind);
+                return result.into();
+            }
+            Err(Resolve::Failed(e)) => return self.refused(result, apply::classify(&e)),
+        };
+        let namespace = match (kind.namespaced, id.namespace.as_deref()) {
+            (true, None) => {
+                result.result = ApplyResult::Invalid;
+                result.message = format!("{} is namespaced: metadata.namespace is required", id.kind);
+                return result.into();
+            }
+            (true, Some(ns)) => Some(ns),
+            (false, _) => None,
+        };
+        let api: Api<DynamicObject> = match namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &kind.resource),
+            None => Api::all_with(client.clone(), &kind.resource),
+        };
+        let scope = Scope::of(&kind.resource, namespace);
+        let key = object_key(id);
+        let seen = ctx.drift.seen(reference, &scope, &id.name);
+        let recorded = self.memory.recorded.get(&key);
+        let watched = manifest.strategy != Strategy::ReadOnly;
+        let watch = watched.then(|| (scope, kind.resource.clone()));
+        // Unchanged since written: the last result (and its feedback) still holds. A watch not yet synced
+        // knows nothing either way; its sync triggers another pass, which compares then (re-writing
+        // everything meanwhile would double the requests of every new delivery: its status write comes
+        // back as an event before the watch has listed).
+        if let (false, true, Some(last), Some(previous)) = (self.full, watched, recorded, previous) {
+            let unchanged = match &seen {
+                Seen::Present(rv) => rv == last,
+                Seen::Unknown => true,
+                Seen::Absent => false,
+            };
+            if unchanged && previous.result == ApplyResult::Applied {
+                return Write { result: previous.clone(), watch, ..Default::default() };
+            }
+        }
+        let object = match apply::write(&api, &id.name, manifest).await {
+            Outcome::Written(object) => {
+                result.result = ApplyResult::Applied;
+                object
+            }
+            Outcome::Observed(object) => {
+                result.result = ApplyResult::Observed;
+                object
+            }
+            Outcome::Refused(refusal) => return Write { watch, ..self.refused(result, refusal) },
+        };
+        let rv = object.resource_version().unwrap_or_default();
+        // A correction: the same spec as last time, and this write changed what the spoke held, which was
+        // neither what was last written nor what the watch last saw.
+        let drifted = self.memory.generation == delivery.metadata.generation
+            && watched
+            && recorded.is_some_and(|last| *last != rv)
+            && match &seen {
+                Seen::Present(before) => *before != rv,
+                Seen::Absent => true,
+                Seen::Unknown => false,
+            };
+        let corrected = drifted.then_some(if seen == Seen::Absent { "deleted" } else { "changed" });
+        let value = serde_json::to_value(&*object).unwrap_or_default();
+        let read = feedback::read(&value, &manifest.feedback);
+        result.feedback = read.values;
+        result.available = read.available;
+        result.message = read.errors.join("; ");
+        Write { result, watch, corrected, recorded: Some((key, rv)), waiting: false }
+    }
+
+    fn refused(&self, mut result: ManifestResult, refusal: Refusal) -> Write {
+        if refusal.unreachable {
+            // Only the first reason is kept; the writes already in flight end on their own.
+            let _ = self.unreachable.set(refusal.message.clone());
+        }
+        result.result = refusal.result;
+        result.message = refusal.message;
+        result.into()
     }
 }
 

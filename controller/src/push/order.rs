@@ -13,11 +13,15 @@ pub fn stage(reference: &ManifestRef) -> u8 {
     }
 }
 
-/// Indexes of `refs` in apply order: by stage, keeping the push's order within one.
-pub fn apply_order(refs: &[ManifestRef]) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..refs.len()).collect();
-    order.sort_by_key(|&i| stage(&refs[i]));
-    order
+/// Indexes of `refs` by apply stage, keeping the push's order within one: a stage is written only once
+/// the one before it is done.
+pub fn stages(refs: &[ManifestRef]) -> Vec<Vec<usize>> {
+    let mut stages: Vec<Vec<usize>> = vec![Vec::new(); 2];
+    for (i, reference) in refs.iter().enumerate() {
+        stages[usize::from(stage(reference))].push(i);
+    }
+    stages.retain(|s| !s.is_empty());
+    stages
 }
 
 /// What to delete: objects of `previous` results that the delivery applied (or created) and that are not
@@ -54,7 +58,8 @@ mod tests {
             r("apiextensions.k8s.io/v1", "CustomResourceDefinition", "widgets.example.com"),
             r("v1", "Namespace", "demo"),
         ];
-        assert_eq!(apply_order(&refs), [2, 3, 0, 1]);
+        assert_eq!(stages(&refs), [vec![2, 3], vec![0, 1]]);
+        assert_eq!(stages(&refs[..2]), [vec![0, 1]]);
         let previous: Vec<_> = refs.iter().map(|x| result(x.clone(), ApplyResult::Applied)).collect();
         let deleted: Vec<_> = to_prune(&previous, &[]).into_iter().map(|x| x.kind).collect();
         assert_eq!(deleted, ["Widget", "ConfigMap", "CustomResourceDefinition", "Namespace"]);

@@ -2,14 +2,24 @@
 //! namespace's push identity (user `tether:push:<namespace>`, group `tether:pushers`) with the controller's
 //! own credentials, so the hub authorizes the push as that identity and the spoke's RBAC decides what it
 //! may do there. Also what each spoke serves (discovery), resolved kind by kind and remembered.
+//!
+//! The clients differ only by path and identity, so they share their connections to the proxy: one pool
+//! for requests and one for watches. The proxy then sees as many connections as requests in flight and
+//! watches open, not one or more per cluster, and an idle cluster costs no connection.
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use hyper_rustls::HttpsConnector;
+use hyper_timeout::TimeoutConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use kube::client::ConfigExt;
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::discovery::{ApiCapabilities, Scope};
 use tether_api::push::{push_user, PUSHERS_GROUP};
+use tower::ServiceBuilder;
 
 use crate::{Error, Result};
 
@@ -24,6 +34,30 @@ pub struct ProxySettings {
     pub token_file: PathBuf,
     /// Deadline of each request (watches excepted).
     pub timeout: Duration,
+}
+
+type Pool = hyper_util::client::legacy::Client<TimeoutConnector<HttpsConnector<HttpConnector>>, kube::client::Body>;
+
+/// Idle connections kept to the proxy per pool, and for how long: enough for the requests of the
+/// deliveries reconciled at once; more are opened as needed and closed when idle.
+const IDLE_CONNECTIONS: usize = 64;
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A connection pool to the proxy; `read_timeout` bounds every wait for the proxy's next bytes.
+fn pool(settings: &ProxySettings, read_timeout: Option<Duration>) -> Result<Pool> {
+    let mut config = kube::Config::new(settings.url.clone());
+    config.root_cert = Some(settings.ca.clone());
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    let mut connector = TimeoutConnector::new(config.rustls_https_connector_with_connector(http)?);
+    connector.set_connect_timeout(Some(settings.timeout.min(Duration::from_secs(10))));
+    connector.set_read_timeout(read_timeout);
+    connector.set_write_timeout(Some(settings.timeout));
+    Ok(hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(IDLE_TIMEOUT)
+        .pool_max_idle_per_host(IDLE_CONNECTIONS)
+        .build(connector))
 }
 
 /// A resolved kind: how to address it and whether it is namespaced.
@@ -55,13 +89,22 @@ enum Use {
 
 pub struct Spokes {
     settings: ProxySettings,
+    requests: Pool,
+    watches: Pool,
     clients: Mutex<HashMap<(String, String, Use), kube::Client>>,
     kinds: Mutex<HashMap<(String, GroupVersionKind), Kind>>,
 }
 
 impl Spokes {
-    pub fn new(settings: ProxySettings) -> Self {
-        Self { settings, clients: Default::default(), kinds: Default::default() }
+    pub fn new(settings: ProxySettings) -> Result<Self> {
+        Ok(Self {
+            requests: pool(&settings, Some(settings.timeout))?,
+            // A quiet watch sends nothing for minutes; the apiserver ends it after its own timeout.
+            watches: pool(&settings, None)?,
+            settings,
+            clients: Default::default(),
+            kinds: Default::default(),
+        })
     }
 
     /// The client of `cluster` acting as the push identity of `namespace`, each request bounded by the
@@ -96,16 +139,22 @@ impl Spokes {
         let url: http::Uri =
             url.parse().map_err(|e| Error::Config { flag: "--proxy-url", reason: format!("{url}: {e}") })?;
         let mut config = kube::Config::new(url);
-        config.root_cert = Some(self.settings.ca.clone());
-        config.read_timeout = (purpose == Use::Requests).then_some(self.settings.timeout);
-        // An unreachable cluster is the delivery's to retry (it says Pending meanwhile), not each request's.
-        config.default_retry = false;
-        config.write_timeout = Some(self.settings.timeout);
-        config.connect_timeout = Some(self.settings.timeout.min(Duration::from_secs(10)));
         config.auth_info.token_file = Some(self.settings.token_file.display().to_string());
         config.auth_info.impersonate = Some(push_user(namespace));
         config.auth_info.impersonate_groups = Some(vec![PUSHERS_GROUP.to_string()]);
-        Ok(kube::Client::try_from(config)?)
+        // No client-side retries: an unreachable cluster is the delivery's to retry (it says Pending
+        // meanwhile), not each request's.
+        let pool = match purpose {
+            Use::Requests => self.requests.clone(),
+            Use::Watches => self.watches.clone(),
+        };
+        let service = ServiceBuilder::new()
+            .layer(config.base_uri_layer())
+            .option_layer(config.auth_layer()?)
+            .layer(config.extra_headers_layer()?)
+            .map_err(tower::BoxError::from)
+            .service(pool);
+        Ok(kube::Client::new(service, "default"))
     }
 
     /// What `cluster` serves for `gvk`, asked once per kind and remembered until [`Spokes::forget`].

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -200,13 +201,19 @@ pub async fn delete_pushes(hub: &kube::Client, timeout: Duration) -> Result<Dura
 
 /// `objects` applied one after another with server-side apply, as the controller applies a delivery's
 /// manifests: the direct path a push is compared with.
-pub async fn apply_directly(spoke: &kube::Client, objects: &[Value]) -> Result<Duration> {
+pub async fn apply_directly(spoke: &kube::Client, objects: &[Value], at_once: usize) -> Result<Duration> {
     let api: Api<ConfigMap> = Api::namespaced(spoke.clone(), NAMESPACE);
     let started = Instant::now();
-    for object in objects {
-        let name = object["metadata"]["name"].as_str().context("a name")?;
-        api.patch(name, &PatchParams::apply("loadtest-direct"), &Patch::Apply(object)).await?;
-    }
+    let applies = futures::stream::iter(objects).map(|object| {
+        let api = &api;
+        async move {
+            let name = object["metadata"]["name"].as_str().context("a name")?;
+            api.patch(name, &PatchParams::apply("loadtest-direct"), &Patch::Apply(object)).await?;
+            anyhow::Ok(())
+        }
+    });
+    let applied: Vec<Result<()>> = applies.buffer_unordered(at_once).collect().await;
+    applied.into_iter().collect::<Result<()>>()?;
     Ok(started.elapsed())
 }
 
