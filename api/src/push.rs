@@ -336,9 +336,7 @@ pub struct ManifestDeliverySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pushed_at: Option<Time>,
     /// This cluster's objects, overrides applied, in the push's order.
-    // Atomic: only the controller writes it, always whole; as a granular list, server-side apply would
-    // record every field of every manifest in managedFields, about doubling the object (etcd holds at
-    // most 1.5 MB).
+    // Atomic: only the controller writes it, and always whole.
     #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub manifests: Vec<DeliveredManifest>,
     /// Manifests of the push this cluster cannot get (rendering failed), with why: shown as `Invalid` in

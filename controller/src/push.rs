@@ -48,8 +48,11 @@ pub struct PushSettings {
 pub async fn run(hub: kube::Client, settings: PushSettings, reporter: Reporter, shutdown: CancellationToken) {
     let clusters_api: Api<ManagedCluster> = Api::all(hub.clone());
     let (clusters, writer) = reflector::store();
-    let mirror =
-        reflector::reflector(writer, watcher(clusters_api.clone(), watcher::Config::default()).default_backoff());
+    // The mirrors drop managedFields, which nothing here reads and which can be most of an object.
+    let clusters_feed = watcher(clusters_api.clone(), watcher::Config::default())
+        .default_backoff()
+        .modify(|c| c.managed_fields_mut().clear());
+    let mirror = reflector::reflector(writer, clusters_feed);
     let cancel = shutdown.clone();
     tokio::spawn(async move {
         let mut mirror = std::pin::pin!(mirror.take_until(cancel.cancelled_owned()));
@@ -65,7 +68,10 @@ pub async fn run(hub: kube::Client, settings: PushSettings, reporter: Reporter, 
         unreachable!("a shared store has subscribers");
     };
     let deliveries_api: Api<ManifestDelivery> = Api::all(hub.clone());
-    let feed = watcher(deliveries_api, watcher::Config::default()).default_backoff().reflect_shared(delivery_writer);
+    let feed = watcher(deliveries_api, watcher::Config::default())
+        .default_backoff()
+        .modify(|d| d.managed_fields_mut().clear())
+        .reflect_shared(delivery_writer);
     let cancel = shutdown.clone();
     tokio::spawn(async move {
         let mut feed = std::pin::pin!(feed.take_until(cancel.cancelled_owned()));

@@ -22,9 +22,9 @@ step shellcheck -x deploy/dev/*.sh .ci/run
 step cargo fmt --all --check
 step cargo build --workspace --bins --tests --benches --quiet
 # The node runs the tunnel-client image, which holds the static release binary (its own target directory, so
-# the flags never invalidate the debug build).
+# the flags never invalidate the debug build). The image strips it, so its debug info is not built.
 RUSTFLAGS='-C target-feature=+crt-static' step cargo build --release --target x86_64-unknown-linux-gnu \
-  --bin tunnel-client --quiet
+  --config profile.release.debug=0 --bin tunnel-client --quiet
 step bash deploy/dev/images.sh build tunnel-client target/x86_64-unknown-linux-gnu/release
 step cargo clippy --workspace --all-targets --quiet -- -D warnings
 step cargo test --workspace

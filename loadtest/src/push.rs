@@ -265,7 +265,9 @@ async fn scale(
         options.simulated_manifests
     );
     let deliveries: Api<tether_api::push::ManifestDelivery> = Api::namespaced(hub.clone(), NAMESPACE);
-    let one = deliveries.list(&kube::api::ListParams::default().limit(1)).await?;
+    // One of this push's (the real spokes' pushes, of other sizes, are listed too otherwise).
+    let this_push = format!("{}={name}", tether_api::push::PUSH_LABEL);
+    let one = deliveries.list(&kube::api::ListParams::default().labels(&this_push).limit(1)).await?;
     let delivery_bytes = one.items.first().map(|d| serde_json::to_vec(d).map_or(0, |v| v.len())).unwrap_or(0);
     let per = |i: usize| (after[i] as f64 - before[i] as f64) / n as f64;
     Ok(Scale {
