@@ -410,7 +410,8 @@ pub struct ManifestResult {
     pub result: ApplyResult,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
-    /// Values read back (the configured rules' and the kind's well-known ones), as JSON text.
+    /// Values read back (the configured rules' and the kind's well-known ones): a string as it is, anything
+    /// else as JSON text (as `kubectl get -o jsonpath` prints them).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub feedback: BTreeMap<String, String>,
     /// Whether the object reports itself available: `None` for kinds with no notion of it.

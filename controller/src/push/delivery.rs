@@ -97,7 +97,7 @@ impl Pass {
         let mut written = Vec::with_capacity(refs.len());
         tracing::debug!(delivery = %reference, full, generation, "pass");
         for stage in order::stages(&refs) {
-            writer.resolve(stage.iter().map(|&i| &refs[i])).await;
+            resolve_kinds(ctx, &client, cluster, stage.iter().map(|&i| &refs[i]), &writer.unreachable).await;
             let writes = futures::stream::iter(stage).map(|i| {
                 let (writer, id, previous) = (&writer, &refs[i], previous.get(&refs[i]).copied());
                 async move { (i, writer.one(&delivery.spec.manifests[i], id, previous).await) }
@@ -135,10 +135,8 @@ impl Pass {
         let current: Vec<ManifestRef> =
             refs.iter().cloned().chain(delivery.spec.rejected.iter().map(|r| r.manifest.clone())).collect();
         let gone = order::to_prune(&status_of(delivery).manifests, &current);
-        for id in gone {
-            let leftover = pass.prune(ctx, &client, cluster, &owner, &id).await;
-            pass.results.extend(leftover);
-        }
+        let leftover = pass.prune(ctx, &client, cluster, &owner, gone).await;
+        pass.results.extend(leftover);
         if pass.unreachable.is_none() {
             let watch_client = ctx.spokes.watch_client(cluster, &namespace)?;
             ctx.drift.sync(reference, &watch_client, &owner, std::mem::take(&mut pass.scopes));
@@ -150,52 +148,39 @@ impl Pass {
         Ok(pass)
     }
 
-    /// Deletes one object that left the delivery; its result while that has not succeeded.
+    /// Deletes the objects `gone` (in delete order), recording what was deleted; the results of those not
+    /// deleted yet.
     async fn prune(
         &mut self,
         ctx: &PushContext,
         client: &kube::Client,
         cluster: &str,
         owner: &str,
-        id: &ManifestRef,
-    ) -> Option<ManifestResult> {
-        let pruning = |message: String| {
-            Some(ManifestResult { manifest: id.clone(), result: ApplyResult::Pruning, message, ..Default::default() })
-        };
-        if let Some(why) = &self.unreachable {
-            return pruning(format!("not deleted yet: {why}"));
+        gone: Vec<ManifestRef>,
+    ) -> Vec<ManifestResult> {
+        let pruner = Pruner { ctx, client, cluster, owner, unreachable: OnceLock::new() };
+        if let Some(why) = self.unreachable.take() {
+            let _ = pruner.unreachable.set(why);
         }
-        let api_version = id.api_version.clone().unwrap_or_default();
-        let kind = match ctx.spokes.kind(client, cluster, &gvk(&api_version, &id.kind)).await {
-            Ok(kind) => kind,
-            // The kind is gone (its CRD deleted): so are its objects.
-            Err(Resolve::Unknown) => return None,
-            Err(Resolve::Failed(e)) => {
-                let refusal = apply::classify(&e);
-                if refusal.unreachable {
-                    self.unreachable = Some(refusal.message.clone());
+        let mut leftover = Vec::new();
+        for stage in order::prune_stages(&gone) {
+            resolve_kinds(ctx, client, cluster, stage.iter(), &pruner.unreachable).await;
+            // By index: a closure over references would need a higher-ranked lifetime the stream cannot name.
+            let deletes = futures::stream::iter(0..stage.len()).map(|i| {
+                let (pruner, id) = (&pruner, &stage[i]);
+                async move { (id, pruner.delete(id).await) }
+            });
+            for (id, pruned) in deletes.buffered(WRITES_AT_ONCE).collect::<Vec<_>>().await {
+                match pruned {
+                    Some(result) => leftover.push(result),
+                    None => {
+                        self.memory.recorded.remove(&object_key(id));
+                    }
                 }
-                return pruning(refusal.message);
-            }
-        };
-        let api: Api<DynamicObject> = match (kind.namespaced, id.namespace.as_deref()) {
-            (true, Some(ns)) => Api::namespaced_with(client.clone(), ns, &kind.resource),
-            (true, None) => return None,
-            (false, _) => Api::all_with(client.clone(), &kind.resource),
-        };
-        match apply::prune(&api, &id.name, owner).await {
-            Pruned::Done => {
-                self.memory.recorded.remove(&object_key(id));
-                counter!(m::PUSH_PRUNES).increment(1);
-                None
-            }
-            Pruned::Refused(refusal) => {
-                if refusal.unreachable {
-                    self.unreachable = Some(refusal.message.clone());
-                }
-                pruning(refusal.message)
             }
         }
+        self.unreachable = pruner.unreachable.into_inner();
+        leftover
     }
 
     /// Writes the status and the Events, remembers what was written, and says when to come back.
@@ -303,25 +288,6 @@ impl From<ManifestResult> for Write {
 }
 
 impl Writer<'_> {
-    /// Asks the spoke once for each kind of `ids` it is not known to serve yet, one at a time, so that
-    /// the writes that follow at once find them remembered rather than each asking.
-    async fn resolve<'i>(&self, ids: impl Iterator<Item = &'i ManifestRef>) {
-        let mut asked = HashSet::new();
-        for id in ids {
-            let gvk = gvk(id.api_version.as_deref().unwrap_or_default(), &id.kind);
-            if self.unreachable.get().is_some() || !asked.insert(gvk.clone()) {
-                continue;
-            }
-            if let Err(Resolve::Failed(e)) = self.ctx.spokes.kind(self.client, &self.delivery.spec.cluster, &gvk).await
-            {
-                let refusal = apply::classify(&e);
-                if refusal.unreachable {
-                    let _ = self.unreachable.set(refusal.message);
-                }
-            }
-        }
-    }
-
     /// Applies (or reads) one manifest, unless the spoke still holds exactly what was last written.
     async fn one(&self, manifest: &DeliveredManifest, id: &ManifestRef, previous: Option<&ManifestResult>) -> Write {
         let Writer { ctx, client, delivery, reference, .. } = *self;
@@ -364,7 +330,11 @@ impl Writer<'_> {
         let seen = ctx.drift.seen(reference, &scope, &id.name);
         let recorded = self.memory.recorded.get(&key);
         let watched = manifest.strategy != Strategy::ReadOnly;
-        let watch = watched.then(|| (scope, kind.resource.clone()));
+        // An object only read is someone else's: watched by name, so that a change re-reads its feedback.
+        let watch = match watched {
+            true => Some((scope, kind.resource.clone())),
+            false => Some((Scope::object(&kind.resource, namespace, &id.name), kind.resource.clone())),
+        };
         // Unchanged since written: the last result (and its feedback) still holds. A watch not yet synced
         // knows nothing either way; its sync triggers another pass, which compares then (re-writing
         // everything meanwhile would double the requests of every new delivery: its status write comes
@@ -421,6 +391,78 @@ impl Writer<'_> {
     }
 }
 
+/// Asks the spoke once for each kind of `ids` it is not known to serve yet, one at a time, so that the
+/// requests that follow at once find them remembered rather than each asking. A cluster found unreachable
+/// is noted in `unreachable`.
+async fn resolve_kinds<'i>(
+    ctx: &PushContext,
+    client: &kube::Client,
+    cluster: &str,
+    ids: impl Iterator<Item = &'i ManifestRef>,
+    unreachable: &OnceLock<String>,
+) {
+    let mut asked = HashSet::new();
+    for id in ids {
+        let gvk = gvk(id.api_version.as_deref().unwrap_or_default(), &id.kind);
+        if unreachable.get().is_some() || !asked.insert(gvk.clone()) {
+            continue;
+        }
+        if let Err(Resolve::Failed(e)) = ctx.spokes.kind(client, cluster, &gvk).await {
+            let refusal = apply::classify(&e);
+            if refusal.unreachable {
+                let _ = unreachable.set(refusal.message);
+            }
+        }
+    }
+}
+
+/// What the deletions of one pass share.
+struct Pruner<'a> {
+    ctx: &'a PushContext,
+    client: &'a kube::Client,
+    cluster: &'a str,
+    owner: &'a str,
+    /// Set by the first request that could not reach the cluster: the deletions not started yet wait.
+    unreachable: OnceLock<String>,
+}
+
+impl Pruner<'_> {
+    /// Deletes one object that left the delivery; its result while that has not succeeded.
+    async fn delete(&self, id: &ManifestRef) -> Option<ManifestResult> {
+        let pruning = |message: String| {
+            Some(ManifestResult { manifest: id.clone(), result: ApplyResult::Pruning, message, ..Default::default() })
+        };
+        if let Some(why) = self.unreachable.get() {
+            return pruning(format!("not deleted yet: {why}"));
+        }
+        let refused = |refusal: Refusal| {
+            if refusal.unreachable {
+                let _ = self.unreachable.set(refusal.message.clone());
+            }
+            pruning(refusal.message)
+        };
+        let api_version = id.api_version.clone().unwrap_or_default();
+        let kind = match self.ctx.spokes.kind(self.client, self.cluster, &gvk(&api_version, &id.kind)).await {
+            Ok(kind) => kind,
+            // The kind is gone (its CRD deleted): so are its objects.
+            Err(Resolve::Unknown) => return None,
+            Err(Resolve::Failed(e)) => return refused(apply::classify(&e)),
+        };
+        let api: Api<DynamicObject> = match (kind.namespaced, id.namespace.as_deref()) {
+            (true, Some(ns)) => Api::namespaced_with(self.client.clone(), ns, &kind.resource),
+            (true, None) => return None,
+            (false, _) => Api::all_with(self.client.clone(), &kind.resource),
+        };
+        match apply::prune(&api, &id.name, self.owner).await {
+            Pruned::Done => {
+                counter!(m::PUSH_PRUNES).increment(1);
+                None
+            }
+            Pruned::Refused(refusal) => refused(refusal),
+        }
+    }
+}
+
 /// Deleting: the applied objects go first (`Delete`, while the cluster is registered), then the finalizer.
 async fn finalize(
     delivery: &ManifestDelivery,
@@ -446,10 +488,8 @@ async fn finalize(
             memory: ctx.memory(reference),
             scopes: Vec::new(),
         };
-        for id in order::to_prune(&status_of(delivery).manifests, &[]) {
-            let leftover = pass.prune(ctx, &client, cluster, &owner, &id).await;
-            pass.results.extend(leftover);
-        }
+        let gone = order::to_prune(&status_of(delivery).manifests, &[]);
+        pass.results = pass.prune(ctx, &client, cluster, &owner, gone).await;
         if !pass.results.is_empty() {
             let mut status = status_of(delivery).clone();
             let first = pass.results[0].message.clone();

@@ -1,5 +1,7 @@
 //! Drift, event-driven: for every delivery, one watch per (kind, namespace) of the objects it applied,
-//! through the tunnel, selecting on the push's [`PUSHED_BY_LABEL`] value. Every change or deletion the
+//! through the tunnel, selecting on the push's [`PUSHED_BY_LABEL`] value, and one per object it only
+//! reads (`ReadOnly`: someone else's, so unlabelled), selecting on its name, so that its feedback follows
+//! it. Every change or deletion the
 //! spoke reports triggers the delivery's reconcile, which re-applies what no longer matches; the mirror of
 //! what the spoke holds tells it what changed. A watch that cannot run (the tunnel is down) retries with
 //! backoff, and the delivery's periodic resync re-applies everything anyway.
@@ -18,20 +20,36 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// What one watch covers: a kind (by its resource path) in one namespace, or cluster-wide for cluster-scoped
-/// kinds.
+/// kinds; the objects the delivery applied, or one object by name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Scope {
     pub api_version: String,
     pub plural: String,
     pub namespace: Option<String>,
+    /// The one object watched (one the delivery only reads); `None` for those it applied.
+    pub name: Option<String>,
 }
 
 impl Scope {
+    /// The objects of a kind in `namespace` that the delivery applied.
     pub fn of(resource: &ApiResource, namespace: Option<&str>) -> Self {
         Self {
             api_version: resource.api_version.clone(),
             plural: resource.plural.clone(),
             namespace: namespace.map(str::to_string),
+            name: None,
+        }
+    }
+
+    /// One object the delivery only reads.
+    pub fn object(resource: &ApiResource, namespace: Option<&str>, name: &str) -> Self {
+        Self { name: Some(name.to_string()), ..Self::of(resource, namespace) }
+    }
+
+    fn config(&self, owner: &str) -> watcher::Config {
+        match &self.name {
+            Some(name) => watcher::Config::default().fields(&format!("metadata.name={name}")),
+            None => watcher::Config::default().labels(&format!("{PUSHED_BY_LABEL}={owner}")),
         }
     }
 }
@@ -101,10 +119,9 @@ impl Drift {
                 None => Api::all_with(client.clone(), &resource),
             };
             let watch = Watch { mirror: Default::default(), stop: self.shutdown.child_token() };
-            let selector = format!("{PUSHED_BY_LABEL}={owner}");
             tokio::spawn(run(
                 api,
-                selector,
+                scope.config(owner),
                 watch.mirror.clone(),
                 watch.stop.clone(),
                 self.trigger.clone(),
@@ -147,13 +164,12 @@ fn key(delivery: &ObjectRef<ManifestDelivery>) -> String {
 
 async fn run(
     api: Api<DynamicObject>,
-    selector: String,
+    config: watcher::Config,
     mirror: Arc<Mutex<Mirror>>,
     stop: CancellationToken,
     trigger: mpsc::Sender<ObjectRef<ManifestDelivery>>,
     delivery: ObjectRef<ManifestDelivery>,
 ) {
-    let config = watcher::Config::default().labels(&selector);
     let events = watcher::watcher(api, config).default_backoff().take_until(stop.cancelled_owned());
     let mut events = std::pin::pin!(events);
     let mut listing: HashMap<String, String> = HashMap::new();

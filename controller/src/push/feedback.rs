@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 use tether_api::push::FeedbackRule;
 
-/// Values (as JSON text) and availability read from `object`; a rule whose path cannot be parsed is
+/// Values (as `kubectl get -o jsonpath` prints them: a string as it is, anything else as JSON text) and
+/// availability read from `object`; a rule whose path cannot be parsed is
 /// reported by name and the others still read. A path that reaches nothing yields no value.
 #[derive(Debug, Default, PartialEq)]
 pub struct Feedback {
@@ -22,19 +23,26 @@ pub fn read(object: &Value, rules: &[FeedbackRule]) -> Feedback {
     feedback.available = available;
     for (name, path) in known {
         if let Some(value) = lookup(object, path).ok().flatten() {
-            feedback.values.insert(name.to_string(), value.to_string());
+            feedback.values.insert(name.to_string(), text(value));
         }
     }
     for rule in rules {
         match lookup(object, &rule.json_path) {
             Ok(Some(value)) => {
-                feedback.values.insert(rule.name.clone(), value.to_string());
+                feedback.values.insert(rule.name.clone(), text(value));
             }
             Ok(None) => {}
             Err(why) => feedback.errors.push(format!("feedback {:?}: {why}", rule.name)),
         }
     }
     feedback
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// One step of a path: a key or an index.
@@ -177,8 +185,8 @@ mod tests {
             rule("bad-index", ".status.conditions[x]"),
         ];
         let feedback = read(&object, &rules);
-        assert_eq!(feedback.values["label"], "\"web\"");
-        assert_eq!(feedback.values["first"], "\"Ready\"");
+        assert_eq!(feedback.values["label"], "web");
+        assert_eq!(feedback.values["first"], "Ready");
         assert_eq!(feedback.values["n"], "3");
         assert!(!feedback.values.contains_key("missing"));
         assert_eq!(feedback.errors.len(), 2, "{:?}", feedback.errors);

@@ -38,6 +38,12 @@ pub fn to_prune(previous: &[ManifestResult], current: &[ManifestRef]) -> Vec<Man
     gone
 }
 
+/// `gone` (in delete order, as [`to_prune`] gives it) cut into its stages: a stage is deleted only once
+/// the one before it is, so that a CRD or Namespace outlives what it holds.
+pub fn prune_stages(gone: &[ManifestRef]) -> impl Iterator<Item = &[ManifestRef]> {
+    gone.chunk_by(|a, b| stage(a) == stage(b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,6 +69,9 @@ mod tests {
         let previous: Vec<_> = refs.iter().map(|x| result(x.clone(), ApplyResult::Applied)).collect();
         let deleted: Vec<_> = to_prune(&previous, &[]).into_iter().map(|x| x.kind).collect();
         assert_eq!(deleted, ["Widget", "ConfigMap", "CustomResourceDefinition", "Namespace"]);
+        let gone = to_prune(&previous, &[]);
+        let stages: Vec<usize> = prune_stages(&gone).map(<[_]>::len).collect();
+        assert_eq!(stages, [2, 2]);
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub fn cases() -> Vec<(&'static str, Case)> {
         ("push::refusals_and_bad_input_are_reported_per_object_and_cluster", refusals),
         ("push::progressive_rollout_pauses_on_a_failing_cluster", progressive),
         ("push::orphan_keeps_the_objects_and_delete_removes_them", orphan),
+        ("push::read_only_feeds_back_someone_elses_object_as_it_changes_and_never_touches_it", read_only),
         ("push::a_deployment_on_the_real_node_reports_ready_replicas", deployment_feedback),
         ("push::tenant_rbac_gives_a_tenant_exactly_the_pushed_rights", tenant_rbac),
         ("push::a_cluster_labelled_in_gets_the_set_and_loses_it_labelled_out_and_unregistered", third_cluster),
@@ -424,6 +425,64 @@ fn orphan(env: &Env) -> Result<()> {
     })?;
     if on_spoke(a, "configmap", &ns, "kept")?.is_none() {
         bail!("deletePolicy Orphan must keep the object");
+    }
+    Ok(())
+}
+
+/// A `ReadOnly` manifest reports feedback of an object another owner applies: read, never written; its
+/// feedback follows a change on the spoke within seconds (a watch of that object, not the 5-minute
+/// resync); deleting the push leaves it.
+fn read_only(env: &Env) -> Result<()> {
+    let ns = tenant(env, "push-readonly")?;
+    let a = &env.spoke("spoke-a").cluster;
+    allow_on_spoke(a, &ns)?;
+    let theirs = |value: &str| -> Result<()> {
+        let path = a.dir.join(format!("theirs-{}.json", rand_suffix()));
+        std::fs::write(&path, config_map(&ns, "theirs", json!({"k": value})).to_string())?;
+        let path = path.to_str().context("path")?;
+        a.kubectl_ok(&["apply", "--server-side", "--field-manager", "someone-else", "-f", path]).map(drop)
+    };
+    theirs("one")?;
+    let object = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "theirs", "namespace": ns}});
+    apply_push(
+        env,
+        &ns,
+        "watcher",
+        json!({"manifests": [object], "placement": {"clusterNames": ["spoke-a"]},
+               "manifestConfigs": [{"manifest": {"kind": "ConfigMap", "namespace": ns, "name": "theirs"},
+                                    "strategy": "ReadOnly",
+                                    "feedback": [{"name": "k", "jsonPath": ".data.k"}]}]}),
+    )?;
+    // Well inside the controller's 30 s resync here, which would refresh it too.
+    const FOLLOWS: Duration = Duration::from_secs(10);
+    let fed_back = |want: &str| -> Result<Duration> {
+        let started = Instant::now();
+        let mut last = Value::Null;
+        wait_for(&format!("feedback k={want}"), FOLLOWS, || {
+            let Some(d) = delivery(env, &ns, "watcher", "spoke-a")? else { return Ok(None) };
+            last = d["status"].clone();
+            let m = &d["status"]["manifests"][0];
+            Ok((m["result"] == "Observed" && m["feedback"]["k"] == want).then_some(()))
+        })
+        .with_context(|| format!("the delivery's status: {last}"))?;
+        Ok(started.elapsed())
+    };
+    fed_back("one")?;
+    theirs("two")?;
+    let took = fed_back("two")?;
+    eprintln!("e2e: a read-only object's change fed back after {took:?}");
+    let object = on_spoke(a, "configmap", &ns, "theirs")?.context("theirs")?;
+    let managers: Vec<&str> = object["metadata"]["managedFields"]
+        .as_array()
+        .map(|m| m.iter().filter_map(|f| f["manager"].as_str()).collect())
+        .unwrap_or_default();
+    if managers != ["someone-else"] || !object["metadata"]["labels"].is_null() {
+        bail!("a read-only object must not be written: managers {managers:?}, labels {}", object["metadata"]["labels"]);
+    }
+    env.hub.kubectl_ok(&["delete", "manifestpush", "watcher", "-n", &ns])?;
+    wait_for("the delivery gone", DEADLINE, || Ok(delivery(env, &ns, "watcher", "spoke-a")?.is_none().then_some(())))?;
+    if on_spoke(a, "configmap", &ns, "theirs")?.is_none() {
+        bail!("deleting a push must never delete an object it only read");
     }
     Ok(())
 }
