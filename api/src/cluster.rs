@@ -96,7 +96,8 @@ pub struct ManagedClusterStatus {
     pub ca_bundle: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_version: Option<String>,
-    /// When a tunnel-server last renewed this cluster's liveness.
+    /// When a tunnel-server last renewed this cluster's liveness: refreshed at most every 5 minutes while
+    /// nothing else in the status changes (its Lease's `renewTime` is exact).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen: Option<Time>,
     /// tunnel-server replicas holding a tunnel of this cluster.

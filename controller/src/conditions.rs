@@ -25,6 +25,24 @@ pub use tether_api::lease::{
 };
 pub use tether_api::CLUSTER_LABEL;
 
+/// How stale `status.lastSeen` may grow while nothing else in the status changes. Every renewal is a
+/// Lease write already; echoing each into the ManagedCluster would double the hub apiserver's writes (100
+/// a second at 1,000 clusters renewing every 10 s) and wake every watcher of ManagedClusters each time, as
+/// Kubernetes found for Nodes before their heartbeats moved to Leases (the kubelet now reports an unchanged
+/// node status every 5 minutes). The Lease's `renewTime` stays exact, and any other change (a condition,
+/// a holder) writes the latest value with it.
+pub const LAST_SEEN_REFRESH: Duration = Duration::from_secs(300);
+
+/// Whether `status.lastSeen` (`written`) should be rewritten for the Leases' latest renewal `seen`, when
+/// nothing else changed.
+pub fn last_seen_due(written: Option<Timestamp>, seen: Option<Timestamp>) -> bool {
+    match (written, seen) {
+        (_, None) => false,
+        (None, Some(_)) => true,
+        (Some(written), Some(seen)) => seen.duration_since(written).unsigned_abs() >= LAST_SEEN_REFRESH,
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Liveness {
     /// How often tunnel-servers renew.

@@ -102,9 +102,10 @@ pub async fn reconcile(cluster: Arc<ManagedCluster>, ctx: Arc<Context>) -> Resul
         _ => current.auto_registration.clone(),
     };
 
+    let last_seen_due = conditions::last_seen_due(current.last_seen.as_ref().map(|t| t.0), view.last_seen);
     if current.conditions != desired
         || current.tunnel_servers != view.holders
-        || current.last_seen != last_seen
+        || last_seen_due
         || current.client_version != client_version
         || current.apiserver_version != apiserver_version
         || current.ca_bundle != ca_bundle

@@ -72,21 +72,50 @@ async fn a_renewed_lease_makes_the_cluster_available_with_an_event() {
     assert!(seen.event_reasons.contains(&"TunnelUp".to_string()), "{:?}", seen.event_reasons);
 }
 
-#[tokio::test]
-async fn nothing_is_written_when_the_status_is_already_true() {
-    let leases = vec![lease("hub-0", "connected")];
+/// A cluster whose status already says what its Lease says, `lastSeen` written `ago` before the Lease's
+/// renewal.
+fn settled(leases: &[Lease], ago: std::time::Duration) -> ManagedCluster {
     let mut mc = cluster(&[FINALIZER], false);
-    let view = conditions::view_leases(&leases, LIVENESS, Timestamp::now());
+    let view = conditions::view_leases(leases, LIVENESS, Timestamp::now());
+    let written = view.last_seen.map(|t| Time(t - ago));
     mc.status = Some(ManagedClusterStatus {
         conditions: conditions::desired(&mc, &view, Timestamp::now()),
         tunnel_servers: view.holders.clone(),
-        last_seen: view.last_seen.map(Time),
+        last_seen: written,
         ..Default::default()
     });
-    let (ctx, api) = context(leases, vec![]);
-    reconcile(Arc::new(mc), Arc::new(ctx)).await.unwrap();
+    mc
+}
+
+#[tokio::test]
+async fn nothing_is_written_when_the_status_is_already_true() {
+    let leases = vec![lease("hub-0", "connected")];
+    let (ctx, api) = context(leases.clone(), vec![]);
+    reconcile(Arc::new(settled(&leases, std::time::Duration::ZERO)), Arc::new(ctx)).await.unwrap();
     let seen = api.await.unwrap();
     assert!(seen.calls.is_empty() && seen.event_reasons.is_empty());
+}
+
+#[tokio::test]
+async fn a_renewal_alone_rewrites_last_seen_only_once_it_is_stale() {
+    let leases = vec![lease("hub-0", "connected")];
+    // The renewals of the last minutes: the Lease says, the ManagedCluster is not written for each.
+    let (ctx, api) = context(leases.clone(), vec![]);
+    reconcile(Arc::new(settled(&leases, std::time::Duration::from_secs(60))), Arc::new(ctx)).await.unwrap();
+    assert!(api.await.unwrap().calls.is_empty(), "a renewal within the refresh interval writes nothing");
+    let status_path: &'static str = "/apis/tether.io/v1alpha1/managedclusters/a/status";
+    let (ctx, api) =
+        context(leases.clone(), vec![call(Method::PATCH, status_path, 200, json!(cluster(&[FINALIZER], false)))]);
+    let stale = conditions::LAST_SEEN_REFRESH + std::time::Duration::from_secs(1);
+    reconcile(Arc::new(settled(&leases, stale)), Arc::new(ctx)).await.unwrap();
+    let seen = api.await.unwrap();
+    let renewed = leases[0].spec.as_ref().and_then(|s| s.renew_time.clone()).unwrap();
+    assert_eq!(
+        seen.calls[0].2["status"]["lastSeen"],
+        json!(Time(renewed.0)),
+        "a stale lastSeen takes the Lease's renewal"
+    );
+    assert!(seen.event_reasons.is_empty(), "no condition changed");
 }
 
 #[tokio::test]

@@ -20,11 +20,23 @@ step bash deploy/dev/build-kube.sh
 step bash deploy/dev/images.sh build test
 step shellcheck -x deploy/dev/*.sh .ci/run
 step cargo fmt --all --check
-step cargo build --workspace --bins --tests --benches --quiet
 # The node runs the tunnel-client image, which holds the static release binary (its own target directory, so
-# the flags never invalidate the debug build). The image strips it, so its debug info is not built.
-RUSTFLAGS='-C target-feature=+crt-static' step cargo build --release --target x86_64-unknown-linux-gnu \
-  --config profile.release.debug=0 --bin tunnel-client --quiet
+# the flags never invalidate the debug build). The image strips it, so its debug info is not built. It builds
+# beside the debug build: each spends long stretches compiling one crate (k8s-openapi alone takes about two
+# minutes), which leaves the other core idle.
+static_log=$(mktemp)
+RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --target x86_64-unknown-linux-gnu \
+  --config profile.release.debug=0 --bin tunnel-client --quiet >"$static_log" 2>&1 &
+static_build=$!
+trap 'kill "$static_build" 2>/dev/null || true; rm -f "$static_log"' EXIT
+step cargo build --workspace --bins --tests --benches --quiet
+waited=$(date +%s)
+if ! wait "$static_build"; then
+  cat "$static_log" >&2
+  echo "test.sh: the static tunnel-client build failed" >&2
+  exit 1
+fi
+echo "test.sh: the static tunnel-client build ended $(( $(date +%s) - waited )) s after the debug build" >&2
 step bash deploy/dev/images.sh build tunnel-client target/x86_64-unknown-linux-gnu/release
 step cargo clippy --workspace --all-targets --quiet -- -D warnings
 step cargo test --workspace

@@ -143,3 +143,12 @@ fn the_newest_lease_tells_what_the_client_reported() {
     // Leases that say nothing leave it unknown (the status keeps what it had).
     assert_eq!(view_leases(&[lease("r3", 110, "connected")], LIVENESS, at(110)).reported, Reported::default());
 }
+
+#[test]
+fn last_seen_is_rewritten_alone_only_once_stale() {
+    let refresh = LAST_SEEN_REFRESH.as_secs() as i64;
+    assert!(last_seen_due(None, Some(at(0))), "the first renewal is written");
+    assert!(!last_seen_due(Some(at(0)), None), "no Lease: the status keeps what it knew");
+    assert!(!last_seen_due(Some(at(0)), Some(at(refresh - 1))));
+    assert!(last_seen_due(Some(at(0)), Some(at(refresh))));
+}
