@@ -9,6 +9,9 @@
 //! it may create there. The tunnel-server lets the controller act as push identities and nothing else.
 use std::collections::BTreeMap;
 
+mod object;
+pub use object::EmbeddedObject;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::CustomResource;
@@ -352,8 +355,7 @@ pub struct ManifestDeliverySpec {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeliveredManifest {
-    #[schemars(schema_with = "embedded_object")]
-    pub object: serde_json::Value,
+    pub object: EmbeddedObject,
     #[serde(default)]
     pub strategy: Strategy,
     #[serde(default)]
@@ -367,14 +369,6 @@ pub struct DeliveredManifest {
 pub struct RejectedManifest {
     pub manifest: ManifestRef,
     pub message: String,
-}
-
-fn embedded_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    schemars::json_schema!({
-        "type": "object",
-        "x-kubernetes-embedded-resource": true,
-        "x-kubernetes-preserve-unknown-fields": true
-    })
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -4,6 +4,11 @@ use anyhow::Context;
 use clap::Parser;
 use controller::Command;
 
+// The same allocator as tunnel-server and tunnel-client (and the loadtest, whose controller role is what
+// the push benchmark measures).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     match run() {
         Ok(code) => code,

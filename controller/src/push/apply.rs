@@ -2,8 +2,7 @@
 //! status.
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions};
 use kube::Api;
-use serde_json::Value;
-use tether_api::push::{ApplyResult, DeliveredManifest, Strategy, FIELD_MANAGER, PUSHED_BY_LABEL};
+use tether_api::push::{ApplyResult, DeliveredManifest, EmbeddedObject, Strategy, FIELD_MANAGER, PUSHED_BY_LABEL};
 
 /// What writing (or reading) one object came to.
 #[derive(Debug)]
@@ -94,11 +93,11 @@ pub fn other_appliers(object: &DynamicObject) -> Vec<String> {
         .collect()
 }
 
-async fn create_only(api: &Api<DynamicObject>, name: &str, object: &Value) -> kube::Result<Outcome> {
+async fn create_only(api: &Api<DynamicObject>, name: &str, object: &EmbeddedObject) -> kube::Result<Outcome> {
     if let Some(existing) = api.get_opt(name).await? {
         return Ok(Outcome::Written(Box::new(existing)));
     }
-    let object: DynamicObject = serde_json::from_value(object.clone()).map_err(kube::Error::SerdeError)?;
+    let object: DynamicObject = serde_json::from_str(object.text()).map_err(kube::Error::SerdeError)?;
     let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
     match api.create(&params, &object).await {
         Ok(created) => Ok(Outcome::Written(Box::new(created))),

@@ -91,7 +91,7 @@ impl Pass {
         let owner = owner_label_value(&namespace, &delivery.spec.push);
 
         let refs: Vec<ManifestRef> =
-            delivery.spec.manifests.iter().map(|m| identity(&m.object).unwrap_or_default()).collect();
+            delivery.spec.manifests.iter().map(|m| identity(&m.object.value()).unwrap_or_default()).collect();
         let writer =
             Writer { ctx, client: &client, delivery, reference, full, memory: &memory, unreachable: OnceLock::new() };
         let mut written = Vec::with_capacity(refs.len());
@@ -138,8 +138,8 @@ impl Pass {
         let leftover = pass.prune(ctx, &client, cluster, &owner, gone).await;
         pass.results.extend(leftover);
         if pass.unreachable.is_none() {
-            let watch_client = ctx.spokes.watch_client(cluster, &namespace)?;
-            ctx.drift.sync(reference, &watch_client, &owner, std::mem::take(&mut pass.scopes));
+            let watch_client = || ctx.spokes.watch_client(cluster, &namespace);
+            ctx.drift.sync(reference, watch_client, &owner, std::mem::take(&mut pass.scopes))?;
             pass.memory.generation = Some(generation);
             if pass.full {
                 pass.memory.resync_due = Some(Instant::now() + resync);
@@ -586,7 +586,7 @@ pub fn condition(
 /// The CRD among the delivery's manifests that defines `kind` of `api_version`'s group, by name.
 fn defining_crd(delivery: &ManifestDelivery, api_version: &str, kind: &str) -> Option<String> {
     let group = api_version.split_once('/').map(|(g, _)| g)?;
-    delivery.spec.manifests.iter().map(|m| &m.object).find_map(|o| {
+    delivery.spec.manifests.iter().map(|m| m.object.value()).find_map(|o| {
         let is_crd = o["kind"] == "CustomResourceDefinition"
             && o["apiVersion"].as_str().is_some_and(|v| v.starts_with("apiextensions.k8s.io/"));
         (is_crd && o["spec"]["group"] == group && o["spec"]["names"]["kind"] == kind)
@@ -639,7 +639,10 @@ mod tests {
             "spec": {"group": "example.com", "names": {"kind": "Widget", "plural": "widgets"}}
         });
         let spec = ManifestDeliverySpec {
-            manifests: vec![DeliveredManifest { object: crd, ..Default::default() }],
+            manifests: vec![DeliveredManifest {
+                object: tether_api::push::EmbeddedObject::new(&crd).unwrap(),
+                ..Default::default()
+            }],
             ..Default::default()
         };
         let delivery = ManifestDelivery::new("p.a", spec);

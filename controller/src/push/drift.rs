@@ -91,14 +91,15 @@ impl Drift {
     }
 
     /// Runs exactly the watches `scopes` for `delivery` (`namespace/name`): starts those missing, stops the
-    /// others.
+    /// others. A client is made (`client`) only to start a watch, and shared by those started together.
     pub fn sync(
         &self,
         delivery: &ObjectRef<ManifestDelivery>,
-        client: &kube::Client,
+        client: impl Fn() -> crate::Result<kube::Client>,
         owner: &str,
         scopes: Vec<(Scope, ApiResource)>,
-    ) {
+    ) -> crate::Result<()> {
+        let mut made: Option<kube::Client> = None;
         let key = key(delivery);
         let mut all = self.watches.lock().unwrap_or_else(|e| e.into_inner());
         let watches = all.entry(key).or_default();
@@ -114,9 +115,13 @@ impl Drift {
             if watches.contains_key(&scope) {
                 continue;
             }
+            let client = match &made {
+                Some(client) => client.clone(),
+                None => made.insert(client()?).clone(),
+            };
             let api: Api<DynamicObject> = match &scope.namespace {
-                Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
-                None => Api::all_with(client.clone(), &resource),
+                Some(ns) => Api::namespaced_with(client, ns, &resource),
+                None => Api::all_with(client, &resource),
             };
             let watch = Watch { mirror: Default::default(), stop: self.shutdown.child_token() };
             tokio::spawn(run(
@@ -129,6 +134,7 @@ impl Drift {
             ));
             watches.insert(scope, watch);
         }
+        Ok(())
     }
 
     /// What the watches of `delivery` saw of object `name` in `scope`.

@@ -45,12 +45,12 @@ pub async fn reconcile(push: Arc<ManifestPush>, ctx: Arc<PushContext>) -> Result
     let now = Timestamp::now();
     let old = push.status.clone().unwrap_or_default();
     let clusters = ctx.clusters.state();
-    let mut deliveries: Vec<ManifestDelivery> = ctx
+    // The mirror's own copies, not clones: at a thousand clusters they are most of the controller's memory.
+    let mut deliveries: Vec<Arc<ManifestDelivery>> = ctx
         .deliveries
         .state()
-        .iter()
+        .into_iter()
         .filter(|d| d.namespace().as_deref() == Some(namespace.as_str()) && d.spec.push == name)
-        .map(|d| d.as_ref().clone())
         .collect();
 
     let placement = match Compiled::new(&push.spec.placement) {
@@ -60,7 +60,9 @@ pub async fn reconcile(push: Arc<ManifestPush>, ctx: Arc<PushContext>) -> Result
     let selected = placement.select(clusters.iter().map(|c| c.as_ref()));
     let states: Vec<_> = selected
         .iter()
-        .map(|c| (c.clone(), cluster_state(deliveries.iter().find(|d| d.spec.cluster == *c), generation)))
+        .map(|c| {
+            (c.clone(), cluster_state(deliveries.iter().find(|d| d.spec.cluster == *c).map(Arc::as_ref), generation))
+        })
         .collect();
     let plan = match rollout::plan(&push.spec.rollout, &states, now) {
         Ok(plan) => plan,
@@ -98,7 +100,7 @@ pub async fn reconcile(push: Arc<ManifestPush>, ctx: Arc<PushContext>) -> Result
         if existing.is_some_and(|i| deliveries[i].spec == spec) {
             continue;
         }
-        let written = write_delivery(&api, &push, spec).await?;
+        let written = Arc::new(summarized(write_delivery(&api, &push, spec).await?));
         match existing {
             Some(i) => deliveries[i] = written,
             None => deliveries.push(written),
@@ -195,6 +197,13 @@ async fn write_delivery(
     let written = api.patch(&name, &PatchParams::apply(HUB_MANAGER).force(), &Patch::Apply(&delivery)).await?;
     tracing::info!(delivery = %name, cluster = %written.spec.cluster, generation = written.spec.push_generation, "delivery written");
     Ok(written)
+}
+
+/// What the rest of a pass reads of a delivery it wrote: everything but its objects, which the mirror
+/// holds too (a pass writing to a thousand clusters would otherwise hold all their objects twice).
+fn summarized(mut delivery: ManifestDelivery) -> ManifestDelivery {
+    delivery.spec.manifests = Vec::new();
+    delivery
 }
 
 /// The push cannot be placed or rolled out as written: a condition and an Event say why.

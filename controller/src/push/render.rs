@@ -3,8 +3,8 @@
 //! manifest `Invalid` (with why) and leaves the others to be delivered.
 use serde_json::Value;
 use tether_api::push::{
-    owner_label_value, DeliveredManifest, ManifestConfig, ManifestPushSpec, ManifestRef, PUSHED_BY_LABEL,
-    PUSH_ANNOTATION,
+    owner_label_value, DeliveredManifest, EmbeddedObject, ManifestConfig, ManifestPushSpec, ManifestRef,
+    PUSHED_BY_LABEL, PUSH_ANNOTATION,
 };
 
 use super::placement::Compiled;
@@ -87,7 +87,10 @@ pub fn render(namespace: &str, name: &str, spec: &ManifestPushSpec, cluster: &Ma
                 mark(&mut object, &owner, &format!("{namespace}/{name}"));
                 let config = spec.manifest_configs.iter().find(|c| names(&c.manifest, id));
                 let ManifestConfig { strategy, force, feedback, .. } = config.cloned().unwrap_or_default();
-                rendered.manifests.push(DeliveredManifest { object, strategy, force, feedback });
+                match EmbeddedObject::new(&object) {
+                    Ok(object) => rendered.manifests.push(DeliveredManifest { object, strategy, force, feedback }),
+                    Err(why) => rendered.invalid.push((id.clone(), why)),
+                }
             }
             Err(why) => rendered.invalid.push((id.clone(), why)),
         }
@@ -194,14 +197,14 @@ mod tests {
         let eu = render("team", "app", &spec, &cluster("eu-1", "eu"));
         let us = render("team", "app", &spec, &cluster("us-1", "us"));
         assert!(eu.invalid.is_empty() && us.invalid.is_empty(), "{eu:?} {us:?}");
-        let (eu_web, us_web) = (&eu.manifests[0].object, &us.manifests[0].object);
+        let (eu_web, us_web) = (eu.manifests[0].object.value(), us.manifests[0].object.value());
         assert_eq!(eu_web["spec"]["replicas"], 3);
         assert_eq!(eu_web["spec"]["template"]["spec"]["containers"][0]["image"], "web:eu");
         assert_eq!(us_web["spec"]["replicas"], 1);
         assert_eq!(us_web["spec"]["template"]["spec"]["containers"][0]["image"], "web:1");
         for m in eu.manifests.iter().chain(&us.manifests) {
-            assert_eq!(m.object["metadata"]["labels"][PUSHED_BY_LABEL], "team.app");
-            assert_eq!(m.object["metadata"]["annotations"][PUSH_ANNOTATION], "team/app");
+            assert_eq!(m.object.value()["metadata"]["labels"][PUSHED_BY_LABEL], "team.app");
+            assert_eq!(m.object.value()["metadata"]["annotations"][PUSH_ANNOTATION], "team/app");
             assert_eq!(m.strategy, Strategy::ServerSideApply);
         }
     }
@@ -231,7 +234,7 @@ mod tests {
             ..Default::default()
         };
         let eu = render("team", "app", &spec, &cluster("eu-1", "eu"));
-        let delivered: Vec<_> = eu.manifests.iter().map(|m| identity(&m.object).unwrap().name).collect();
+        let delivered: Vec<_> = eu.manifests.iter().map(|m| identity(&m.object.value()).unwrap().name).collect();
         assert_eq!(delivered, ["ok"]);
         let why: Vec<_> = eu.invalid.iter().map(|(r, w)| format!("{}: {w}", describe(r))).collect();
         assert_eq!(why.len(), 3, "{why:?}");

@@ -5,7 +5,9 @@
 //!
 //! The clients differ only by path and identity, so they share their connections to the proxy: one pool
 //! for requests and one for watches. The proxy then sees as many connections as requests in flight and
-//! watches open, not one or more per cluster, and an idle cluster costs no connection.
+//! watches open, not one or more per cluster, and an idle cluster costs no connection. Nor does it hold a
+//! client: each has a request queue of its own (about 10 KiB, most of a cluster's cost once its objects are
+//! applied), so a request client lives for one pass and a watch client as long as its watch.
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -76,12 +78,11 @@ pub enum Resolve {
     Failed(kube::Error),
 }
 
-/// Bounds on what is remembered: entries beyond these are dropped wholesale (rebuilt on use), so a hub
-/// with many clusters and namespaces never grows without limit.
-const MAX_CLIENTS: usize = 4096;
+/// A bound on the kinds remembered: beyond it they are dropped wholesale (asked again on use), so a hub
+/// with many clusters never grows without limit.
 const MAX_KINDS: usize = 16384;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy)]
 enum Use {
     Requests,
     Watches,
@@ -91,7 +92,6 @@ pub struct Spokes {
     settings: ProxySettings,
     requests: Pool,
     watches: Pool,
-    clients: Mutex<HashMap<(String, String, Use), kube::Client>>,
     kinds: Mutex<HashMap<(String, GroupVersionKind), Kind>>,
 }
 
@@ -102,35 +102,20 @@ impl Spokes {
             // A quiet watch sends nothing for minutes; the apiserver ends it after its own timeout.
             watches: pool(&settings, None)?,
             settings,
-            clients: Default::default(),
             kinds: Default::default(),
         })
     }
 
-    /// The client of `cluster` acting as the push identity of `namespace`, each request bounded by the
+    /// A client of `cluster` acting as the push identity of `namespace`, each request bounded by the
     /// timeout.
     pub fn client(&self, cluster: &str, namespace: &str) -> Result<kube::Client> {
-        self.cached(cluster, namespace, Use::Requests)
+        self.build(cluster, namespace, Use::Requests)
     }
 
     /// The same for watches: no read timeout (a quiet watch sends nothing for minutes; the apiserver ends
     /// it after its own timeout).
     pub fn watch_client(&self, cluster: &str, namespace: &str) -> Result<kube::Client> {
-        self.cached(cluster, namespace, Use::Watches)
-    }
-
-    fn cached(&self, cluster: &str, namespace: &str, purpose: Use) -> Result<kube::Client> {
-        let key = (cluster.to_string(), namespace.to_string(), purpose);
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(client) = clients.get(&key) {
-            return Ok(client.clone());
-        }
-        if clients.len() >= MAX_CLIENTS {
-            clients.clear();
-        }
-        let client = self.build(cluster, namespace, purpose)?;
-        clients.insert(key, client.clone());
-        Ok(client)
+        self.build(cluster, namespace, Use::Watches)
     }
 
     fn build(&self, cluster: &str, namespace: &str, purpose: Use) -> Result<kube::Client> {
@@ -181,12 +166,6 @@ impl Spokes {
     /// Forgets what `cluster` serves (a kind it refused as unknown may be served after a CRD appears).
     pub fn forget(&self, cluster: &str) {
         self.kinds.lock().unwrap_or_else(|e| e.into_inner()).retain(|(c, _), _| c != cluster);
-    }
-
-    /// Drops every client of `cluster` (it left, or its tunnel moved).
-    pub fn drop_cluster(&self, cluster: &str) {
-        self.clients.lock().unwrap_or_else(|e| e.into_inner()).retain(|(c, _, _), _| c != cluster);
-        self.forget(cluster);
     }
 }
 

@@ -1,5 +1,7 @@
 //! A push's status from its deliveries: where each cluster stands (for the rollout) and the counts and
 //! failures the push shows. Pure.
+use std::sync::Arc;
+
 use tether_api::push::{ApplyResult, ClusterFailure, ManifestDelivery, Summary, MAX_LISTED_FAILURES};
 
 use super::render::describe;
@@ -44,13 +46,13 @@ pub fn failed(result: ApplyResult) -> bool {
 /// The counts over the selected clusters, and the first failures (by cluster name) with why.
 pub fn summarize(
     selected: &[String],
-    deliveries: &[ManifestDelivery],
+    deliveries: &[Arc<ManifestDelivery>],
     generation: i64,
 ) -> (Summary, Vec<ClusterFailure>) {
     let mut summary = Summary { selected: selected.len() as u32, ..Default::default() };
     let mut failures = Vec::new();
     for cluster in selected {
-        let delivery = deliveries.iter().find(|d| d.spec.cluster == *cluster);
+        let delivery = deliveries.iter().find(|d| d.spec.cluster == *cluster).map(Arc::as_ref);
         let state = cluster_state(delivery, generation);
         let status = delivery.and_then(|d| d.status.as_ref());
         let all_applied = status.is_some_and(|s| {
@@ -160,7 +162,7 @@ mod tests {
             delivery("deselected", 2, Some((2, &[(Applied, None)]))),
         ];
         let selected: Vec<String> = ["broken", "done", "new", "old", "starting"].map(String::from).to_vec();
-        let (summary, failures) = summarize(&selected, &deliveries, 2);
+        let (summary, failures) = summarize(&selected, &deliveries.map(Arc::new), 2);
         assert_eq!(summary, Summary { selected: 5, applied: 2, available: 1, failed: 1, pending: 2 });
         assert_eq!(failures.len(), 1);
         assert_eq!(failures[0].cluster, "broken");
