@@ -43,6 +43,7 @@ pub async fn reconcile(delivery: Arc<ManifestDelivery>, ctx: Arc<PushContext>) -
     if delivery.metadata.deletion_timestamp.is_some() {
         return finalize(&delivery, &reference, &ctx).await;
     }
+    // The push controller writes it with the delivery; this puts it back if someone took it off.
     if !delivery.finalizers().iter().any(|f| f == FINALIZER) {
         let mut finalizers = delivery.finalizers().to_vec();
         finalizers.push(FINALIZER.into());

@@ -18,7 +18,7 @@ use tether_api::push::{
 use tether_api::CLUSTER_LABEL;
 
 use super::context::{status_patch, PushContext};
-use super::delivery::condition;
+use super::delivery::{condition, FINALIZER};
 use super::placement::Compiled;
 use super::render::render;
 use super::rollout::{self, Phase};
@@ -186,6 +186,16 @@ async fn write_delivery(
     push: &ManifestPush,
     spec: ManifestDeliverySpec,
 ) -> Result<ManifestDelivery, Error> {
+    let delivery = delivery_of(push, spec);
+    let name = delivery.name_any();
+    let written = api.patch(&name, &PatchParams::apply(HUB_MANAGER).force(), &Patch::Apply(&delivery)).await?;
+    tracing::info!(delivery = %name, cluster = %written.spec.cluster, generation = written.spec.push_generation, "delivery written");
+    Ok(written)
+}
+
+/// The delivery of `spec` as the push controller applies it: owned by the push, labelled with push and
+/// cluster, and with its cleanup finalizer.
+fn delivery_of(push: &ManifestPush, spec: ManifestDeliverySpec) -> ManifestDelivery {
     let name = delivery_name(&push.name_any(), &spec.cluster);
     let owner = push.controller_owner_ref(&()).expect("a stored push has a name and uid");
     let mut delivery = ManifestDelivery::new(&name, spec);
@@ -194,9 +204,10 @@ async fn write_delivery(
         [(PUSH_LABEL.to_string(), push.name_any()), (CLUSTER_LABEL.to_string(), delivery.spec.cluster.clone())].into(),
     );
     delivery.metadata.owner_references = Some(vec![owner]);
-    let written = api.patch(&name, &PatchParams::apply(HUB_MANAGER).force(), &Patch::Apply(&delivery)).await?;
-    tracing::info!(delivery = %name, cluster = %written.spec.cluster, generation = written.spec.push_generation, "delivery written");
-    Ok(written)
+    // Written with the delivery, not by its first reconcile: that would be one more hub write and watch
+    // event before every new delivery's first apply.
+    delivery.metadata.finalizers = Some(vec![FINALIZER.to_string()]);
+    delivery
 }
 
 /// What the rest of a pass reads of a delivery it wrote: everything but its objects, which the mirror
@@ -240,5 +251,26 @@ async fn publish(ctx: &PushContext, push: &ManifestPush, type_: EventType, reaso
     let event = Event { type_, reason: reason.into(), note: Some(note), action: "Place".into(), secondary: None };
     if let Err(e) = ctx.recorder.publish(&event, &push.object_ref(&())).await {
         tracing::warn!(push = %push.name_any(), error = %e, "cannot publish an event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tether_api::push::ManifestPushSpec;
+
+    use super::*;
+
+    #[test]
+    fn a_delivery_is_written_owned_labelled_and_with_its_finalizer() {
+        let mut push = ManifestPush::new("app", ManifestPushSpec::default());
+        push.metadata.namespace = Some("team".into());
+        push.metadata.uid = Some("u1".into());
+        let spec = ManifestDeliverySpec { cluster: "eu-1".into(), push: "app".into(), ..Default::default() };
+        let delivery = delivery_of(&push, spec);
+        assert_eq!(delivery.namespace().as_deref(), Some("team"));
+        assert_eq!(delivery.finalizers(), [FINALIZER.to_string()], "no first reconcile needed to add it");
+        assert_eq!(delivery.owner_references()[0].uid, "u1");
+        assert_eq!(delivery.labels()[PUSH_LABEL], "app");
+        assert_eq!(delivery.labels()[CLUSTER_LABEL], "eu-1");
     }
 }
