@@ -9,6 +9,7 @@ pub mod fanout;
 pub mod feedback;
 pub mod order;
 pub mod placement;
+pub mod removal;
 pub mod render;
 pub mod rollout;
 pub mod spokes;

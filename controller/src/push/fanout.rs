@@ -20,6 +20,7 @@ use tether_api::CLUSTER_LABEL;
 use super::context::{status_patch, PushContext};
 use super::delivery::{condition, FINALIZER};
 use super::placement::Compiled;
+use super::removal;
 use super::render::render;
 use super::rollout::{self, Phase};
 use super::summary::{cluster_state, summarize};
@@ -35,9 +36,7 @@ pub const PAUSED: &str = "Paused";
 
 pub async fn reconcile(push: Arc<ManifestPush>, ctx: Arc<PushContext>) -> Result<Action, Error> {
     if push.metadata.deletion_timestamp.is_some() {
-        // Its deliveries are owned by it: the hub's garbage collector deletes them, and their finalizers
-        // clean the spokes.
-        return Ok(Action::await_change());
+        return removal::remove(&push, &ctx).await;
     }
     let namespace = push.namespace().unwrap_or_default();
     let name = push.name_any();
@@ -115,6 +114,11 @@ pub async fn reconcile(push: Arc<ManifestPush>, ctx: Arc<PushContext>) -> Result
         }
     }
     deliveries.retain(|d| selected.contains(&d.spec.cluster));
+    // After the deliveries, so that a new push's first writes wait for nothing; deleted before this, it
+    // leaves its deliveries to the garbage collector, as owner references do.
+    if !removal::held(&push) {
+        removal::hold(&push, &ctx).await?;
+    }
 
     let (summary, failed_clusters) = summarize(&selected, &deliveries, generation);
     let g = push.metadata.generation;

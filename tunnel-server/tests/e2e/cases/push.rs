@@ -418,6 +418,13 @@ fn orphan(env: &Env) -> Result<()> {
         )?;
         wait_applied(env, &ns, name, 1)?;
     }
+    // The controller deletes a deleted push's deliveries itself rather than waiting on the hub's garbage
+    // collector: the push carries its finalizer until then.
+    let finalizers =
+        env.hub.kubectl_ok(&["get", "manifestpush", "removed", "-n", &ns, "-o", "jsonpath={.metadata.finalizers}"])?;
+    if !finalizers.contains("tether.io/push-deliveries") {
+        bail!("a push carries the finalizer tether.io/push-deliveries, not {finalizers:?}");
+    }
     env.hub.kubectl_ok(&["delete", "manifestpush", "kept", "removed", "-n", &ns])?;
     wait_gone(a, "configmap", &ns, "removed")?;
     wait_for("deliveries gone", DEADLINE, || {
