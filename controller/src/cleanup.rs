@@ -127,14 +127,7 @@ async fn revoke(cluster: &str, ctx: &Context, namespace: &str) -> Result<(), Err
 }
 
 async fn patch_finalizers(cluster: &ManagedCluster, finalizers: Vec<String>, ctx: &Context) -> Result<(), Error> {
-    // Guarded by resourceVersion: a finalizer another actor adds or removes meanwhile is never lost.
-    let patch = serde_json::json!({
-        "metadata": { "resourceVersion": cluster.resource_version(), "finalizers": finalizers }
-    });
-    Api::<ManagedCluster>::all(ctx.client.clone())
-        .patch(&cluster.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
-    Ok(())
+    crate::finalizers::patch(&Api::<ManagedCluster>::all(ctx.client.clone()), cluster, finalizers).await
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod config;
 pub use tether_api::cluster as crd;
 pub mod csr;
 mod error;
+pub mod finalizers;
 #[cfg(test)]
 mod fixtures;
 pub mod join;

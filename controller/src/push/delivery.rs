@@ -610,12 +610,8 @@ async fn patch_finalizers(
     finalizers: Vec<String>,
     ctx: &PushContext,
 ) -> Result<(), Error> {
-    let patch = serde_json::json!({
-        "metadata": { "resourceVersion": delivery.resource_version(), "finalizers": finalizers }
-    });
     let api: Api<ManifestDelivery> = Api::namespaced(ctx.hub.clone(), &delivery.namespace().unwrap_or_default());
-    api.patch(&delivery.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
-    Ok(())
+    crate::finalizers::patch(&api, delivery, finalizers).await
 }
 
 pub async fn publish(ctx: &PushContext, delivery: &ManifestDelivery, type_: EventType, reason: &str, note: String) {

@@ -3,7 +3,7 @@
 //! requests a second by default: 100 s for a push to 1,000 clusters); one collection delete marks them all,
 //! and each delivery's own finalizer then cleans its spoke. The push's finalizer holds it until that
 //! delete is sent. A push deleted with `--cascade=orphan` keeps its deliveries, as Kubernetes promises.
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams};
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 use tether_api::push::{ManifestDelivery, ManifestPush, PUSH_LABEL};
@@ -63,11 +63,7 @@ pub async fn remove(push: &ManifestPush, ctx: &PushContext) -> Result<Action, Er
 
 async fn patch_finalizers(push: &ManifestPush, ctx: &PushContext, finalizers: Vec<String>) -> Result<(), Error> {
     let api: Api<ManifestPush> = Api::namespaced(ctx.hub.clone(), &push.namespace().unwrap_or_default());
-    let patch = serde_json::json!({
-        "metadata": { "resourceVersion": push.resource_version(), "finalizers": finalizers }
-    });
-    api.patch(&push.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
-    Ok(())
+    crate::finalizers::patch(&api, push, finalizers).await
 }
 
 #[cfg(test)]
